@@ -1,0 +1,1 @@
+"""Corpus synthesis, corpus preparation, text normalisation and tokenisation."""

@@ -1,0 +1,56 @@
+"""Packaging for cald-speech."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+
+setup(
+    name="cald-speech",
+    version="0.1.0",
+    description=(
+        "Linear-time students of wav2vec2/HuBERT/WavLM speech encoders, fine-tuned "
+        "jointly with cross-architecture layerwise distillation (CALD), on SpeechBrain"
+    ),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["cald_speech", "cald_speech.*"]),
+    include_package_data=True,
+    package_data={"cald_speech": ["data/*.txt", "data/*.json"]},
+    install_requires=[
+        # torch and torchaudio must match; SpeechBrain imports torchaudio.
+        "torch==2.11.0",
+        "torchaudio==2.11.0",
+        "speechbrain==1.1.2",
+        "transformers>=4.45,<6",
+        "safetensors>=0.4",
+        "sentencepiece>=0.2",
+        "jiwer>=3.0",
+        "hyperpyyaml>=1.2",
+        "soundfile>=0.12",
+        "numpy>=1.24",
+        "matplotlib>=3.7",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        # Fused Triton kernels on CUDA GPUs. Install without compiling (offline):
+        #   MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE \
+        #     pip install --no-build-isolation mamba-ssm
+        "cuda": ["mamba-ssm>=2.2", "triton>=3.0"],
+        "dev": ["pytest>=8", "ruff>=0.5"],
+    },
+    entry_points={
+        "console_scripts": [
+            "cald-synth=cald_speech.data.synth:main",
+            "cald-prepare=cald_speech.data.prepare:main",
+        ],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+        "Topic :: Multimedia :: Sound/Audio :: Speech",
+    ],
+)
