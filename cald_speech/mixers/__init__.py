@@ -1,0 +1,70 @@
+"""Linear-time token mixers, each a drop-in for self-attention.
+
+``build_mixer(name, hidden_size, num_heads, **cfg)`` builds one by name so that
+recipes choose a mixer from YAML; ``register_mixer`` adds a new one.
+
+Example
+-------
+>>> "identity" in available_mixers()
+False
+"""
+
+from cald_speech.errors import ConfigError
+from cald_speech.mixers.base import Mixer
+
+_REGISTRY = {}
+
+
+def register_mixer(cls):
+    """Class decorator adding a :class:`Mixer` subclass to the registry under ``cls.name``."""
+    if not (isinstance(cls, type) and issubclass(cls, Mixer)):
+        raise TypeError(f"{cls!r} is not a Mixer subclass")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def available_mixers():
+    """Sorted names of the registered mixers."""
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def build_mixer(name, hidden_size, num_heads, **cfg):
+    """Builds a mixer by name.
+
+    Arguments
+    ---------
+    name : str
+        A name from :func:`available_mixers`.
+    hidden_size : int
+        Model width.
+    num_heads : int
+        Heads of the attention being replaced.
+    **cfg
+        Mixer-specific options.
+
+    Returns
+    -------
+    Mixer
+    """
+    _load_builtin()
+    if name not in _REGISTRY:
+        raise ConfigError(
+            f"unknown mixer '{name}'; available: {', '.join(sorted(_REGISTRY))}"
+        )
+    return _REGISTRY[name](hidden_size=hidden_size, num_heads=num_heads, **cfg)
+
+
+def _load_builtin():
+    # Imported lazily so that the registry module stays free of import cycles.
+    import importlib
+
+    for mod in ("bimamba2", "linear_attention", "linformer", "attention"):
+        try:
+            importlib.import_module(f"cald_speech.mixers.{mod}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"cald_speech.mixers.{mod}":
+                raise
+
+
+__all__ = ["Mixer", "available_mixers", "build_mixer", "register_mixer"]

@@ -1,0 +1,85 @@
+"""The contract every token mixer follows, so that it can replace self-attention.
+
+A mixer maps hidden states ``(B, T, C)`` and a padding mask ``(B, T)`` (``True`` on
+valid frames) to ``(B, T, C)``. Frames marked as padding may hold anything on input
+and output; valid frames must not depend on them.
+
+Example
+-------
+>>> import torch
+>>> class Identity(Mixer):
+...     name = "identity"
+...     def forward(self, hidden_states, padding_mask=None):
+...         return hidden_states
+>>> m = Identity(hidden_size=8, num_heads=2)
+>>> m(torch.randn(2, 5, 8), torch.ones(2, 5, dtype=torch.bool)).shape
+torch.Size([2, 5, 8])
+>>> m.mixer_config()
+{'name': 'identity', 'hidden_size': 8, 'num_heads': 2}
+"""
+
+import torch
+from torch import nn
+
+
+class Mixer(nn.Module):
+    """Base class of linear-time token mixers.
+
+    Subclasses set ``name``, store their own keyword arguments with
+    ``self._cfg.update(...)`` and implement ``forward``; those that can start from a
+    softmax attention implement ``init_from_attention``.
+
+    Arguments
+    ---------
+    hidden_size : int
+        Model width C.
+    num_heads : int
+        Number of heads of the attention this mixer replaces.
+    """
+
+    name = "base"
+
+    def __init__(self, hidden_size, num_heads):
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.num_heads = num_heads
+        self._cfg = {}
+
+    def forward(self, hidden_states, padding_mask=None):
+        """Mixes tokens.
+
+        Arguments
+        ---------
+        hidden_states : torch.Tensor
+            (B, T, C) input.
+        padding_mask : torch.Tensor or None
+            (B, T) bool, ``True`` on valid frames; ``None`` means no padding.
+
+        Returns
+        -------
+        torch.Tensor
+            (B, T, C) output.
+        """
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def init_from_attention(self, q_proj, k_proj, v_proj, out_proj):
+        """Initialises this mixer from the projections of a softmax attention.
+
+        Arguments
+        ---------
+        q_proj, k_proj, v_proj, out_proj : torch.nn.Linear
+            The attention's projections (C -> C), biases optional.
+        """
+        raise NotImplementedError(
+            f"mixer '{self.name}' cannot be initialised from attention; use init='random'"
+        )
+
+    def mixer_config(self):
+        """Keyword arguments that rebuild this mixer with ``build_mixer(**cfg)``."""
+        return {
+            "name": self.name,
+            "hidden_size": self.hidden_size,
+            "num_heads": self.num_heads,
+            **self._cfg,
+        }
