@@ -1,0 +1,172 @@
+"""Frozen-CNN feature caching for HF wav2vec2-style models.
+
+The raw-waveform CNN dominates the cost of a training step on CPU, and CALD keeps it
+frozen. Its output depends only on the waveform and on the CNN's weights, so it is
+computed once per utterance — alone, unpadded, so that group-norm CNNs give exactly the
+features a single-utterance run gives — and stored on disk under a fingerprint of the
+CNN's weights. Teacher and student share one cache whenever their CNNs are identical
+(they are after conversion, and along a fine-tuning trajectory with the CNN frozen).
+
+A model prepared with :func:`enable_feature_input` accepts such features in place of
+waveforms: pass ``input_values`` of shape (B, C, T') and a sample-level
+``attention_mask`` as usual.
+
+Example
+-------
+>>> import torch, tempfile
+>>> from transformers import Wav2Vec2Config, Wav2Vec2Model
+>>> cfg = Wav2Vec2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+...     intermediate_size=32, conv_dim=(8, 8), conv_stride=(5, 2), conv_kernel=(10, 3),
+...     num_conv_pos_embeddings=4, num_conv_pos_embedding_groups=2)
+>>> model = Wav2Vec2Model(cfg).eval()
+>>> cache = FeatureCache(tempfile.mkdtemp())
+>>> wavs = [torch.randn(1600), torch.randn(900)]
+>>> feats, mask = cache.batch(model, ["a", "b"], wavs)
+>>> feats.shape, mask.sum(-1).tolist()
+(torch.Size([2, 8, 159]), [1600, 900])
+>>> enable_feature_input(model)
+>>> out = model(feats, attention_mask=mask).last_hidden_state
+>>> ref = model(wavs[1][None]).last_hidden_state
+>>> torch.allclose(out[1, : ref.shape[1]], ref[0], atol=1e-5)
+True
+"""
+
+import hashlib
+import os
+import weakref
+
+import torch
+
+from cald_speech.errors import ConfigError
+
+
+def base_model(model):
+    """The bare encoder model (Wav2Vec2Model/HubertModel/WavLMModel) inside ``model``."""
+    inner = getattr(model, "base_model", model)
+    if not hasattr(inner, "feature_extractor"):
+        raise ConfigError(
+            f"{type(model).__name__} has no CNN feature extractor; expected a HF "
+            "wav2vec2, HuBERT or WavLM model"
+        )
+    return inner
+
+
+def cnn_fingerprint(model):
+    """A short hash of the CNN feature extractor's weights and structure."""
+    fe = base_model(model).feature_extractor
+    h = hashlib.sha1()
+    for name, t in sorted(fe.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _feature_forward(self, input_values):
+    # Precomputed CNN output (B, C, T') passes through; waveforms (B, N) go to the CNN.
+    if input_values.dim() == 3:
+        return input_values
+    return self._cald_cnn_forward(input_values)
+
+
+def enable_feature_input(model):
+    """Lets ``model`` accept precomputed CNN features (B, C, T') as ``input_values``.
+
+    Waveforms (B, N) still work. Parameter names and the state dict are unchanged.
+    Idempotent.
+    """
+    fe = base_model(model).feature_extractor
+    if getattr(fe, "_cald_cnn_forward", None) is None:
+        fe._cald_cnn_forward = fe.forward
+        fe.forward = _feature_forward.__get__(fe)
+    return None
+
+
+def frame_lengths(model, num_samples):
+    """Number of CNN frames for each waveform length (tensor or int)."""
+    n = torch.as_tensor(num_samples)
+    return base_model(model)._get_feat_extract_output_lengths(n).long()
+
+
+class FeatureCache:
+    """Per-utterance cache of frozen-CNN features, on disk (or in memory).
+
+    Arguments
+    ---------
+    folder : str or None
+        Where to store ``<fingerprint>/<utt_id>.pt``; ``None`` keeps features in memory.
+    dtype : torch.dtype
+        Storage type (float32 keeps results identical to a live CNN).
+    """
+
+    def __init__(self, folder=None, dtype=torch.float32):
+        self.folder = None if folder is None else str(folder)
+        self.dtype = dtype
+        self._mem = {}
+        self._fp = weakref.WeakKeyDictionary()
+        self.hits = 0
+        self.misses = 0
+
+    def fingerprint(self, model):
+        """The CNN fingerprint of ``model``, computed once per CNN module."""
+        fe = base_model(model).feature_extractor
+        if fe not in self._fp:
+            self._fp[fe] = cnn_fingerprint(model)
+        return self._fp[fe]
+
+    def forget(self, model):
+        """Drops the remembered fingerprint of ``model`` (call after changing its CNN)."""
+        self._fp.pop(base_model(model).feature_extractor, None)
+
+    @torch.no_grad()
+    def features(self, model, utt_id, wav):
+        """CNN features (C, T') of one unpadded waveform (N,), from cache or computed."""
+        fp = self.fingerprint(model)
+        safe = str(utt_id).replace(os.sep, "_")
+        path = None if self.folder is None else os.path.join(self.folder, fp, safe + ".pt")
+        key = (fp, safe)
+        if path is None and key in self._mem:
+            self.hits += 1
+            return self._mem[key]
+        if path is not None and os.path.exists(path):
+            feats = torch.load(path, map_location="cpu")
+            if feats.shape[-1] == int(frame_lengths(model, wav.shape[-1])):
+                self.hits += 1
+                return feats
+        self.misses += 1
+        fe = base_model(model).feature_extractor
+        run = getattr(fe, "_cald_cnn_forward", fe.forward)
+        dev = next(fe.parameters()).device
+        feats = run(wav.reshape(1, -1).to(dev)).squeeze(0).to("cpu", self.dtype)
+        if path is None:
+            self._mem[key] = feats
+        else:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.tmp{os.getpid()}"
+            torch.save(feats, tmp)
+            os.replace(tmp, path)
+        return feats
+
+    def batch(self, model, utt_ids, wavs):
+        """Padded features (B, C, T'max) and the sample-level attention mask (B, Nmax).
+
+        Arguments
+        ---------
+        model : transformers.PreTrainedModel
+            Model whose CNN produces the features.
+        utt_ids : list of str
+            Cache keys, one per waveform.
+        wavs : list of torch.Tensor
+            Unpadded waveforms (N_i,).
+        """
+        feats = [self.features(model, u, w).float() for u, w in zip(utt_ids, wavs)]
+        C = feats[0].shape[0]
+        T = max(f.shape[-1] for f in feats)
+        out = feats[0].new_zeros(len(feats), C, T)
+        for i, f in enumerate(feats):
+            out[i, :, : f.shape[-1]] = f
+        n = max(int(w.shape[-1]) for w in wavs)
+        mask = torch.zeros(len(wavs), n, dtype=torch.long)
+        for i, w in enumerate(wavs):
+            mask[i, : w.shape[-1]] = 1
+        return out, mask
