@@ -1,0 +1,152 @@
+"""``cald-prepare``: corpus folders → SpeechBrain CSV manifests (and CTC tokenizers).
+
+Usage::
+
+    cald-prepare librispeech DATA_FOLDER SAVE_FOLDER [--splits dev-clean test-clean]
+    cald-prepare slurp DATA_FOLDER SAVE_FOLDER [--recording headset] [--use-synthetic]
+    cald-prepare tokenizer CSV OUT.json [--kind char|unigram|bpe] [--column wrd]
+
+It prints a summary table (rows kept, items skipped by reason, hours per split). Bad
+input ends with a one-line error naming the file and the fix, and exit status 1.
+
+Example
+-------
+>>> args = build_parser().parse_args(["slurp", "corpus", "csv", "--recording", "all"])
+>>> args.recording, args.splits
+('all', ['train', 'devel', 'test'])
+"""
+
+import argparse
+import logging
+import sys
+
+from cald_speech.errors import CaldError
+
+
+def _add_common(p):
+    p.add_argument("data_folder", help="corpus root folder")
+    p.add_argument("save_folder", help="where the <split>.csv manifests are written")
+    p.add_argument("--sorting", choices=["none", "ascending", "descending"], default="none",
+                   help="row order: by ID (none) or by duration")
+    p.add_argument("--min-duration", type=float, default=None, metavar="SEC",
+                   help="skip (and count) utterances shorter than this")
+    p.add_argument("--max-duration", type=float, default=None, metavar="SEC",
+                   help="skip (and count) utterances longer than this")
+    p.add_argument("--check-audio", choices=["header", "full"], default="header",
+                   help="read audio headers only (fast) or decode every file")
+    p.add_argument("--allow-empty", action="store_true",
+                   help="write a header-only CSV for a split without usable audio "
+                        "instead of failing")
+    p.add_argument("--force", action="store_true", help="prepare again even if up to date")
+    p.add_argument("--workers", type=int, default=4, help="threads reading audio headers")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def build_parser():
+    """The argument parser of ``cald-prepare``."""
+    parser = argparse.ArgumentParser(
+        prog="cald-prepare",
+        description="Write SpeechBrain CSV manifests for LibriSpeech- or SLURP-layout "
+                    "corpora, or build a CTC tokenizer from a manifest.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every step")
+    sub = parser.add_subparsers(dest="corpus", required=True)
+
+    p = sub.add_parser("librispeech", help="<split>/<spk>/<chapter>/*.trans.txt + audio")
+    _add_common(p)
+    p.add_argument("--splits", nargs="+", default=["train-clean-100", "dev-clean", "test-clean"],
+                   help="split folders to prepare (default: %(default)s)")
+    p.add_argument("--spk-id", choices=["speaker", "speaker-chapter"], default="speaker",
+                   help="spk_id column: the reader, or reader-chapter as SpeechBrain's recipe")
+
+    p = sub.add_parser("slurp", help="dataset/slurp/*.jsonl + slurp_real/ (+ slurp_synth/)")
+    _add_common(p)
+    p.add_argument("--splits", nargs="+", default=["train", "devel", "test"],
+                   help="splits to prepare (default: %(default)s)")
+    p.add_argument("--recording", choices=["headset", "far_field", "all"], default="headset",
+                   help="which real recordings to use (default: %(default)s)")
+    p.add_argument("--use-synthetic", action="store_true",
+                   help="add train_synthetic records (slurp_synth/) to train.csv")
+    p.add_argument("--annotation-folder", default=None,
+                   help="folder of the .jsonl files (default: DATA_FOLDER/dataset/slurp)")
+    p.add_argument("--real-audio", default=None,
+                   help="folder of the real recordings (default: DATA_FOLDER/slurp_real)")
+    p.add_argument("--synth-audio", default=None,
+                   help="folder of the synthetic recordings (default: DATA_FOLDER/slurp_synth)")
+
+    p = sub.add_parser("tokenizer", help="build a CTC tokenizer from a CSV manifest")
+    p.add_argument("csv", help="manifest to read transcripts from")
+    p.add_argument("out", help="tokenizer .json file (or folder) to write")
+    p.add_argument("--kind", choices=["char", "unigram", "bpe"], default="char")
+    p.add_argument("--column", default="wrd", help="transcript column (default: %(default)s)")
+    p.add_argument("--vocab-size", type=int, default=256, help="SentencePiece vocabulary size")
+    p.add_argument("--default-chars", action="store_true",
+                   help="char kind: use the default set (blank, |, A-Z, ') instead of the "
+                        "characters found in the CSV")
+    p.add_argument("--unk", action="store_true", help="char kind: add <unk> for unknown chars")
+    return parser
+
+
+def main(argv=None):
+    """Entry point of ``cald-prepare``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(message)s",
+    )
+    try:
+        if args.corpus == "tokenizer":
+            return _tokenizer(args)
+        common = dict(
+            sorting=args.sorting, min_duration=args.min_duration,
+            max_duration=args.max_duration, check_audio=args.check_audio,
+            allow_empty=args.allow_empty, force=args.force, num_workers=args.workers,
+        )
+        if args.corpus == "librispeech":
+            from cald_speech.data.librispeech import prepare_librispeech
+
+            summary = prepare_librispeech(
+                args.data_folder, args.save_folder, splits=args.splits, spk_id=args.spk_id,
+                **common,
+            )
+        else:
+            from cald_speech.data.slurp import prepare_slurp
+
+            summary = prepare_slurp(
+                args.data_folder, args.save_folder, splits=args.splits,
+                recording=args.recording, use_synthetic=args.use_synthetic,
+                annotation_folder=args.annotation_folder,
+                real_audio_folder=args.real_audio, synth_audio_folder=args.synth_audio,
+                **common,
+            )
+    except CaldError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        import json
+
+        print(json.dumps(summary.to_dict(), indent=2))
+    else:
+        print(summary)
+        if summary.up_to_date:
+            print("All manifests were up to date; nothing was done (use --force to redo).")
+    return 0
+
+
+def _tokenizer(args):
+    from cald_speech.data.tokenizer import build_tokenizer
+
+    if args.kind == "char" and args.default_chars:
+        tok = build_tokenizer("char", unk=args.unk)
+    else:
+        tok = build_tokenizer(
+            args.kind, csv_path=args.csv, column=args.column, vocab_size=args.vocab_size,
+            unk=args.unk,
+        )
+    path = tok.save(args.out)
+    print(f"{tok!r} written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
