@@ -98,6 +98,12 @@ class DistillBrain(sb.Brain):
             self._set_teacher(teacher, trainable=guidance.mode == "trajectory")
         self.bad_items = 0
         self._terms = {}
+        config = getattr(unwrap(self.modules.model), "config", None)
+        if guidance is not None and guidance.mode != "unguided" and config is not None:
+            if getattr(config, "layerdrop", 0.0):
+                # A dropped layer has no hidden state to align with the teacher's.
+                logger.info("layer alignment: LayerDrop %.2f -> 0", config.layerdrop)
+                config.layerdrop = 0.0
         enable_feature_input(unwrap(self.modules.model))
         base_model(unwrap(self.modules.model)).freeze_feature_encoder()
 
@@ -348,7 +354,7 @@ class CTCBrain(DistillBrain):
     The model is a HF ``*ForCTC`` model (teacher) or its converted student; its
     ``lm_head`` is the task head. Extra hparams: ``tokenizer`` (with ``decode_ctc``
     and a blank at index 0), ``wer_file`` pattern (``{split}`` filled in).
-    Batches carry ``tokens`` (padded ids) and ``wrd`` (reference words).
+    Batches carry ``tokens`` (padded ids) and ``words`` (reference text).
     """
 
     def run_model(self, model, input_values, attention_mask, hidden_states):
@@ -384,7 +390,7 @@ class CTCBrain(DistillBrain):
         tok = self.hparams.tokenizer
         best = log_probs.argmax(dim=-1).cpu()
         hyps = [tok.decode_ctc(best[i, : int(n)].tolist()).split() for i, n in enumerate(in_len)]
-        refs = [w.split() for w in batch.wrd]
+        refs = [w.split() for w in batch.words]
         self.wer_metric.append(batch.id, hyps, refs)
         self.cer_metric.append(batch.id, [list(" ".join(h)) for h in hyps],
                                [list(" ".join(r)) for r in refs])

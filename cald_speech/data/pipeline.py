@@ -144,17 +144,31 @@ def audio_dataset(csv_path, required=(), sorting="ascending", max_duration=None,
     return ds, report
 
 
-def add_ctc_targets(dataset, tokenizer, text_key="wrd"):
-    """Adds ``tokens`` (LongTensor of unit ids) encoded from the ``text_key`` column."""
+def add_ctc_targets(dataset, tokenizer, text_key="wrd", normalize=None):
+    """Adds ``words`` (reference text) and ``tokens`` (LongTensor of unit ids).
+
+    Arguments
+    ---------
+    dataset : DynamicItemDataset
+        From :func:`audio_dataset`, with ``text_key`` among its columns.
+    tokenizer : object
+        With ``encode(text) -> list[int]``.
+    text_key : str
+        Column holding the transcript (``wrd`` for LibriSpeech, ``transcript`` for SLURP).
+    normalize : callable, optional
+        Applied to the transcript first (e.g. ``cald_speech.data.text.normalize_text``).
+    """
 
     @sb.utils.data_pipeline.takes(text_key)
-    @sb.utils.data_pipeline.provides("tokens")
+    @sb.utils.data_pipeline.provides("words", "tokens")
     def text_pipeline(text):
-        return torch.LongTensor(tokenizer.encode(text))
+        words = normalize(text) if normalize is not None else " ".join(text.split())
+        yield words
+        yield torch.LongTensor(tokenizer.encode(words))
 
     dataset.add_dynamic_item(text_pipeline)
     keys = list(dataset.pipeline.output_mapping)
-    dataset.set_output_keys([*keys, "tokens"])
+    dataset.set_output_keys([*keys, "words", "tokens"])
     return dataset
 
 

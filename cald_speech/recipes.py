@@ -1,0 +1,226 @@
+"""Recipe drivers: ``python recipes/<Corpus>/<task>/train.py hparams.yaml`` calls these.
+
+Each driver reads the hparams, prepares the data, builds teacher and student for the
+chosen ``mode`` (:mod:`cald_speech.experiment`), trains with the shared distillation
+Brain, evaluates every test split with the best checkpoint and packages the model
+for inference in ``<output_folder>/model``.
+"""
+
+import logging
+import os
+import re
+import sys
+from functools import partial
+
+import speechbrain as sb
+import yaml
+from hyperpyyaml import load_hyperpyyaml
+
+from cald_speech.brains import CTCBrain
+from cald_speech.data.pipeline import add_ctc_targets, audio_dataset, dynamic_batching
+from cald_speech.errors import CaldError, ConfigError
+from cald_speech.experiment import (
+    build_models,
+    check_hparams_keys,
+    ctc_model_from_config,
+    load_ctc_model,
+    package_model,
+)
+from cald_speech.features import FeatureCache
+
+logger = logging.getLogger(__name__)
+
+#: Keys the ASR recipe reads (typos of these fail early).
+ASR_KEYS = {
+    "seed", "mode", "data_folder", "data_format", "output_folder", "save_folder",
+    "manifest_folder", "train_splits", "valid_splits", "test_splits", "text_column",
+    "normalize_text", "slurp_recording", "model_source", "model_config", "model_family",
+    "teacher_source", "student_source", "pretrained_source", "waypoint_dir",
+    "waypoint_every", "tokenizer", "cache_features", "feature_cache_folder",
+    "number_of_epochs", "batch_size", "dynamic_batching", "max_batch_seconds",
+    "num_buckets", "sorting", "max_duration", "min_duration", "num_workers",
+    "encoder_opt_class", "head_opt_class", "teacher_opt_class", "encoder_lr_schedule",
+    "head_lr_schedule", "teacher_lr_schedule", "epoch_counter", "train_logger",
+    "checkpointer", "step_log", "log_every", "wer_file", "alpha_layer", "alpha_logit",
+    "kd_temperature", "layer_indices", "layer_weights", "mixer", "init",
+    "keep_attention", "switch_step", "logit_kd_after_switch", "teacher_update_every",
+    "package_folder", "max_grad_norm", "precision", "optimizer_step_limit",
+    "ckpt_interval_minutes", "ckpt_interval_steps", "find_unused_parameters",
+    "device", "distributed_backend", "lr_encoder", "lr_head", "warmup_updates",
+    "total_updates", "lr_decay",
+}
+
+
+def load_recipe_hparams(argv, known_keys):
+    """Parses the command line, loads the YAML and checks its keys."""
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    if not os.path.isfile(hparams_file):
+        raise ConfigError(f"{hparams_file}: hparams file not found")
+    with open(hparams_file, encoding="utf-8") as f:
+        try:
+            hp = load_hyperpyyaml(f, overrides)
+        except KeyError as exc:  # an override naming a key the file does not have
+            with open(hparams_file, encoding="utf-8") as g:
+                file_keys = set(yaml.safe_load(_strip_tags(g.read())) or {})
+            given = set(yaml.safe_load(overrides) or {}) if overrides else set()
+            for key in sorted(given - file_keys):
+                check_hparams_keys({key: None}, known_keys | file_keys, "command line")
+            raise ConfigError(f"{hparams_file}: {exc.args[0]}") from None
+    check_hparams_keys(hp, known_keys, hparams_file)
+    base = os.path.dirname(os.path.abspath(hparams_file))
+    for key in ("model_config", "mixer"):
+        hp[key] = load_fragment(hp.get(key), base, key)
+    sb.create_experiment_directory(
+        experiment_directory=hp["output_folder"],
+        hyperparams_to_save=hparams_file,
+        overrides=overrides,
+    )
+    return hp, run_opts
+
+
+def _strip_tags(text):
+    # Drop hyperpyyaml tags so that plain YAML can list the top-level keys.
+    return re.sub(r"!\S+", "", text)
+
+
+def load_fragment(value, base, key):
+    """A YAML fragment given inline (dict) or as a file path (relative to ``base``)."""
+    if value is None or isinstance(value, dict):
+        return value
+    path = value if os.path.isabs(value) else os.path.join(base, value)
+    if not os.path.isfile(path):
+        raise ConfigError(f"{key}: fragment file '{path}' not found")
+    with open(path, encoding="utf-8") as f:
+        frag = load_hyperpyyaml(f)
+    if not isinstance(frag, dict):
+        raise ConfigError(f"{path}: expected a mapping of {key} options")
+    return frag
+
+
+def prepare_manifests(hp):
+    """Writes the CSV manifests of every split; returns {split: csv path}."""
+    splits = [*hp["train_splits"], *hp["valid_splits"], *hp["test_splits"]]
+    fmt = hp.get("data_format", "librispeech")
+    folder = hp["manifest_folder"]
+    if fmt == "librispeech":
+        from cald_speech.data.librispeech import prepare_librispeech
+
+        sb.utils.distributed.run_on_main(
+            prepare_librispeech,
+            kwargs={"data_folder": hp["data_folder"], "save_folder": folder, "splits": splits},
+        )
+    elif fmt == "slurp":
+        from cald_speech.data.slurp import prepare_slurp
+
+        sb.utils.distributed.run_on_main(
+            prepare_slurp,
+            kwargs={
+                "data_folder": hp["data_folder"], "save_folder": folder, "splits": splits,
+                "recording": hp.get("slurp_recording", "all"),
+            },
+        )
+    else:
+        raise ConfigError(f"unknown data_format '{fmt}'; use librispeech or slurp")
+    return {s: os.path.join(folder, f"{s}.csv") for s in splits}
+
+
+def _normalizer(hp):
+    if not hp.get("normalize_text", False):
+        return None
+    from cald_speech.data.text import normalize_text
+
+    return normalize_text
+
+
+def asr_datasets(hp, csvs, tokenizer):
+    """Train/valid/test datasets with ``sig``, ``ok``, ``words`` and ``tokens``."""
+    text = hp.get("text_column", "wrd")
+    norm = _normalizer(hp)
+
+    def make(split, sorting):
+        ds, report = audio_dataset(
+            csvs[split], required=(text,), sorting=sorting,
+            max_duration=hp.get("max_duration"), min_duration=hp.get("min_duration", 0.0),
+        )
+        if report["skipped"]:
+            logger.warning("%s: %d unusable item(s) skipped", split, report["skipped"])
+        return add_ctc_targets(ds, tokenizer, text, norm)
+
+    train = [make(s, hp.get("sorting", "ascending")) for s in hp["train_splits"]]
+    if len(train) > 1:
+        raise ConfigError("give one train split (merge corpora in one manifest)")
+    valid = [make(s, "ascending") for s in hp["valid_splits"]]
+    tests = {s: make(s, "ascending") for s in hp["test_splits"]}
+    return train[0], valid[0], tests
+
+
+def _loader_opts(hp, dataset, train):
+    opts = {"num_workers": hp.get("num_workers", 0)}
+    if train and hp.get("dynamic_batching", False):
+        return {**opts, **dynamic_batching(
+            dataset, hp["max_batch_seconds"], hp.get("num_buckets", 20), seed=hp["seed"]
+        )}
+    return {**opts, "batch_size": hp["batch_size"], "shuffle": False}
+
+
+def asr_main(argv=None):
+    """Command-line entry of the CTC recipe: bad input ends in one line and exit 1."""
+    try:
+        return run_asr(sys.argv[1:] if argv is None else argv)
+    except CaldError as exc:
+        sys.exit(f"error: {exc}")
+
+
+def run_asr(argv):
+    """Runs the LibriSpeech-style CTC recipe (teacher fine-tuning or CALD).
+
+    Returns
+    -------
+    dict
+        Per test split: WER, CER and the mean of every loss term.
+    """
+    hp, run_opts = load_recipe_hparams(argv, ASR_KEYS)
+    csvs = prepare_manifests(hp)
+    tokenizer = hp["tokenizer"]
+    train, valid, tests = asr_datasets(hp, csvs, tokenizer)
+
+    vocab = len(tokenizer)
+    load_task = partial(load_ctc_model, vocab_size=vocab)
+    model, teacher, guidance, loader = build_models(hp, load_task)
+    if model is None:  # finetune: the transformer itself
+        if hp.get("model_source"):
+            model = load_task(hp["model_source"])
+        elif hp.get("model_config"):
+            model = ctc_model_from_config(
+                hp["model_config"], vocab, hp.get("model_family", "wav2vec2")
+            )
+        else:
+            raise ConfigError("mode 'finetune' needs model_source or model_config")
+    hp["checkpointer"].add_recoverable("model", model)
+    cache = None
+    if hp.get("cache_features", True):
+        cache = FeatureCache(hp["feature_cache_folder"])
+    brain_hp = {**hp, "guidance": guidance, "feature_cache": cache, "teacher_loader": loader}
+    brain = CTCBrain(
+        modules={"model": model}, hparams=brain_hp, teacher=teacher,
+        run_opts=run_opts, checkpointer=hp["checkpointer"],
+    )
+    brain.fit(
+        hp["epoch_counter"], train, valid,
+        train_loader_kwargs=_loader_opts(hp, train, True),
+        valid_loader_kwargs=_loader_opts(hp, valid, False),
+    )
+    results = {}
+    for split, ds in tests.items():
+        brain.eval_split = split
+        brain.evaluate(ds, min_key="WER", test_loader_kwargs=_loader_opts(hp, ds, False))
+        results[split] = dict(brain.last_stats)
+    if sb.utils.distributed.if_main_process():
+        folder = hp.get("package_folder") or os.path.join(hp["output_folder"], "model")
+        package_model(
+            brain.modules.model, folder, tokenizer,
+            info={"mode": hp["mode"], "updates": brain.optimizer_step, "results": results,
+                  "bad_items": brain.bad_items},
+        )
+        logger.info("packaged model: %s", folder)
+    return results

@@ -1,0 +1,11 @@
+#!/usr/bin/env python3
+"""CTC speech recognition: teacher fine-tuning or CALD student training.
+
+    python train.py hparams/finetune.yaml --data_folder DATA
+    python train.py hparams/cald.yaml --data_folder DATA --mode hybrid --teacher_source DIR
+"""
+
+from cald_speech.recipes import asr_main
+
+if __name__ == "__main__":
+    asr_main()

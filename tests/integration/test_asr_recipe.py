@@ -1,0 +1,121 @@
+"""The LibriSpeech CTC recipe end to end on a tiny hand-made corpus, in every mode."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from cald_speech.errors import ConfigError
+from cald_speech.recipes import run_asr
+
+RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "LibriSpeech" / "ASR"
+TINY = """
+hidden_size: 32
+num_hidden_layers: 2
+num_attention_heads: 2
+intermediate_size: 64
+conv_dim: [16, 16]
+conv_stride: [5, 4]
+conv_kernel: [10, 4]
+num_conv_pos_embeddings: 8
+num_conv_pos_embedding_groups: 2
+feat_extract_norm: layer
+do_stable_layer_norm: true
+mask_time_prob: 0.0
+"""
+TEXTS = ["A CAT", "THE DOG RAN", "NO", "YES I DO", "IT'S ME", "GO HOME NOW"]
+
+
+def write_split(root, split, spk, n):
+    rng = np.random.default_rng(spk)
+    chap = root / split / str(spk) / "10"
+    chap.mkdir(parents=True)
+    lines = []
+    for i in range(n):
+        uid = f"{spk}-10-{i:04d}"
+        sf.write(chap / f"{uid}.flac",
+                 (0.1 * rng.standard_normal(2400 + 400 * i)).astype("float32"), 16000)
+        lines.append(f"{uid} {TEXTS[i % len(TEXTS)]}")
+    (chap / f"{spk}-10.trans.txt").write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("libri") / "LibriSpeech"
+    write_split(root, "train-clean-100", 1, 6)
+    write_split(root, "dev-clean", 2, 2)
+    write_split(root, "test-clean", 3, 2)
+    return root
+
+
+def run(hparams, out, corpus, *extra):
+    argv = [
+        str(hparams if os.path.isabs(hparams) else RECIPE / "hparams" / hparams),
+        "--data_folder", str(corpus),
+        "--output_folder", str(out), "--feature_cache_folder", str(out.parent / "cache"),
+        "--number_of_epochs", "1", "--batch_size", "3", "--device", "cpu",
+        "--warmup_updates", "1", "--total_updates", "10", "--log_every", "1", *extra,
+    ]
+    return run_asr(argv)
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory, corpus):
+    out = tmp_path_factory.mktemp("runs") / "finetune"
+    cfg = out.parent / "tiny.yaml"
+    cfg.write_text(TINY)
+    results = run("finetune.yaml", out, corpus, "--model_config", str(cfg), "--waypoint_every", "1")
+    return out, results
+
+
+def test_finetune_writes_model_waypoints_and_wer(teacher):
+    out, results = teacher
+    assert set(results) == {"test-clean"} and 0 <= results["test-clean"]["WER"]
+    assert (out / "model" / "config.json").exists()
+    assert (out / "model" / "tokenizer.json").exists()
+    assert sorted(os.listdir(out / "waypoints")) == ["step-1", "step-2"]
+    assert (out / "wer_test-clean.txt").exists()
+    steps = [json.loads(x) for x in (out / "steps.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == [1, 2] and "task" in steps[0]
+
+
+@pytest.mark.parametrize("mode", ["unguided", "target", "hybrid", "trajectory", "waypoint"])
+def test_cald_modes_run_end_to_end(teacher, corpus, tmp_path, mode):
+    t_out, _ = teacher
+    extra = ["--mode", mode, "--switch_step", "1"]
+    if mode in ("unguided", "target", "hybrid"):
+        extra += ["--teacher_source", str(t_out / "model")]
+    else:
+        extra += ["--pretrained_source", str(t_out / "waypoints" / "step-1")]
+    if mode == "waypoint":
+        extra += ["--waypoint_dir", str(t_out / "waypoints")]
+    results = run("cald.yaml", tmp_path / mode, corpus, *extra)
+    assert 0 <= results["test-clean"]["WER"]
+    cfg = json.loads((tmp_path / mode / "model" / "config.json").read_text())
+    assert cfg["cald"]["mixers"][0]["name"] == "bimamba2"
+    steps = [json.loads(x) for x in (tmp_path / mode / "steps.jsonl").read_text().splitlines()]
+    has_layer = [("layer" in s) for s in steps]
+    expected = {
+        "unguided": [False, False], "target": [True, True], "hybrid": [True, False],
+        "trajectory": [True, True], "waypoint": [True, True],
+    }[mode]
+    assert has_layer == expected
+
+
+def test_bad_hparams_fail_early(corpus, tmp_path):
+    with pytest.raises(ConfigError, match="did you mean 'alpha_layer'"):
+        run("cald.yaml", tmp_path / "x", corpus, "--alpha_layr", "3")
+    typo = tmp_path / "typo.yaml"
+    text = (RECIPE / "hparams" / "cald.yaml").read_text()
+    text = text.replace("!include:../../../../hparams", f"!include:{RECIPE.parents[2]}/hparams")
+    typo.write_text(text.replace("kd_temperature:", "kd_temprature:"))
+    with pytest.raises(ConfigError, match="did you mean 'kd_temperature'"):
+        run(str(typo), tmp_path / "x2", corpus)
+    with pytest.raises(ConfigError, match="unknown guidance mode|unknown mode"):
+        run("cald.yaml", tmp_path / "y", corpus, "--mode", "targett")
+    with pytest.raises(Exception, match="model folder not found|not found"):
+        run("cald.yaml", tmp_path / "z", corpus, "--mode", "target",
+            "--teacher_source", str(tmp_path / "missing"))
