@@ -56,6 +56,8 @@ def load_recipe_hparams(argv, known_keys):
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
     if not os.path.isfile(hparams_file):
         raise ConfigError(f"{hparams_file}: hparams file not found")
+    # Under torchrun: join the process group (no-op in a single process).
+    sb.utils.distributed.ddp_init_group(run_opts)
     with open(hparams_file, encoding="utf-8") as f:
         try:
             hp = load_hyperpyyaml(f, overrides)
