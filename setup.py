@@ -46,6 +46,7 @@ setup(
         "console_scripts": [
             "cald-synth=cald_speech.data.synth:main",
             "cald-prepare=cald_speech.data.prepare:main",
+            "cald-convert=cald_speech.convert:main",
         ],
     },
     classifiers=[

@@ -9,6 +9,8 @@ Example
 False
 """
 
+import inspect
+
 from cald_speech.errors import ConfigError
 from cald_speech.mixers.base import Mixer
 
@@ -29,6 +31,22 @@ def available_mixers():
     return sorted(_REGISTRY)
 
 
+def get_mixer_class(name):
+    """The registered :class:`Mixer` subclass called ``name``.
+
+    Example
+    -------
+    >>> get_mixer_class("attention").name
+    'attention'
+    """
+    _load_builtin()
+    if name not in _REGISTRY:
+        raise ConfigError(
+            f"unknown mixer '{name}'; available: {', '.join(sorted(_REGISTRY))}"
+        )
+    return _REGISTRY[name]
+
+
 def build_mixer(name, hidden_size, num_heads, **cfg):
     """Builds a mixer by name.
 
@@ -47,12 +65,13 @@ def build_mixer(name, hidden_size, num_heads, **cfg):
     -------
     Mixer
     """
-    _load_builtin()
-    if name not in _REGISTRY:
-        raise ConfigError(
-            f"unknown mixer '{name}'; available: {', '.join(sorted(_REGISTRY))}"
-        )
-    return _REGISTRY[name](hidden_size=hidden_size, num_heads=num_heads, **cfg)
+    cls = get_mixer_class(name)
+    try:
+        inspect.signature(cls).bind(hidden_size=hidden_size, num_heads=num_heads, **cfg)
+    except TypeError as exc:
+        options = [p for p in inspect.signature(cls).parameters if p not in ("self",)]
+        raise ConfigError(f"mixer '{name}': {exc}; its options are {', '.join(options)}") from None
+    return cls(hidden_size=hidden_size, num_heads=num_heads, **cfg)
 
 
 def _load_builtin():
@@ -67,4 +86,4 @@ def _load_builtin():
                 raise
 
 
-__all__ = ["Mixer", "available_mixers", "build_mixer", "register_mixer"]
+__all__ = ["Mixer", "available_mixers", "build_mixer", "get_mixer_class", "register_mixer"]

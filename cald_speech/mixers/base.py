@@ -75,6 +75,26 @@ class Mixer(nn.Module):
             f"mixer '{self.name}' cannot be initialised from attention; use init='random'"
         )
 
+    @classmethod
+    def attention_init_config(cls, hidden_size, num_heads):
+        """Options a mixer needs so that :meth:`init_from_attention` can be used.
+
+        Merge them into the build options (``build_mixer(name, C, H, **{**these,
+        **yours})``); empty for mixers that need nothing special.
+
+        Arguments
+        ---------
+        hidden_size : int
+            Model width.
+        num_heads : int
+            Heads of the attention.
+
+        Returns
+        -------
+        dict
+        """
+        return {}
+
     def mixer_config(self):
         """Keyword arguments that rebuild this mixer with ``build_mixer(**cfg)``."""
         return {

@@ -1,0 +1,456 @@
+"""Mamba2's SSD scan: a chunked pure-PyTorch kernel, a sequential reference, one dispatch.
+
+The state-space recurrence computed here (per batch row, per head ``h``) is::
+
+    dt_t  = clamp(softplus(dt_t + dt_bias))            (softplus and bias optional)
+    S_t   = exp(dt_t * A_h) * S_{t-1} + dt_t * x_t B_t^T  (S: headdim x d_state)
+    y_t   = S_t C_t + D_h * x_t                         (then y_t * silu(z_t) if z given)
+
+with ``B`` and ``C`` shared by the heads of a group. The argument names, shapes and
+semantics are those of ``mamba_ssm.ops.triton.ssd_combined.mamba_chunk_scan_combined``
+so that :func:`ssd_scan` can hand the same call to the fused Triton kernel on a CUDA
+device and to :func:`ssd_chunk_scan_torch` everywhere else.
+
+Shapes: ``x`` (b, l, h, p), ``dt`` (b, l, h), ``A`` (h,), ``B``/``C`` (b, l, g, n),
+``D`` (h,) or (h, p), ``z`` (b, l, h, p), ``initial_states`` (b, h, p, n).
+
+Example
+-------
+>>> import torch
+>>> b, l, h, p, g, n = 1, 10, 2, 4, 1, 3
+>>> x, dt = torch.randn(b, l, h, p), torch.rand(b, l, h)
+>>> A, B, C = -torch.rand(h), torch.randn(b, l, g, n), torch.randn(b, l, g, n)
+>>> y, state = ssd_scan(x, dt, A, B, C, chunk_size=4, return_final_states=True)
+>>> y.shape, state.shape
+(torch.Size([1, 10, 2, 4]), torch.Size([1, 2, 4, 3]))
+>>> ref = ssd_sequential_ref(x, dt, A, B, C)
+>>> bool(torch.allclose(y.double(), ref, atol=1e-5))
+True
+"""
+
+import logging
+import os
+
+import torch
+import torch.nn.functional as F
+
+from cald_speech.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+IMPL_ENV = "CALD_SSD_IMPL"
+#: Chunk size of the fused kernel when none is given (mamba-ssm's default).
+FUSED_CHUNK_SIZE = 256
+#: Chunk size of the PyTorch kernel when none is given (fastest measured on CPU).
+TORCH_CHUNK_SIZE = 64
+_IMPLS = ("auto", "torch", "fused")
+_LOGGED = set()
+
+
+def _log_once(key, msg, *args):
+    if key not in _LOGGED:
+        _LOGGED.add(key)
+        logger.info(msg, *args)
+
+
+def resolve_impl(impl=None):
+    """Returns the requested kernel path: the argument, else ``$CALD_SSD_IMPL``, else auto.
+
+    Arguments
+    ---------
+    impl : str or None
+        ``"auto"``, ``"torch"`` or ``"fused"``.
+
+    Returns
+    -------
+    str
+
+    Example
+    -------
+    >>> resolve_impl("torch")
+    'torch'
+    """
+    impl = impl or os.environ.get(IMPL_ENV) or "auto"
+    impl = impl.strip().lower()
+    if impl not in _IMPLS:
+        raise ConfigError(
+            f"unknown SSD kernel '{impl}' (from argument or ${IMPL_ENV}); "
+            f"use one of {', '.join(_IMPLS)}"
+        )
+    return impl
+
+
+def fused_scan_available():
+    """True when mamba-ssm's Triton SSD kernel can be imported (it still needs CUDA)."""
+    return _fused_scan_fn() is not None
+
+
+def _fused_scan_fn():
+    try:
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+    except Exception:  # ImportError, or a broken Triton/CUDA install
+        return None
+    return mamba_chunk_scan_combined
+
+
+def _use_fused(impl, tensor, fn, what, extra):
+    """Decides between the fused and the torch path; raises if 'fused' cannot run."""
+    if impl == "torch":
+        return False
+    ok = fn is not None and tensor.is_cuda
+    if impl == "fused" and not ok:
+        reason = "not installed" if fn is None else "inputs are not on a CUDA device"
+        raise ConfigError(
+            f"fused {what} kernel forced (impl='fused' or ${IMPL_ENV}=fused) but {reason}; "
+            f"install the 'cuda' extra ({extra}) and run on a GPU, or use impl='torch'"
+        )
+    return ok
+
+
+def ssd_scan(
+    x,
+    dt,
+    A,
+    B,
+    C,
+    chunk_size=None,
+    D=None,
+    z=None,
+    dt_bias=None,
+    initial_states=None,
+    dt_softplus=False,
+    dt_limit=(0.0, float("inf")),
+    return_final_states=False,
+    impl=None,
+):
+    """The one dispatch point of the SSD scan: fused Triton kernel or chunked PyTorch.
+
+    ``impl="auto"`` (default, or ``$CALD_SSD_IMPL``) uses
+    ``mamba_chunk_scan_combined`` when mamba-ssm is importable and the inputs are on
+    CUDA, else :func:`ssd_chunk_scan_torch`; ``"torch"`` / ``"fused"`` force a path
+    (forcing ``"fused"`` where it cannot run raises :class:`ConfigError`). The path
+    taken is logged once per process at INFO level.
+
+    Arguments
+    ---------
+    x, dt, A, B, C, D, z, dt_bias, initial_states, dt_softplus, dt_limit,
+    return_final_states
+        As in :func:`ssd_chunk_scan_torch`.
+    chunk_size : int or None
+        Frames per chunk; ``None`` picks the path's own default
+        (:data:`FUSED_CHUNK_SIZE` fused, :data:`TORCH_CHUNK_SIZE` PyTorch). The result
+        does not depend on it beyond rounding.
+    impl : str or None
+        ``"auto"``, ``"torch"`` or ``"fused"``.
+
+    Returns
+    -------
+    torch.Tensor or (torch.Tensor, torch.Tensor)
+        ``y`` (b, l, h, p) in ``x``'s dtype, and the final states (b, h, p, n) in fp32
+        if ``return_final_states``.
+
+    Example
+    -------
+    >>> x, dt = torch.randn(1, 5, 2, 4), torch.rand(1, 5, 2)
+    >>> A, B = -torch.rand(2), torch.randn(1, 5, 1, 3)
+    >>> ssd_scan(x, dt, A, B, B, chunk_size=2, impl="torch").shape
+    torch.Size([1, 5, 2, 4])
+    """
+    impl = resolve_impl(impl)
+    fn = _fused_scan_fn() if impl != "torch" else None
+    kwargs = dict(
+        D=D,
+        z=z,
+        dt_bias=dt_bias,
+        initial_states=initial_states,
+        dt_softplus=dt_softplus,
+        return_final_states=return_final_states,
+    )
+    if _use_fused(impl, x, fn, "SSD", "mamba-ssm"):
+        _log_once("ssd-fused", "SSD scan: fused mamba_ssm mamba_chunk_scan_combined (Triton)")
+        if tuple(dt_limit) != (0.0, float("inf")):
+            kwargs["dt_limit"] = tuple(dt_limit)
+        return fn(x, dt, A, B, C, chunk_size or FUSED_CHUNK_SIZE, **kwargs)
+    _log_once("ssd-torch", "SSD scan: chunked pure-PyTorch kernel (ssd_chunk_scan_torch)")
+    chunk_size = chunk_size or TORCH_CHUNK_SIZE
+    return ssd_chunk_scan_torch(x, dt, A, B, C, chunk_size, dt_limit=dt_limit, **kwargs)
+
+
+def _discretize_dt(dt, dt_bias, dt_softplus, dt_limit, dtype):
+    dt = dt.to(dtype)
+    if dt_bias is not None:
+        dt = dt + dt_bias.to(dtype)
+    if dt_softplus:
+        dt = F.softplus(dt)  # threshold 20, as the Triton kernel
+    lo, hi = dt_limit
+    if lo > 0.0 or hi != float("inf"):
+        dt = dt.clamp(min=lo, max=hi)
+    return dt
+
+
+def _pad_time(t, length, inplace):
+    """Zero-pads dim 1 of ``t`` to ``length`` frames."""
+    extra = length - t.shape[1]
+    if extra == 0:
+        return t
+    if inplace:
+        out = t.new_empty((t.shape[0], length) + t.shape[2:])
+        out[:, : t.shape[1]] = t
+        out[:, t.shape[1]:] = 0
+        return out
+    return torch.cat([t, t.new_zeros((t.shape[0], extra) + t.shape[2:])], dim=1)
+
+
+def _compute_dtype(x):
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def ssd_chunk_scan_torch(
+    x,
+    dt,
+    A,
+    B,
+    C,
+    chunk_size=256,
+    D=None,
+    z=None,
+    dt_bias=None,
+    initial_states=None,
+    dt_softplus=False,
+    dt_limit=(0.0, float("inf")),
+    return_final_states=False,
+):
+    """Chunked SSD scan in pure PyTorch (the matrix form of Mamba2, chunk by chunk).
+
+    Within a chunk of ``Q`` frames the output is a masked ``(Q, Q)`` attention-like
+    product; between chunks only the ``(p, n)`` state per head is carried, by a short
+    loop over chunks. Cost is linear in ``l``: no ``(l, l)`` tensor is ever built.
+    Everything is computed in fp32 (fp64 for fp64 inputs); ``y`` is returned in
+    ``x``'s dtype.
+
+    Arguments
+    ---------
+    x : torch.Tensor
+        (b, l, h, p) inputs.
+    dt : torch.Tensor
+        (b, l, h) raw time steps.
+    A : torch.Tensor
+        (h,) decay rates (negative for a stable recurrence).
+    B, C : torch.Tensor
+        (b, l, g, n) input and output projections; ``h`` must be a multiple of ``g``.
+    chunk_size : int
+        Frames per chunk; ``l`` need not be a multiple of it.
+    D : torch.Tensor or None
+        (h,) or (h, p) skip connection.
+    z : torch.Tensor or None
+        (b, l, h, p) gate: ``y * silu(z)``.
+    dt_bias : torch.Tensor or None
+        (h,) added to ``dt`` before the softplus.
+    initial_states : torch.Tensor or None
+        (b, h, p, n) state before the first frame.
+    dt_softplus : bool
+        Apply softplus to ``dt + dt_bias``.
+    dt_limit : tuple of float
+        Clamp range of the discretised ``dt``.
+    return_final_states : bool
+        Also return the state after the last frame.
+
+    Returns
+    -------
+    torch.Tensor or (torch.Tensor, torch.Tensor)
+        ``y`` (b, l, h, p) and, if asked, the final states (b, h, p, n).
+
+    Example
+    -------
+    >>> x, dt = torch.randn(2, 7, 4, 3), torch.rand(2, 7, 4)
+    >>> A, B, C = -torch.rand(4), torch.randn(2, 7, 2, 5), torch.randn(2, 7, 2, 5)
+    >>> y = ssd_chunk_scan_torch(x, dt, A, B, C, chunk_size=3, D=torch.ones(4))
+    >>> y.shape
+    torch.Size([2, 7, 4, 3])
+    """
+    b, l, h, p = x.shape
+    g, n = B.shape[-2:]
+    if h % g:
+        raise ConfigError(f"number of heads ({h}) must be a multiple of ngroups ({g})")
+    if chunk_size < 1:
+        raise ConfigError(f"chunk_size must be positive, got {chunk_size}")
+    out_dtype = x.dtype
+    cd = _compute_dtype(x)
+    Q = max(min(chunk_size, l), 1)
+    L = -(-l // Q) * Q
+    # Without autograd, intermediates are reused in place (less memory traffic).
+    inplace = not (torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad
+        for t in (x, dt, A, B, C, D, z, dt_bias, initial_states)
+    ))
+
+    dt = _discretize_dt(dt, dt_bias, dt_softplus, dt_limit, cd)  # (b, l, h)
+    xf = x.to(cd)
+    # Frames past l (chunk padding) get dt = 0: no decay, no input: the final state is exact.
+    if inplace:
+        xdt = torch.empty(b, L, h, p, dtype=cd, device=x.device)
+        torch.mul(xf, dt.unsqueeze(-1), out=xdt[:, :l])
+        xdt[:, l:] = 0
+    else:
+        xdt = _pad_time(xf * dt.unsqueeze(-1), L, False)
+    dA = _pad_time(dt * A.to(cd), L, inplace)
+    s0 = None if initial_states is None else initial_states.to(cd)
+    y, s = _ssd_core(xdt, dA, _pad_time(B.to(cd), L, inplace), _pad_time(C.to(cd), L, inplace),
+                     Q, s0, inplace)
+    y = y[:, :l]
+    if D is not None:
+        Df = D.to(cd)
+        Df = Df.unsqueeze(-1) if Df.dim() == 1 else Df
+        y = y.addcmul_(xf, Df) if inplace and y.is_contiguous() else y + xf * Df
+    if z is not None:
+        y = y * F.silu(z.to(cd))
+    y = y.to(out_dtype)
+    return (y, s) if return_final_states else y
+
+
+#: Above this many chunks the inter-chunk recurrence is itself solved in chunks (bounds
+#: the Python loop and the autograd graph for very long inputs; below it a loop over
+#: chunks moves less memory and is faster).
+_LOOP_MAX_CHUNKS = 1024
+_INNER_CHUNK = 16
+
+
+def _ssd_core(xdt, dA, B, C, Q, s0, inplace):
+    """The chunked scan on pre-multiplied inputs whose length is a multiple of ``Q``.
+
+    ``xdt`` (b, L, h, p) = x * dt, ``dA`` (b, L, h) = dt * A, ``B``/``C`` (b, L, g, n),
+    ``s0`` (b, h, p, n) or None. Returns ``y`` (b, L, h, p) without the D term, and the
+    final state (b, h, p, n).
+    """
+    b, L, h, p = xdt.shape
+    g, n = B.shape[-2:]
+    hg = h // g
+    nc = L // Q
+    dev, cd = xdt.device, xdt.dtype
+    cs = torch.cumsum(dA.view(b, nc, Q, h), dim=2)  # in-chunk cumulative log-decay
+    xdt = xdt.view(b, nc, Q, h, p)
+    # B, C as (b, nc, g, Q, n): the batch of every chunk-level matmul is (b, nc, g).
+    Bc = B.view(b, nc, Q, g, n).transpose(2, 3)
+    Cc = C.view(b, nc, Q, g, n).transpose(2, 3)
+    if g > 1:
+        Bc, Cc = Bc.contiguous(), Cc.contiguous()
+
+    # 1. Intra-chunk: Y[q] = sum_{s<=q} exp(cs_q - cs_s) (C_q . B_s) (x dt)_s.
+    causal = torch.ones(Q, Q, dtype=torch.bool, device=dev).tril()
+    CB = torch.matmul(Cc, Bc.transpose(-1, -2))  # (b, nc, g, Q, Q)
+    CB = (CB.masked_fill_ if inplace else CB.masked_fill)(~causal, 0.0).unsqueeze(3)
+    cs_h = cs.transpose(2, 3).reshape(b, nc, g, hg, Q)
+    M = cs_h.unsqueeze(-1) - cs_h.unsqueeze(-2)  # (b, nc, g, hg, Q, Q)
+    # Clamping to [-80, 0] keeps exp() off its slow underflow path (exp(-80) ~ 2e-35 is
+    # below fp32 resolution next to the diagonal term) and the masked upper triangle
+    # finite; CB is already zero there.
+    if inplace:
+        M = M.clamp_(min=-80.0, max=0.0).exp_().mul_(CB)
+    else:
+        M = torch.exp(M.clamp(min=-80.0, max=0.0)) * CB
+    X = xdt.view(b, nc, Q, g, hg, p).permute(0, 1, 3, 4, 2, 5)  # (b, nc, g, hg, Q, p)
+    Y_diag = torch.matmul(M, X)  # (b, nc, g, hg, Q, p)
+    del M, X
+
+    # 2. State each chunk adds at its end: sum_q exp(cs_end - cs_q) (x dt)_q B_q^T,
+    #    one (hg*p, Q) @ (Q, n) matmul per (b, chunk, group); stored (b, nc, h, p*n).
+    decay_to_end = torch.exp(cs[:, :, -1:] - cs).unsqueeze(-1)  # (b, nc, Q, h, 1)
+    Xd = xdt * decay_to_end
+    Xd = Xd.view(b, nc, Q, g, hg * p).transpose(2, 3)  # (b, nc, g, Q, hg*p)
+    states = torch.matmul(Xd.transpose(-1, -2), Bc)  # (b, nc, g, hg*p, n)
+    del Xd
+    states = states.view(b, nc, h, p * n)
+
+    # 3. Inter-chunk recurrence: S_c = exp(a_c) S_{c-1} + states_c, a_c = cs[c, end].
+    #    A loop over chunks; for very many chunks, the same scan one level up
+    #    (B = C = 1, one "frame" per chunk).
+    a = cs[:, :, -1]  # (b, nc, h)
+    s_init = (torch.zeros(b, h, p * n, dtype=cd, device=dev) if s0 is None
+              else s0.reshape(b, h, p * n))
+    if nc > _LOOP_MAX_CHUNKS:
+        Q2 = _INNER_CHUNK
+        L2 = -(-nc // Q2) * Q2
+        ones = torch.ones(b, L2, 1, 1, dtype=cd, device=dev)
+        incl, s_fin = _ssd_core(_pad_time(states, L2, inplace), _pad_time(a, L2, inplace),
+                                ones, ones, Q2, s_init.unsqueeze(-1), inplace)
+        s_fin = s_fin.squeeze(-1)
+        prev = torch.cat([s_init.unsqueeze(1), incl[:, : nc - 1]], dim=1)
+    else:
+        decay = torch.exp(a).unsqueeze(-1)  # (b, nc, h, 1)
+        entering = []
+        s = s_init
+        for c in range(nc):
+            entering.append(s)
+            s = torch.addcmul(states[:, c], s, decay[:, c])
+        prev = torch.stack(entering, dim=1)
+        s_fin = s
+    del states
+
+    # 4. Output from the state entering each chunk: exp(cs_q) C_q S^T.
+    prev = prev.view(b, nc, g, hg * p, n).transpose(-1, -2)  # (b, nc, g, n, hg*p)
+    Y = torch.matmul(Cc, prev).view(b, nc, g, Q, hg, p)
+    decay_in = torch.exp(cs).view(b, nc, Q, g, hg, 1).transpose(2, 3)  # (b, nc, g, Q, hg, 1)
+    Y_diag = Y_diag.transpose(3, 4)  # (b, nc, g, Q, hg, p)
+    if inplace:
+        Y = Y.mul_(decay_in).add_(Y_diag)
+    else:
+        Y = Y * decay_in + Y_diag
+    y = Y.transpose(2, 3).reshape(b, L, h, p)  # natural layout
+    return y, s_fin.view(b, h, p, n)
+
+
+def ssd_sequential_ref(
+    x,
+    dt,
+    A,
+    B,
+    C,
+    D=None,
+    z=None,
+    dt_bias=None,
+    initial_states=None,
+    dt_softplus=False,
+    dt_limit=(0.0, float("inf")),
+    return_final_states=False,
+):
+    """Step-by-step float64 recurrence: the ground truth for the chunked kernels.
+
+    Same arguments as :func:`ssd_chunk_scan_torch` (no ``chunk_size``); everything is
+    computed and returned in float64. Differentiable, slow (a Python loop over ``l``).
+
+    Example
+    -------
+    >>> x, dt = torch.randn(1, 3, 1, 2), torch.ones(1, 3, 1)
+    >>> B = C = torch.ones(1, 3, 1, 1)
+    >>> ssd_sequential_ref(x, dt, torch.zeros(1), B, C)[0, :, 0, 0].tolist() == (
+    ...     x[0, :, 0, 0].double().cumsum(0).tolist())
+    True
+    """
+    b, l, h, p = x.shape
+    g, n = B.shape[-2:]
+    hg = h // g
+    f64 = torch.float64
+    dt = _discretize_dt(dt, dt_bias, dt_softplus, dt_limit, f64)
+    xf = x.to(f64)
+    Bh = B.to(f64).repeat_interleave(hg, dim=2)  # (b, l, h, n)
+    Ch = C.to(f64).repeat_interleave(hg, dim=2)
+    A = A.to(f64)
+    if initial_states is None:
+        state = torch.zeros(b, h, p, n, dtype=f64, device=x.device)
+    else:
+        state = initial_states.to(f64)
+    ys = []
+    for t in range(l):
+        decay = torch.exp(dt[:, t] * A)  # (b, h)
+        inp = (dt[:, t, :, None] * xf[:, t]).unsqueeze(-1) * Bh[:, t].unsqueeze(-2)
+        state = decay[..., None, None] * state + inp
+        ys.append((state * Ch[:, t].unsqueeze(-2)).sum(-1))
+    y = torch.stack(ys, dim=1) if ys else xf.new_zeros(b, 0, h, p)
+    if D is not None:
+        Df = D.to(f64)
+        y = y + xf * (Df.unsqueeze(-1) if Df.dim() == 1 else Df)
+    if z is not None:
+        y = y * F.silu(z.to(f64))
+    if return_final_states:
+        return y, state
+    return y
