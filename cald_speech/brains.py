@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from cald_speech.distill.guidance import Guidance
 from cald_speech.distill.losses import logit_kd_loss, masked_layer_loss
 from cald_speech.errors import ConfigError
-from cald_speech.features import base_model, enable_feature_input
+from cald_speech.features import base_model, enable_feature_input, frame_lengths
 
 logger = logging.getLogger(__name__)
 
@@ -157,8 +157,13 @@ class DistillBrain(sb.Brain):
             return inputs, amask
         return self.model_inputs(batch, self.teacher)
 
-    def frame_mask(self, model, num_frames, attention_mask, batch):
-        """(B, T') bool mask of valid frames; items whose audio failed are all False."""
+    def frame_mask(self, model, attention_mask, batch):
+        """(B, T') bool mask of valid frames; items whose audio failed are all False.
+
+        T' is the encoder's frame count for the padded input (``attention_mask`` is
+        sample-level, also when the input is cached CNN features).
+        """
+        num_frames = int(frame_lengths(unwrap(model), attention_mask.shape[1]))
         mask = base_model(unwrap(model))._get_feature_vector_attention_mask(
             num_frames, attention_mask
         )
@@ -198,8 +203,7 @@ class DistillBrain(sb.Brain):
         inputs, amask = self.model_inputs(batch, model)
         hid, logits = self.run_model(model, inputs, amask, need_hid)
         out = {"hid": hid, "logits": logits, "inputs": inputs, "amask": amask}
-        num_frames = (hid[-1] if hid is not None else logits).shape[1]
-        out["mask"] = self.frame_mask(model, num_frames, amask, batch)
+        out["mask"] = self.frame_mask(model, amask, batch)
         if use_teacher:
             if g.mode == "waypoint":
                 self._ensure_waypoint_teacher()
@@ -251,7 +255,7 @@ class DistillBrain(sb.Brain):
         self.teacher.train()
         inputs, amask = self.model_inputs(batch, self.teacher)
         _, logits = self.run_model(self.teacher, inputs, amask, False)
-        mask = self.frame_mask(self.teacher, logits.shape[1], amask, batch)
+        mask = self.frame_mask(self.teacher, amask, batch)
         loss = self.task_loss(logits, mask, batch, sb.Stage.TRAIN)
         self.teacher_optimizer.zero_grad(set_to_none=True)
         loss.backward()
