@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -119,3 +120,22 @@ def test_bad_hparams_fail_early(corpus, tmp_path):
     with pytest.raises(Exception, match="model folder not found|not found"):
         run("cald.yaml", tmp_path / "z", corpus, "--mode", "target",
             "--teacher_source", str(tmp_path / "missing"))
+
+
+def test_ctc_on_a_slurp_layout_corpus(tmp_path):
+    """The offline 'pretrained' start: CTC from scratch on a SLURP-format corpus."""
+    from tests.integration.test_intent_recipe import write_corpus
+
+    root = write_corpus(tmp_path / "slurp")
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY)
+    out = tmp_path / "pre"
+    results = run(
+        "finetune.yaml", out, root, "--model_config", str(cfg), "--data_format", "slurp",
+        "--train_splits", "[train]", "--valid_splits", "[devel]", "--test_splits", "[test]",
+        "--text_column", "transcript", "--normalize_text", "true", "--waypoint_every", "null",
+    )
+    assert set(results) == {"test"}
+    refs = (out / "wer_test.txt").read_text()
+    # normalised transcript ("cooking recipe 22") as the reference words
+    assert re.search(r"COOKING\s*;\s*RECIPE\s*;\s*TWENTY\s*;\s*TWO", refs)
