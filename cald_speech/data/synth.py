@@ -350,6 +350,23 @@ def _split_voices(opts, voices, splits, counts):
     return {train: parts[None], dev: parts.get(dev, []), test: parts.get(test, [])}
 
 
+def voice_split(split_names=LIBRISPEECH_SPLITS, **options):
+    """The voice identities each split of a corpus made with ``options`` gets.
+
+    Lets another corpus use, e.g., only the training voices of this one.
+
+    Example
+    -------
+    >>> parts = voice_split(seed=1, engines=["flite"], dev_voices=1, test_voices=1)
+    >>> len(parts["dev-clean"]), len(parts["test-clean"])
+    (1, 1)
+    """
+    opts = SynthOptions.from_kwargs(options)
+    counts = dict.fromkeys(split_names, 1)
+    parts = _split_voices(opts, _resolve_voices(opts), split_names, counts)
+    return {split: [v.name for v in vs] for split, vs in parts.items()}
+
+
 # --------------------------------------------------------------------------- #
 # Texts.
 

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Builds the offline "pretrained" starting model: a small wav2vec2
+# (hparams/models/tiny_wav2vec2.yaml; CNN frozen at its seeded random init) trained
+# with character CTC on a synthetic corpus of SLURP sentences, spoken by the voice
+# identities that the LibriSpeech-format corpus uses for training (its held-out dev
+# and test voices are never heard). It stands in for a self-supervised checkpoint,
+# which cannot be downloaded here; it is not one.
+#   bash tools/make_pretrained.sh [OUT] [EPOCHS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-data/pretrain}
+EPOCHS=${2:-12}
+PY=${PY:-.venv/bin/python}
+# The LibriSpeech-format corpus's training voices (seed 1 assigns them).
+VOICES=$($PY -c "from cald_speech.data.synth import voice_split
+print(','.join(voice_split(seed=1)['train-clean-100']))")
+$PY -m cald_speech.data.synth slurp "$OUT/slurp_corpus" --train 3000 --dev 150 --test 150 \
+    --seed 7 --jobs "$(nproc)" --voices "$VOICES" --dev-voices 3 --test-voices 3 --quiet
+$PY recipes/LibriSpeech/ASR/train.py recipes/LibriSpeech/ASR/hparams/finetune.yaml \
+    --data_folder "$OUT/slurp_corpus" --data_format slurp \
+    --train_splits "[train]" --valid_splits "[devel]" --test_splits "[test]" \
+    --text_column transcript --normalize_text true --seed 7 \
+    --output_folder "$OUT/run" --feature_cache_folder "$OUT/feature_cache" \
+    --number_of_epochs "$EPOCHS" --batch_size 8 --lr_encoder 0.001 --lr_head 0.001 \
+    --warmup_updates 300 --total_updates $((EPOCHS * 375)) --waypoint_every null \
+    --sorting random
+echo "pretrained model: $OUT/run/model"
