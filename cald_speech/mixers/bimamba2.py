@@ -15,10 +15,14 @@ after the valid frames in both directions and both scans are causal, valid frame
 exactly those of each utterance alone; padded output frames are set to zero.
 
 Defaults: ``expand=1``, ``d_conv=4``, ``ngroups=1`` and ``headdim = hidden_size //
-num_heads`` (64 for wav2vec2 base/large) as in the paper; ``d_state=64`` rather than the
-paper's 128, because it halves the B/C projections and the state while a speech
-frame rate (50 frames/s) does not need more state per head; pass ``d_state=128`` to
-reproduce the paper. ``chunk_size=None`` lets each kernel use its own default.
+num_heads`` (64 for wav2vec2 base/large) as in the paper. ``d_state`` defaults to 64,
+the size the speed targets of this package are measured at; the paper used 128 (pass
+``d_state=128`` to reproduce it). 64 halves the B/C rows of ``in_proj``, the state and
+the scan's state FLOPs; its effect on accuracy is not established.
+``chunk_size=None`` lets each kernel use its own default (256 fused, 64 on CPU, the
+fastest measured there). Without autograd on CPU, sequences longer than
+``inference_segment`` (2,048) frames run in pieces with the convolution and SSM states
+carried: same result, intermediates of one piece only.
 
 :class:`BiMamba2Shared` (``"bimamba2_shared"``) shares ``in_proj`` and ``out_proj``
 between the directions and keeps a separate ``conv1d``, ``dt_bias``, ``A_log``, ``D`` and
@@ -153,12 +157,23 @@ class RMSNormGated(nn.Module):
         """Normalises ``y`` (..., hidden_size), gated by ``z`` (same shape) if given."""
         dtype = y.dtype
         y = _upcast(y)
+        # Without autograd, work in place on tensors created here (fewer memory passes).
+        fast = not torch.is_grad_enabled()
+        owned = False
         if z is not None and not self.norm_before_gate:
-            y = y * F.silu(_upcast(z))
+            if fast:
+                y, owned = F.silu(_upcast(z)).mul_(y), True
+            else:
+                y = y * F.silu(_upcast(z))
         shape = y.shape
         yg = y.reshape(*shape[:-1], -1, self.group_size)
-        yg = yg * torch.rsqrt(yg.square().mean(dim=-1, keepdim=True) + self.eps)
-        y = yg.reshape(shape) * self.weight.to(y.dtype)
+        norm = torch.linalg.vector_norm(yg, dim=-1, keepdim=True)
+        rstd = torch.rsqrt(norm.square() / self.group_size + self.eps)  # small tensor
+        w = self.weight.to(y.dtype).view(-1, self.group_size)
+        if fast and owned:
+            y = yg.mul_(rstd).mul_(w).reshape(shape)
+        else:
+            y = (yg * rstd * w).reshape(shape)
         if z is not None and self.norm_before_gate:
             y = y * F.silu(_upcast(z))
         return y.to(dtype)
@@ -166,6 +181,10 @@ class RMSNormGated(nn.Module):
 
 class _SSMCore(nn.Module):
     """The per-direction part of a Mamba2 block: conv1d, dt_bias, A_log, D, norm."""
+
+    #: Piece length (frames) of inference without autograd on CPU; ``None``: one pass.
+    #: A multiple of the PyTorch chunk size keeps the chunk boundaries of one pass.
+    inference_segment = 2048
 
     def __init__(
         self,
@@ -233,11 +252,27 @@ class _SSMCore(nn.Module):
             norm_before_gate=norm_before_gate,
         )
 
-    def ssm(self, zxbcdt):
-        """From in_proj features (B, T, d_in_proj) to normalised SSM output (B, T, d_inner)."""
+    def ssm(self, zxbcdt, conv_history=None, ssm_state=None, return_states=False):
+        """From in_proj features (B, T, d_in_proj) to normalised SSM output (B, T, d_inner).
+
+        ``conv_history`` (B, d_conv - 1, conv_dim) holds the pre-convolution xBC of the
+        frames just before, and ``ssm_state`` (B, nheads, headdim, d_state) the state
+        after them (both ``None`` at the start of a sequence). With
+        ``return_states=True`` returns ``(y, conv_history, ssm_state)`` for the next
+        piece, so a sequence can be processed piece by piece with exactly the result
+        of one pass.
+        """
         b, t, _ = zxbcdt.shape
         gn = self.ngroups * self.d_state
+        k = self.d_conv - 1
         z, xbc, dt = torch.split(zxbcdt, [self.d_inner, self.conv_dim, self.nheads], dim=-1)
+        if conv_history is not None:
+            xbc = torch.cat([conv_history.to(xbc.dtype), xbc], dim=1)
+        new_history = None
+        if return_states:
+            new_history = xbc[:, -k:] if k else xbc[:, :0]
+            if new_history.shape[1] < k:
+                new_history = F.pad(new_history, (0, 0, k - new_history.shape[1], 0))
         xbc = causal_conv1d(
             xbc.transpose(1, 2),
             self.conv1d.weight.squeeze(1),
@@ -245,6 +280,8 @@ class _SSMCore(nn.Module):
             activation="silu",
             impl=self.impl,
         ).transpose(1, 2)
+        if conv_history is not None:
+            xbc = xbc[:, -t:]
         x, B, C = torch.split(xbc, [self.d_inner, gn, gn], dim=-1)
         A = -torch.exp(_upcast(self.A_log))  # fp32 (fp64 for an fp64 model)
         y = ssd_scan(
@@ -256,11 +293,37 @@ class _SSMCore(nn.Module):
             chunk_size=self.chunk_size,
             D=self.D,
             dt_bias=self.dt_bias,
+            initial_states=ssm_state,
             dt_softplus=True,
             dt_limit=self.dt_limit,
+            return_final_states=return_states,
             impl=self.impl,
         )
-        return self.norm(y.reshape(b, t, self.d_inner), z)
+        if return_states:
+            y, ssm_state = y
+        y = self.norm(y.reshape(b, t, self.d_inner), z)
+        return (y, new_history, ssm_state) if return_states else y
+
+    def _segmented(self, T, device):
+        seg = self.inference_segment
+        return (seg is not None and T > seg and device.type == "cpu"
+                and not torch.is_grad_enabled())
+
+    def ssm_pieces(self, zxbcdt):
+        """:meth:`ssm` over the whole sequence; without autograd on CPU it runs in pieces
+        of ``inference_segment`` frames with the states carried (same result, far
+        smaller intermediates)."""
+        T = zxbcdt.shape[1]
+        if not self._segmented(T, zxbcdt.device):
+            return self.ssm(zxbcdt)
+        seg = self.inference_segment
+        out, hist, state = None, None, None
+        for start in range(0, T, seg):
+            y, hist, state = self.ssm(zxbcdt[:, start:start + seg], hist, state, True)
+            if out is None:
+                out = y.new_empty(y.shape[0], T, y.shape[2])
+            out[:, start:start + y.shape[1]] = y
+        return out
 
 
 class Mamba2Block(_SSMCore):
@@ -314,9 +377,25 @@ class Mamba2Block(_SSMCore):
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
 
     def forward(self, u, padding_mask=None):
-        """(B, T, d_model) -> (B, T, d_model); padded frames (at the end) are zeroed first."""
+        """(B, T, d_model) -> (B, T, d_model); padded frames (at the end) are zeroed first.
+
+        Without autograd on CPU, sequences longer than ``inference_segment`` frames run
+        in pieces with the convolution and SSM states carried: the same result, with
+        intermediates of one piece instead of the whole sequence.
+        """
         u = mask_padding(u, padding_mask)
-        return self.out_proj(self.ssm(self.in_proj(u)))
+        T = u.shape[1]
+        if not self._segmented(T, u.device):
+            return self.out_proj(self.ssm(self.in_proj(u)))
+        seg = self.inference_segment
+        out, hist, state = None, None, None
+        for start in range(0, T, seg):
+            y, hist, state = self.ssm(self.in_proj(u[:, start:start + seg]), hist, state, True)
+            y = self.out_proj(y)
+            if out is None:
+                out = y.new_empty(y.shape[0], T, y.shape[2])
+            out[:, start:start + y.shape[1]] = y
+        return out
 
 
 def _attention_config(hidden_size, num_heads):
@@ -327,7 +406,7 @@ def _attention_config(hidden_size, num_heads):
             "bias": True}
 
 
-def _copy_attention(core, in_proj, out_proj, q_proj, k_proj, v_proj, o_proj, name):
+def _copy_attention(core, in_proj, out_proj, q_proj, k_proj, v_proj, o_proj, name, cls_name):
     """MambaInLlama mapping of Q/K/V/O onto one direction's in_proj/out_proj."""
     need = _attention_config(core.d_model, core.nheads)
     have = {"expand": core.expand, "headdim": core.headdim, "d_state": core.d_state,
@@ -335,7 +414,7 @@ def _copy_attention(core, in_proj, out_proj, q_proj, k_proj, v_proj, o_proj, nam
     if have != need:
         raise ConfigError(
             f"mixer '{name}' cannot take attention weights with {have}; build it with "
-            f"{need} (see {name}.attention_init_config(hidden_size, num_heads))"
+            f"{need} (see {cls_name}.attention_init_config(hidden_size, num_heads))"
         )
     di, gn = core.d_inner, core.ngroups * core.d_state
     rows = {"x": (di, v_proj), "B": (2 * di, k_proj), "C": (2 * di + gn, q_proj)}
@@ -355,6 +434,8 @@ class _BiBase(Mixer):
         if combine not in _COMBINE:
             raise ConfigError(f"combine must be one of {_COMBINE}, got '{combine}'")
         self.combine = combine
+        # Lists, not tuples, so that the config dumps to YAML/JSON as it is.
+        cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
         self._cfg.update(combine=combine, **cfg)
 
     @classmethod
@@ -429,9 +510,11 @@ class BiMamba2(_BiBase):
     >>> m = BiMamba2(32, 4, **BiMamba2.attention_init_config(32, 4))
     >>> q, k, v, o = (torch.nn.Linear(32, 32) for _ in range(4))
     >>> m.init_from_attention(q, k, v, o)
-    >>> bool(torch.equal(m.fwd.in_proj.weight[2 * 32 + 32:], torch.cat([q.weight,
-    ...     m.fwd.in_proj.weight[-4:]])))
-    True
+    >>> z, x, B, C, dt = m.bwd.in_proj.weight.split([32, 32, 32, 32, 4])
+    >>> torch.equal(x, v.weight), torch.equal(B, k.weight), torch.equal(C, q.weight)
+    (True, True, True)
+    >>> m(torch.randn(2, 6, 32), torch.arange(6) < torch.tensor([[6], [4]])).shape
+    torch.Size([2, 6, 32])
     """
 
     name = "bimamba2"
@@ -466,7 +549,7 @@ class BiMamba2(_BiBase):
         """
         for blk in (self.fwd, self.bwd):
             _copy_attention(blk, blk.in_proj, blk.out_proj, q_proj, k_proj, v_proj,
-                            out_proj, self.name)
+                            out_proj, self.name, type(self).__name__)
 
 
 @register_mixer
@@ -504,15 +587,15 @@ class BiMamba2Shared(_BiBase):
         """(B, T, C) and a (B, T) mask (True = valid, padding at the end) -> (B, T, C)."""
         lengths = None if padding_mask is None else lengths_from_mask(padding_mask)
         zxbcdt = self.in_proj(mask_padding(hidden_states, padding_mask))
-        y_f = self.fwd.ssm(zxbcdt)
-        y_b = reverse_padded(self.bwd.ssm(reverse_padded(zxbcdt, lengths)), lengths)
+        y_f = self.fwd.ssm_pieces(zxbcdt)
+        y_b = reverse_padded(self.bwd.ssm_pieces(reverse_padded(zxbcdt, lengths)), lengths)
         return mask_padding(self.out_proj(self._combine(y_f, y_b)), padding_mask)
 
     @torch.no_grad()
     def init_from_attention(self, q_proj, k_proj, v_proj, out_proj):
         """The MambaInLlama mapping of :meth:`BiMamba2.init_from_attention`, done once."""
         _copy_attention(self.fwd, self.in_proj, self.out_proj, q_proj, k_proj, v_proj,
-                        out_proj, self.name)
+                        out_proj, self.name, type(self).__name__)
 
     def direction_state_dict(self, direction):
         """A mamba-ssm ``Mamba2`` state dict of one direction (``"fwd"`` or ``"bwd"``)."""

@@ -12,12 +12,15 @@ Example
 True
 """
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
 from cald_speech.mixers.ops.ssd import _log_once, resolve_impl
 
 
+@functools.cache
 def _fused_conv_fn():
     try:
         from causal_conv1d import causal_conv1d_fn
@@ -52,7 +55,7 @@ def causal_conv1d(x, weight, bias=None, activation="silu", impl=None):
     if activation not in (None, "silu", "swish"):
         raise ValueError(f"unsupported activation '{activation}' (use 'silu' or None)")
     impl = resolve_impl(impl)
-    fn = _fused_conv_fn() if impl != "torch" else None
+    fn = _fused_conv_fn() if impl != "torch" and x.is_cuda else None
     # causal-conv1d is optional even for the fused SSD path (mamba-ssm's Triton scan
     # does not need it), so forcing "fused" falls back to F.conv1d here, with a log line.
     if fn is not None and x.is_cuda:
@@ -72,9 +75,10 @@ def _causal_conv1d_torch(x, weight, bias, activation):
     inplace = not (torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, weight, bias)
     ))
-    out = xt * weight[:, w - 1]
     if bias is not None:
-        out = out.add_(bias) if inplace else out + bias
+        out = torch.addcmul(bias, xt, weight[:, w - 1])
+    else:
+        out = xt * weight[:, w - 1]
     for k in range(w - 1):
         shift = w - 1 - k
         if shift >= length:

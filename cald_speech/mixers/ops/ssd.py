@@ -28,6 +28,7 @@ Example
 True
 """
 
+import functools
 import logging
 import os
 
@@ -85,6 +86,7 @@ def fused_scan_available():
     return _fused_scan_fn() is not None
 
 
+@functools.cache
 def _fused_scan_fn():
     try:
         from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
@@ -157,7 +159,7 @@ def ssd_scan(
     torch.Size([1, 5, 2, 4])
     """
     impl = resolve_impl(impl)
-    fn = _fused_scan_fn() if impl != "torch" else None
+    fn = _fused_scan_fn() if impl == "fused" or (impl == "auto" and x.is_cuda) else None
     kwargs = dict(
         D=D,
         z=z,
@@ -223,10 +225,15 @@ def ssd_chunk_scan_torch(
     """Chunked SSD scan in pure PyTorch (the matrix form of Mamba2, chunk by chunk).
 
     Within a chunk of ``Q`` frames the output is a masked ``(Q, Q)`` attention-like
-    product; between chunks only the ``(p, n)`` state per head is carried, by a short
-    loop over chunks. Cost is linear in ``l``: no ``(l, l)`` tensor is ever built.
-    Everything is computed in fp32 (fp64 for fp64 inputs); ``y`` is returned in
-    ``x``'s dtype.
+    product; between chunks only the ``(p, n)`` state per head is carried, by a loop
+    over chunks (for more than 1,024 chunks, by the same chunked scan one level up).
+    Cost is linear in ``l``: no ``(l, l)`` tensor is ever built. Everything is computed
+    in fp32 (fp64 for fp64 inputs); ``y`` is returned in ``x``'s dtype. Without
+    autograd, intermediates are updated in place.
+
+    Numerics: inside a chunk, decay factors below ``exp(-80)`` (about 2e-35) are
+    computed as ``exp(-80)``; this keeps ``exp`` off its slow underflow path and is far
+    below fp32 resolution next to each frame's own (undecayed) term.
 
     Arguments
     ---------
@@ -276,6 +283,13 @@ def ssd_chunk_scan_torch(
         raise ConfigError(f"chunk_size must be positive, got {chunk_size}")
     out_dtype = x.dtype
     cd = _compute_dtype(x)
+    if l == 0:
+        y = x.new_zeros(x.shape)
+        if not return_final_states:
+            return y
+        s = (x.new_zeros(b, h, p, n, dtype=cd) if initial_states is None
+             else initial_states.to(cd))
+        return y, s
     Q = max(min(chunk_size, l), 1)
     L = -(-l // Q) * Q
     # Without autograd, intermediates are reused in place (less memory traffic).
@@ -313,6 +327,9 @@ def ssd_chunk_scan_torch(
 #: chunks moves less memory and is faster).
 _LOOP_MAX_CHUNKS = 1024
 _INNER_CHUNK = 16
+#: Tensors with fewer elements than this run element-wise ops on one thread
+#: (``at::internal::GRAIN_SIZE``).
+_SERIAL_NUMEL = 32768
 
 
 def _ssd_core(xdt, dA, B, C, Q, s0, inplace):
@@ -377,13 +394,29 @@ def _ssd_core(xdt, dA, B, C, Q, s0, inplace):
         prev = torch.cat([s_init.unsqueeze(1), incl[:, : nc - 1]], dim=1)
     else:
         decay = torch.exp(a).unsqueeze(-1)  # (b, nc, h, 1)
-        entering = []
-        s = s_init
-        for c in range(nc):
-            entering.append(s)
-            s = torch.addcmul(states[:, c], s, decay[:, c])
-        prev = torch.stack(entering, dim=1)
-        s_fin = s
+        # The per-chunk updates are small: split them by heads below the intra-op
+        # parallel grain so that each runs on one thread, without waiting for the pool
+        # (which costs far more than the work when other processes load the cores).
+        per = max(1, (_SERIAL_NUMEL - 1) // (b * p * n))
+        parts = [slice(i, min(i + per, h)) for i in range(0, h, per)]
+        if inplace:  # write each state straight into its slot
+            prev = torch.empty(b, nc + 1, h, p * n, dtype=cd, device=dev)
+            prev[:, 0] = s_init
+            for c in range(nc):
+                for sl in parts:
+                    torch.addcmul(states[:, c, sl], prev[:, c, sl], decay[:, c, sl],
+                                  out=prev[:, c + 1, sl])
+            s_fin, prev = prev[:, nc].clone(), prev[:, :nc]
+        else:
+            pieces = []
+            for sl in parts:
+                entering, s_part = [], s_init[:, sl]
+                for c in range(nc):
+                    entering.append(s_part)
+                    s_part = torch.addcmul(states[:, c, sl], s_part, decay[:, c, sl])
+                pieces.append((torch.stack(entering, dim=1), s_part))
+            prev = torch.cat([pr for pr, _ in pieces], dim=2)
+            s_fin = torch.cat([sf for _, sf in pieces], dim=1)
     del states
 
     # 4. Output from the state entering each chunk: exp(cs_q) C_q S^T.
