@@ -47,6 +47,8 @@ setup(
             "cald-synth=cald_speech.data.synth:main",
             "cald-prepare=cald_speech.data.prepare:main",
             "cald-convert=cald_speech.convert:main",
+            "cald-transcribe=cald_speech.inference:main",
+            "cald-bench=cald_speech.bench.cli:main",
         ],
     },
     classifiers=[

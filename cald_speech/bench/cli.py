@@ -1,0 +1,59 @@
+"""``cald-bench``: the benchmarks of trained students against their teachers.
+
+Commands:
+
+``cald-bench wer --teacher DIR --student DIR --csv test.csv``
+    WER/CER of both models on the same items, their agreement, per-utterance diffs
+    (:mod:`cald_speech.bench.wer`).
+``cald-bench speed (--model DIR ... | --shape wav2vec2-base ...) --minutes 0.5,1,5,10,30,60``
+    Wall time, real-time factor and peak memory vs audio length of the teacher (one
+    pass and windowed) and the student (one pass) (:mod:`cald_speech.bench.speed`).
+``cald-bench longform --teacher DIR --student DIR --csv test.csv``
+    One long recording of test utterances: WER, time and memory of the windowed
+    teacher and the one-pass student (:mod:`cald_speech.bench.longform`).
+
+Each writes a JSON file (and the speed benchmark a PNG) under ``--out-dir``, prints a
+table and records the machine.
+
+Example
+-------
+>>> main([])  # doctest: +ELLIPSIS
+usage: cald-bench {wer,speed,longform} ...
+...
+2
+"""
+
+import importlib
+import sys
+
+COMMANDS = {
+    "wer": ("cald_speech.bench.wer", "WER/CER of teacher and student, agreement, diffs"),
+    "speed": ("cald_speech.bench.speed", "time, RTF and peak memory vs audio length"),
+    "longform": ("cald_speech.bench.longform", "long recording: windowed teacher vs student"),
+}
+
+
+def usage():
+    """The top-level usage text."""
+    lines = ["usage: cald-bench {wer,speed,longform} [options]", "", "commands:"]
+    lines += [f"  {name:<9} {desc}" for name, (_, desc) in COMMANDS.items()]
+    lines.append("\n`cald-bench COMMAND --help` shows a command's options.")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    """Entry point of ``cald-bench``; returns the command's exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(usage(), file=sys.stderr)
+        print(f"\ncald-bench: error: unknown command '{name}'", file=sys.stderr)
+        return 2
+    return importlib.import_module(COMMANDS[name][0]).main(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

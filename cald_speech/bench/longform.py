@@ -1,0 +1,216 @@
+"""Long-form accuracy and cost: one long recording, windowed teacher vs one-pass student.
+
+``cald-bench longform --teacher DIR --student DIR --csv test.csv [--minutes M]`` builds
+one long recording by concatenating the manifest's utterances (16 kHz mono, ``--gap-s``
+of silence between them, cycling through the list until ``--minutes`` are reached;
+all of them once by default) with its known text, writes it (``longform.wav``,
+``longform_reference.txt``, ``longform_segments.json``), then transcribes it
+
+- with the teacher in windows (``--window-s`` 30 s, ``--overlap-s`` 2 s on each side,
+  posteriors stitched),
+- with the student in one pass,
+- optionally (``--teacher-onepass``) with the teacher in one pass,
+
+each in a fresh process (time and peak memory as in :mod:`cald_speech.bench.speed`),
+and reports each system's WER/CER against the known text, the student's agreement with
+the windowed teacher, time, real-time factor and peak memory (table + ``longform.json``).
+
+Example
+-------
+>>> import os, tempfile, numpy as np, soundfile as sf
+>>> d = tempfile.mkdtemp()
+>>> for i in range(2):
+...     sf.write(os.path.join(d, f"u{i}.wav"), np.full(1600, 0.1, "float32"), 16000)
+>>> items = [{"ID": f"u{i}", "wav": os.path.join(d, f"u{i}.wav"), "ref": f"WORD{i}"}
+...          for i in range(2)]
+>>> rec = build_recording(items, os.path.join(d, "long.wav"), gap_s=0.05, minutes=0.01)
+>>> rec["text"], round(rec["duration"], 2)
+('WORD0 WORD1 WORD0 WORD1 WORD0', 0.7)
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from cald_speech.bench.report import format_table, machine_info, run_child, write_json
+from cald_speech.bench.wer import error_rates, read_items
+from cald_speech.data.audio import SAMPLE_RATE
+from cald_speech.errors import AudioError, CaldError, DataError
+
+__all__ = ["build_recording", "main"]
+
+SYSTEMS = {
+    "teacher-windowed": ("teacher", "windowed"),
+    "student-onepass": ("student", "one-pass"),
+    "teacher-onepass": ("teacher", "one-pass"),
+}
+
+
+def build_recording(items, path, gap_s=0.5, minutes=None, skipped=None):
+    """Concatenates utterances into one 16 kHz file with the matching reference text.
+
+    Arguments
+    ---------
+    items : list of dict
+        ``{"ID", "wav", "ref"}`` (see :func:`cald_speech.bench.wer.read_items`).
+    path : str or os.PathLike
+        Output audio file (float WAV).
+    gap_s : float
+        Silence between utterances.
+    minutes : float, optional
+        Cycle through the items until the recording is at least this long (default:
+        each item once).
+    skipped : dict, optional
+        Receives ``ID -> error`` for unreadable items (left out).
+
+    Returns
+    -------
+    dict
+        ``path``, ``text``, ``duration`` (s), ``segments`` (``ID``, ``start``, ``end``,
+        ``text``), ``passes`` (times through the list).
+    """
+    from cald_speech.inference import read_mono
+
+    skipped = {} if skipped is None else skipped
+    gap = np.zeros(int(round(gap_s * SAMPLE_RATE)), dtype=np.float32)
+    target = None if minutes is None else minutes * 60 * SAMPLE_RATE
+    texts, segments, n, passes = [], [], 0, 0
+    with sf.SoundFile(str(path), "w", samplerate=SAMPLE_RATE, channels=1,
+                      subtype="FLOAT", format="WAV") as out:
+        while True:
+            passes += 1
+            wrote = False
+            for it in items:
+                if it["ID"] in skipped:
+                    continue
+                try:
+                    wav, _ = read_mono(it["wav"])
+                except AudioError as exc:
+                    skipped[it["ID"]] = str(exc)
+                    continue
+                if n:
+                    out.write(gap)
+                    n += gap.size
+                out.write(wav.numpy())
+                segments.append({"ID": it["ID"], "start": n / SAMPLE_RATE,
+                                 "end": (n + wav.numel()) / SAMPLE_RATE, "text": it["ref"]})
+                n += wav.numel()
+                texts.append(it["ref"])
+                wrote = True
+                if target is not None and n >= target:
+                    break
+            if not wrote:
+                raise DataError(path, "no readable utterance to build the recording from",
+                                "check the manifest's audio paths")
+            if target is None or n >= target:
+                break
+    text = " ".join(t for t in texts if t)
+    return {"path": str(path), "text": text, "duration": n / SAMPLE_RATE,
+            "segments": segments, "passes": passes}
+
+
+def build_parser():
+    """The ``cald-bench longform`` argument parser."""
+    p = argparse.ArgumentParser(
+        prog="cald-bench longform",
+        description="WER, time and memory of the windowed teacher and the one-pass student "
+                    "on one long recording made of test utterances with known text.",
+    )
+    p.add_argument("--teacher", required=True, metavar="DIR", help="packaged teacher folder")
+    p.add_argument("--student", required=True, metavar="DIR", help="packaged student folder")
+    p.add_argument("--csv", required=True, help="SpeechBrain CSV (ID,duration,wav,...,wrd)")
+    p.add_argument("--text-column", default="wrd", help="transcript column (default wrd)")
+    p.add_argument("--data-root", default=None, help="value of $data_root in the wav column")
+    p.add_argument("--normalize", action="store_true", help="normalise the references")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="length of the recording (cycles through the items; default: each "
+                        "item once)")
+    p.add_argument("--gap-s", type=float, default=0.5, help="silence between utterances (s)")
+    p.add_argument("--window-s", type=float, default=30.0, help="teacher window (s)")
+    p.add_argument("--overlap-s", type=float, default=2.0, help="window context per side (s)")
+    p.add_argument("--teacher-onepass", action="store_true",
+                   help="also run the teacher over the whole recording at once")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--timeout", type=float, default=7200.0, help="per-system time limit (s)")
+    p.add_argument("--out-dir", default="results/bench_longform", help="where results go")
+    p.add_argument("--in-process", action="store_true",
+                   help="run the systems in this process (smoke tests only: peak memory is "
+                        "then not per system)")
+    return p
+
+
+def main(argv=None):
+    """Entry point of ``cald-bench longform``; returns the exit status (2 on bad input)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    skipped = {}
+    try:
+        items = read_items(args.csv, args.text_column, args.data_root, None, args.normalize)
+        rec = build_recording(items, out / "longform.wav", args.gap_s, args.minutes, skipped)
+    except CaldError as exc:
+        print(f"cald-bench longform: error: {exc}", file=sys.stderr)
+        return 2
+    for item_id, msg in skipped.items():
+        print(f"cald-bench longform: skipped {item_id}: {msg}", file=sys.stderr)
+    (out / "longform_reference.txt").write_text(rec["text"] + "\n", encoding="utf-8")
+    write_json(out / "longform_segments.json", rec["segments"])
+    print(f"recording: {rec['duration'] / 60:.2f} min, {len(rec['segments'])} utterances, "
+          f"{len(rec['text'].split())} words -> {rec['path']}")
+    systems = ["teacher-windowed", "student-onepass"]
+    if args.teacher_onepass:
+        systems.append("teacher-onepass")
+    results = []
+    for system in systems:
+        role, mode = SYSTEMS[system]
+        cfg = dict(model=str(args.teacher if role == "teacher" else args.student),
+                   system=system, mode=mode, audio=rec["path"], window_s=args.window_s,
+                   overlap_s=args.overlap_s, device=args.device, threads=args.threads,
+                   return_text=True)
+        print(f"running {system} ...", file=sys.stderr)
+        if args.in_process:
+            from cald_speech.bench.speed import run_config
+
+            results.append(run_config(cfg))
+        else:
+            results.append(run_child("cald_speech.bench.speed", cfg, args.timeout))
+    ref = rec["text"]
+    windowed = next((r for r in results if r["system"] == "teacher-windowed"
+                     and r["status"] == "ok"), None)
+    rows = []
+    for r in results:
+        if r["status"] != "ok":
+            rows.append(dict(system=r["system"], note=f"{r['status']}: {r.get('reason', '')}"))
+            continue
+        hyp = " ".join(r["text"].upper().split())
+        r["scores"] = error_rates([ref], [hyp])
+        if windowed is not None and r is not windowed:
+            wt = " ".join(windowed["text"].upper().split())
+            r["agreement_with_teacher_windowed"] = error_rates([wt], [hyp])
+        agree = r.get("agreement_with_teacher_windowed", {}).get("wer")
+        rows.append(dict(system=r["system"], wer=100 * r["scores"]["wer"],
+                         cer=100 * r["scores"]["cer"],
+                         agree=None if agree is None else 100 * agree, time=r["time_s"],
+                         rtf=r["rtf"], peak=r["peak_rss_mb"], cuda=r.get("cuda_peak_mb"),
+                         note="ok"))
+    cols = [("system", "system", "s"), ("wer", "WER %", ".2f"), ("cer", "CER %", ".2f"),
+            ("agree", "vs teacher-windowed WER %", ".2f"), ("time", "time s", ".1f"),
+            ("rtf", "RTF", ".3f"), ("peak", "peak RSS MB", ".0f"), ("cuda", "CUDA MB", ".0f"),
+            ("note", "status", "s")]
+    print(format_table(rows, cols))
+    payload = dict(recording={k: v for k, v in rec.items() if k != "segments"},
+                   skipped=skipped, results=results, machine=machine_info(),
+                   options={k: v for k, v in vars(args).items()})
+    print(f"wrote {write_json(out / 'longform.json', payload)}")
+    return 0 if all(r["status"] == "ok" for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,447 @@
+"""Time, real-time factor and peak memory versus audio length: teacher vs student.
+
+``cald-bench speed`` transcribes synthetic audio of growing length (``--minutes``) with
+
+- ``teacher-onepass``: the teacher over the whole file at once (blockwise CNN, then the
+  quadratic encoder over the whole sequence), until it no longer fits;
+- ``teacher-windowed``: the teacher in 30 s windows with 2 s of context on each side,
+  posteriors stitched (how a transformer is used on long audio);
+- ``student-onepass``: the student over the whole file at once (blockwise CNN, encoder
+  over the whole sequence, see :mod:`cald_speech.inference`),
+
+all in one run, and prints a table, writes ``speed.json`` and ``speed.png`` (time and
+peak memory versus audio length, log-log) and records the machine.
+
+Models: ``--model DIR ...`` (packaged folders; a student folder gets
+``student-onepass``, a teacher folder the two teacher systems), or ``--shape
+wav2vec2-base`` / ``wav2vec2-large-lv60``: a CTC teacher with the public checkpoint's
+architecture and random weights (seeded) and its BiMamba2 student, packaged into a
+temporary folder first — random weights cost the same as trained ones.
+
+How it measures:
+
+- every (model, system, length) runs in a **fresh subprocess**
+  (:func:`cald_speech.bench.report.run_child`): its peak memory is its own;
+- in the child: the model is loaded, a 2 s warm-up transcription runs, the audio (seeded
+  noise, 16 kHz) is created, then the peak counters are reset and one full
+  transcription (posteriors, greedy decoding, word timestamps) is timed;
+- memory on CPU: ``peak_rss_mb`` is the process's resident-set high-water mark during
+  the transcription (everything the process holds: interpreter, model, the waveform);
+  ``extra_rss_mb`` subtracts the resident set just before it. On CUDA
+  ``torch.cuda.max_memory_allocated`` is reported too;
+- a configuration whose time or memory, extrapolated from the same series' previous
+  lengths (growth exponent fitted and clamped to [1, 2]; 2 with a single point), would
+  exceed ``--time-cap`` / ``--mem-cap-gb`` is reported as skipped, not run; after a
+  failure, timeout or skip, longer lengths of that series are skipped too.
+
+Other processes on the machine change the timings; the load average before and after
+is recorded.
+
+Example
+-------
+>>> args = parse_args(["--shape", "wav2vec2-base", "--minutes", "1,0.5"])
+>>> args.minutes, args.systems
+([0.5, 1.0], ['teacher-onepass', 'teacher-windowed', 'student-onepass'])
+"""
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from cald_speech.bench.report import (
+    MemoryMeter,
+    extrapolate,
+    format_table,
+    loglog_plot,
+    machine_info,
+    run_child,
+    write_json,
+)
+from cald_speech.data.audio import SAMPLE_RATE
+from cald_speech.errors import CaldError, ConfigError
+
+SYSTEMS = ("teacher-onepass", "teacher-windowed", "student-onepass")
+#: How each system runs (Transcriber mode) and which kind of model it needs.
+SYSTEM_MODES = {
+    "teacher-onepass": ("teacher", "one-pass"),
+    "teacher-windowed": ("teacher", "windowed"),
+    "student-onepass": ("student", "one-pass"),
+}
+DEFAULT_MINUTES = "0.5,1,5,10,30,60"
+SHAPES = ("wav2vec2-base", "wav2vec2-large-lv60")
+WARMUP_S = 2.0
+
+
+def _minutes(text):
+    try:
+        values = sorted({float(v) for v in str(text).split(",") if v.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected minutes like 0.5,1,5, got '{text}'") from None
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"minutes must be positive, got '{text}'")
+    return values
+
+
+def _systems(text):
+    values = [v.strip() for v in str(text).split(",") if v.strip()]
+    bad = [v for v in values if v not in SYSTEMS]
+    if bad or not values:
+        raise argparse.ArgumentTypeError(f"unknown system(s) {bad}; choose from {SYSTEMS}")
+    return values
+
+
+def build_parser():
+    """The ``cald-bench speed`` argument parser."""
+    p = argparse.ArgumentParser(
+        prog="cald-bench speed",
+        description="Wall time, real-time factor and peak memory vs audio length of the "
+                    "teacher (one pass and windowed) and the student (one pass).",
+    )
+    src = p.add_mutually_exclusive_group(required=False)
+    src.add_argument("--model", nargs="+", metavar="DIR", default=None,
+                     help="packaged model folders (teachers and/or students)")
+    src.add_argument("--shape", nargs="+", choices=SHAPES, default=None,
+                     help="build a random-weight CTC teacher of this architecture and its "
+                          "student (no folders needed)")
+    p.add_argument("--minutes", type=_minutes, default=_minutes(DEFAULT_MINUTES),
+                   help=f"audio lengths in minutes (default {DEFAULT_MINUTES})")
+    p.add_argument("--systems", type=_systems, default=list(SYSTEMS),
+                   help=f"comma-separated subset of {','.join(SYSTEMS)}")
+    p.add_argument("--window-s", type=float, default=30.0, help="teacher window (s)")
+    p.add_argument("--overlap-s", type=float, default=2.0,
+                   help="teacher context on each side of a window (s)")
+    p.add_argument("--mixer", default="bimamba2", help="student mixer for --shape")
+    p.add_argument("--tiny", action="store_true",
+                   help="--shape with tiny widths (for tests and smoke runs)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--time-cap", type=float, default=3600.0,
+                   help="skip a configuration predicted to take longer (s, default 3600)")
+    p.add_argument("--mem-cap-gb", type=float, default=None,
+                   help="skip a configuration predicted to need more (default: 60%% of RAM "
+                        "on CPU, 80%% of GPU memory on CUDA)")
+    p.add_argument("--out-dir", default="results/bench_speed", help="where the results go")
+    p.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    p.add_argument("--in-process", action="store_true",
+                   help="run every configuration in this process (smoke tests only: peak "
+                        "memory is then not per configuration)")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def parse_args(argv=None):
+    """Parses and checks the options."""
+    p = build_parser()
+    args = p.parse_args(argv)
+    if args.child is None and not (args.model or args.shape):
+        p.error("give --model DIR ... or --shape NAME ...")
+    return args
+
+
+# ----------------------------------------------------------------- child process
+def synthetic_audio(seconds, seed=0):
+    """Seeded noise at 16 kHz standing in for speech (cost does not depend on content).
+
+    Example
+    -------
+    >>> synthetic_audio(0.5).shape
+    torch.Size([8000])
+    """
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(int(round(seconds * SAMPLE_RATE)), generator=g).mul_(0.1)
+
+
+def run_config(cfg):
+    """Runs one configuration in this process and returns its result.
+
+    Arguments
+    ---------
+    cfg : dict
+        ``model`` (folder), ``mode`` (``one-pass`` / ``windowed``), ``minutes`` (synthetic
+        audio) or ``audio`` (a file to transcribe), ``window_s``, ``overlap_s``,
+        ``device``, ``threads``, ``return_text``.
+
+    Returns
+    -------
+    dict
+        ``cfg`` plus ``status`` ``"ok"``, ``time_s``, ``rtf``, ``audio_s``, ``frames``,
+        the :class:`~cald_speech.bench.report.MemoryMeter` fields, ``threads`` and, with
+        ``return_text``, ``text``.
+    """
+    from cald_speech.inference import Transcriber
+
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg["threads"]))
+    device = cfg.get("device", "cpu")
+    asr = Transcriber.from_pretrained(cfg["model"], device=device,
+                                      window_s=cfg.get("window_s", 30.0),
+                                      overlap_s=cfg.get("overlap_s", 2.0))
+    mode = cfg["mode"]
+    asr.transcribe_waveform(synthetic_audio(WARMUP_S, seed=1), mode=mode, progress=False)
+    audio = cfg.get("audio")
+    wav = None if audio else synthetic_audio(60.0 * cfg["minutes"])
+    meter = MemoryMeter(device).start()
+    t0 = time.perf_counter()
+    if audio:
+        result = asr.transcribe_file(audio, mode=mode, progress=False)
+    else:
+        result = asr.transcribe_waveform(wav, mode=mode, progress=False)
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - t0
+    mem = meter.stop()
+    out = dict(cfg, status="ok", time_s=elapsed, audio_s=result.duration,
+               rtf=elapsed / max(result.duration, 1e-9),
+               frames=round(result.duration / asr.frame_shift), words=len(result.words),
+               threads=torch.get_num_threads(), result_mode=result.mode, **mem)
+    if cfg.get("return_text"):
+        out["text"] = result.text
+    return out
+
+
+# ----------------------------------------------------------------- models
+def _role(folder):
+    from cald_speech.student import read_config
+
+    return "student" if "cald" in read_config(folder) else "teacher"
+
+
+def build_shape_models(shape, folder, tiny=False, mixer="bimamba2", seed=0):
+    """Packages a random-weight CTC teacher of ``shape`` and its student into ``folder``.
+
+    Returns
+    -------
+    dict
+        ``{"teacher": path, "student": path}``.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> paths = build_shape_models("wav2vec2-base", tempfile.mkdtemp(), tiny=True)
+    >>> sorted(paths)
+    ['student', 'teacher']
+    """
+    import transformers
+
+    from cald_speech.convert import convert, public_config
+    from cald_speech.data.tokenizer import CharTokenizer
+    from cald_speech.experiment import package_model
+
+    tok = CharTokenizer()
+    config = public_config(shape, tiny=tiny, vocab_size=len(tok), pad_token_id=0)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        teacher = transformers.Wav2Vec2ForCTC(config).eval()
+        student = convert(teacher, mixer=mixer).eval()
+    folder = Path(folder)
+    info = {"random_weights": True, "shape": shape, "tiny": tiny, "seed": seed}
+    paths = {
+        "teacher": package_model(teacher, folder / "teacher", tok, info),
+        "student": package_model(student, folder / "student", tok, {**info, "mixer": mixer}),
+    }
+    del teacher, student
+    return paths
+
+
+def plan(models, args):
+    """Configurations in run order: per model and system, lengths ascending."""
+    cfgs = []
+    for group, label, folder, role in models:
+        for system in args.systems:
+            need, mode = SYSTEM_MODES[system]
+            if need != role:
+                continue
+            for minutes in args.minutes:
+                cfgs.append(dict(model=folder, group=group, label=label, system=system, mode=mode,
+                                 minutes=minutes, window_s=args.window_s,
+                                 overlap_s=args.overlap_s, device=args.device,
+                                 threads=args.threads))
+    return cfgs
+
+
+def _mem_cap_mb(args):
+    if args.mem_cap_gb:
+        return args.mem_cap_gb * 1024
+    if str(args.device).startswith("cuda"):
+        return 0.8 * torch.cuda.get_device_properties(0).total_memory / 2**20
+    try:
+        ram_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
+    except (ValueError, OSError):
+        return float("inf")
+    return 0.6 * ram_mb
+
+
+def _mem_key(args):
+    return "cuda_peak_mb" if str(args.device).startswith("cuda") else "peak_rss_mb"
+
+
+def _predict_memory(ok, minutes, mem_key):
+    """Predicted peak: the memory held before the pass plus the pass's extrapolated extra."""
+    if not ok:
+        return None
+    extra_key = "cuda_extra_mb" if mem_key == "cuda_peak_mb" else "extra_rss_mb"
+    base = ok[-1][mem_key] - ok[-1][extra_key]
+    extra = extrapolate([(r["minutes"], r[extra_key] + 1.0) for r in ok], minutes)
+    return base + extra
+
+
+def _run(cfg, args):
+    if not args.in_process:
+        return run_child("cald_speech.bench.speed", cfg, max(3 * args.time_cap, 600.0))
+    try:
+        return run_config(cfg)
+    except (CaldError, RuntimeError, MemoryError) as exc:
+        return dict(cfg, status="failed", reason=f"{type(exc).__name__}: {exc}"[:300])
+
+
+def run(models, args):
+    """Runs the plan with skips; returns the list of results."""
+    from tqdm import tqdm
+
+    results, series = [], {}
+    cap_mb = _mem_cap_mb(args)
+    mem_key = _mem_key(args)
+    for cfg in tqdm(plan(models, args), desc="speed bench", unit="cfg"):
+        done = series.setdefault((cfg["label"], cfg["system"]), [])
+        ok = [r for r in done if r["status"] == "ok"]
+        if done and done[-1]["status"] != "ok":
+            res = dict(cfg, status="skipped", reason=f"shorter audio {done[-1]['status']}")
+        else:
+            t_pred = extrapolate([(r["minutes"], r["time_s"]) for r in ok], cfg["minutes"])
+            m_pred = _predict_memory(ok, cfg["minutes"], mem_key)
+            if t_pred is not None and t_pred > args.time_cap:
+                res = dict(cfg, status="skipped", predicted_time_s=t_pred,
+                           reason=f"predicted {t_pred:.0f} s > time cap {args.time_cap:.0f} s")
+            elif m_pred is not None and m_pred > cap_mb:
+                res = dict(cfg, status="skipped", predicted_mem_mb=m_pred,
+                           reason=f"predicted {m_pred:.0f} MB > memory cap {cap_mb:.0f} MB")
+            else:
+                res = _run(cfg, args)
+        done.append(res)
+        results.append(res)
+    return results
+
+
+COLUMNS = [
+    ("label", "model", "s"),
+    ("system", "system", "s"),
+    ("minutes", "minutes", "g"),
+    ("time_s", "time s", ".2f"),
+    ("rtf", "RTF", ".3f"),
+    ("peak_rss_mb", "peak RSS MB", ".0f"),
+    ("extra_rss_mb", "extra MB", ".0f"),
+    ("cuda_peak_mb", "CUDA MB", ".0f"),
+    ("note", "status", "s"),
+]
+
+
+def table(results):
+    """The results as a text table."""
+    rows = []
+    for r in results:
+        note = "ok" if r["status"] == "ok" else f"{r['status']}: {r.get('reason', '')}"
+        rows.append(dict(r, note=note))
+    return format_table(rows, COLUMNS)
+
+
+def targets(results):
+    """Checks of the issue's targets that these results contain (one line each)."""
+    ok = {(r["group"], r["system"], r["minutes"]): r for r in results if r["status"] == "ok"}
+    lines = []
+    for label in sorted({r["group"] for r in results}):
+        stu = ok.get((label, "student-onepass", 10.0))
+        one = ok.get((label, "teacher-onepass", 10.0))
+        if stu and one:
+            lines.append(
+                f"{label}, 10 min: student one-pass {one['time_s'] / stu['time_s']:.1f}x faster "
+                f"than teacher one-pass (target >= 3x); peak RSS {stu['peak_rss_mb']:.0f} vs "
+                f"{one['peak_rss_mb']:.0f} MB (target: not higher)")
+        stu = ok.get((label, "student-onepass", 60.0))
+        win = ok.get((label, "teacher-windowed", 60.0))
+        if stu:
+            line = (f"{label}, 60 min: student one-pass peak RSS {stu['peak_rss_mb'] / 1024:.2f} "
+                    f"GiB (target <= 8), RTF {stu['rtf']:.3f}")
+            if win:
+                line += f" vs teacher windowed {win['rtf']:.3f} (target: at or below)"
+            lines.append(line)
+    return lines
+
+
+def _labelled_models(args, workdir):
+    models = []
+    if args.shape:
+        for shape in args.shape:
+            paths = build_shape_models(shape, Path(workdir) / shape, tiny=args.tiny,
+                                       mixer=args.mixer)
+            label = shape + (" (tiny)" if args.tiny else "")
+            models.append((label, label, paths["teacher"], "teacher"))
+            models.append((label, label, paths["student"], "student"))
+    else:
+        for folder in args.model:
+            models.append(("models", Path(folder).resolve().name, str(folder), _role(folder)))
+    return models
+
+
+def main(argv=None):
+    """Entry point of ``cald-bench speed``; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    if args.child:
+        print(json.dumps(run_config(json.loads(args.child))))
+        return 0
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    machine = machine_info()
+    machine["device"] = args.device
+    print("machine:", json.dumps(machine))
+    workdir = tempfile.mkdtemp(prefix="cald-speed-")
+    try:
+        models = _labelled_models(args, workdir)
+        results = run(models, args)
+    except CaldError as exc:
+        print(f"cald-bench speed: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    machine["load_avg_after"] = list(os.getloadavg())
+    print(table(results))
+    checks = targets(results)
+    for line in checks:
+        print(line)
+    options = {k: v for k, v in vars(args).items() if k != "child"}
+    payload = dict(machine=machine, args=options, results=results, targets=checks)
+    print(f"wrote {write_json(out_dir / 'speed.json', payload)}")
+    if not args.no_plot:
+        series = {}
+        for r in results:
+            if r["status"] == "ok":
+                series.setdefault(f"{r['label']}: {r['system']}", []).append(r)
+        mem_key = _mem_key(args)
+        title = (f"{machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, "
+                 f"{machine['torch_threads']} threads, device {args.device}")
+        path = loglog_plot(
+            series, out_dir / "speed.png",
+            [("minutes", "time_s", "wall time", "seconds"),
+             ("minutes", mem_key, "peak memory", "MB")],
+            "audio length (minutes)", title=title,
+        )
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except ConfigError as exc:  # a child's bad configuration
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

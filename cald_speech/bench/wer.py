@@ -1,0 +1,351 @@
+"""WER and CER of the teacher and the student on the same test items, and their agreement.
+
+``cald-bench wer --teacher DIR --student DIR --csv test.csv`` transcribes every item of a
+SpeechBrain CSV manifest (``ID, duration, wav, ..., wrd``) with both packaged models,
+scores both against the references with jiwer (corpus-level word and character error
+rates, with substitution / deletion / insertion counts), scores the student against
+the teacher's transcripts (agreement), prints a table and writes
+
+- ``wer.json``: the summary (both models, agreement, items, failed files, machine);
+- ``wer_utterances.csv`` and ``wer_utterances.json``: per utterance the reference,
+  both hypotheses and their error counts, and the student-vs-teacher word differences.
+
+Texts are compared upper-cased with whitespace collapsed (the form ``cald-prepare``
+writes); ``--normalize`` applies the project's text normaliser to the references first
+(numbers, abbreviations, punctuation), for manifests holding raw text.
+
+Example
+-------
+>>> scores = error_rates(["A CAT SAT", "HI"], ["A CAT SAT", "HA"])
+>>> round(scores["wer"], 3), scores["substitutions"], round(scores["cer"], 3)
+(0.25, 1, 0.091)
+"""
+
+import argparse
+import csv
+import os
+import sys
+import time
+from pathlib import Path
+
+from cald_speech.bench.report import format_table, machine_info, write_json
+from cald_speech.errors import AudioError, CaldError, DataError
+
+__all__ = ["error_rates", "evaluate", "main", "norm_text", "read_items", "word_diff"]
+
+
+def norm_text(text):
+    """Upper case, whitespace collapsed.
+
+    Example
+    -------
+    >>> norm_text("  it's  a cat ")
+    "IT'S A CAT"
+    """
+    return " ".join(str(text).upper().split())
+
+
+def error_rates(refs, hyps):
+    """Corpus-level WER and CER (jiwer) with the word error counts.
+
+    Arguments
+    ---------
+    refs, hyps : list of str
+        References and hypotheses, already normalised.
+
+    Returns
+    -------
+    dict
+        ``wer``, ``cer``, ``substitutions``, ``deletions``, ``insertions``, ``hits``,
+        ``ref_words``, ``items``.
+    """
+    import jiwer
+
+    if not refs:
+        return dict(wer=None, cer=None, substitutions=0, deletions=0, insertions=0, hits=0,
+                    ref_words=0, items=0)
+    words = jiwer.process_words(list(refs), list(hyps))
+    chars = jiwer.process_characters(list(refs), list(hyps))
+    return dict(
+        wer=words.wer, cer=chars.cer, substitutions=words.substitutions,
+        deletions=words.deletions, insertions=words.insertions, hits=words.hits,
+        ref_words=words.hits + words.substitutions + words.deletions, items=len(refs),
+    )
+
+
+def utterance_errors(ref, hyp):
+    """Word errors (S + D + I) of one utterance and the number of reference words.
+
+    Example
+    -------
+    >>> utterance_errors("A B C", "A X C D")
+    (2, 3)
+    """
+    import jiwer
+
+    if not ref and not hyp:
+        return 0, 0
+    if not ref:
+        return len(hyp.split()), 0
+    out = jiwer.process_words(ref, hyp)
+    return out.substitutions + out.deletions + out.insertions, len(ref.split())
+
+
+def word_diff(ref, hyp):
+    """The differing words of two texts, as ``-ref`` / ``+hyp`` / ``ref->hyp`` tokens.
+
+    Example
+    -------
+    >>> word_diff("A B C D", "A X C")
+    'B->X -D'
+    """
+    import difflib
+
+    a, b = ref.split(), hyp.split()
+    out = []
+    for op, i0, i1, j0, j1 in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes():
+        if op == "replace":
+            out.append(f"{' '.join(a[i0:i1])}->{' '.join(b[j0:j1])}")
+        elif op == "delete":
+            out.append("-" + " ".join(a[i0:i1]))
+        elif op == "insert":
+            out.append("+" + " ".join(b[j0:j1]))
+    return " ".join(out)
+
+
+def resolve_audio(value, csv_path, data_root=None):
+    """The audio path of a manifest row: ``$data_root`` replaced, relative to the CSV.
+
+    Example
+    -------
+    >>> resolve_audio("$data_root/a.wav", "/c/test.csv", "/data")
+    '/data/a.wav'
+    >>> resolve_audio("a.wav", "/c/test.csv")
+    '/c/a.wav'
+    """
+    root = data_root if data_root is not None else os.path.dirname(os.path.abspath(csv_path))
+    value = str(value).replace("$data_root", root).replace("${data_root}", root)
+    if not os.path.isabs(value):
+        value = os.path.join(os.path.dirname(os.path.abspath(csv_path)), value)
+    return value
+
+
+def read_items(csv_path, text_column="wrd", data_root=None, limit=None, normalize=False):
+    """Reads ``(ID, audio path, reference)`` items from a SpeechBrain CSV manifest.
+
+    Arguments
+    ---------
+    csv_path : str
+        Manifest with ``ID``, ``duration``, ``wav`` and ``text_column``.
+    text_column : str
+        Transcript column.
+    data_root : str, optional
+        Replaces ``$data_root`` in the ``wav`` column (default: the CSV's folder).
+    limit : int, optional
+        Keep the first ``limit`` rows.
+    normalize : bool
+        Apply :func:`cald_speech.data.text.normalize_text` to the references.
+
+    Returns
+    -------
+    list of dict
+        ``{"ID", "wav", "ref", "duration"}``.
+    """
+    from cald_speech.data.pipeline import read_manifest
+
+    rows = read_manifest(csv_path, required=[text_column])
+    if limit:
+        rows = rows[: int(limit)]
+    normalizer = None
+    if normalize:
+        from cald_speech.data.text import normalize_text as normalizer
+    items = []
+    for row in rows:
+        ref = row[text_column]
+        if normalizer is not None:
+            ref = normalizer(ref)
+        items.append({"ID": row["ID"], "wav": resolve_audio(row["wav"], csv_path, data_root),
+                      "ref": norm_text(ref), "duration": float(row["duration"])})
+    return items
+
+
+def transcribe_items(asr, items, batch_size=8, mode="auto"):
+    """Transcripts (normalised) of ``items`` by a Transcriber, failed ones as errors.
+
+    Returns
+    -------
+    hyps : dict
+        ``ID -> text`` of the items that could be read.
+    failed : dict
+        ``ID -> error message``.
+    seconds : float
+        Wall time.
+    """
+    t0 = time.perf_counter()
+    results = asr.transcribe_batch([it["wav"] for it in items], batch_size=batch_size,
+                                   mode=mode, timestamps=False, errors="return")
+    seconds = time.perf_counter() - t0
+    hyps, failed = {}, {}
+    for it, res in zip(items, results):
+        if isinstance(res, AudioError):
+            failed[it["ID"]] = str(res)
+        else:
+            hyps[it["ID"]] = norm_text(res.text)
+    return hyps, failed, seconds
+
+
+def evaluate(teacher, student, items, batch_size=8, mode="auto"):
+    """Scores two Transcribers on the same items.
+
+    Arguments
+    ---------
+    teacher, student : cald_speech.inference.Transcriber
+        The two models.
+    items : list of dict
+        From :func:`read_items`.
+    batch_size : int
+        Inputs per padded batch.
+    mode : str
+        Transcriber mode for both.
+
+    Returns
+    -------
+    summary : dict
+        ``teacher``, ``student`` (error rates + ``seconds``), ``agreement`` (student vs
+        teacher transcripts: ``wer``, ``cer``, ``identical`` fraction), ``items``,
+        ``failed`` (ID -> error).
+    utterances : list of dict
+        Per item: ``ID``, ``ref``, ``teacher``, ``student``, error counts, ``diff``.
+    """
+    hyp_t, failed_t, sec_t = transcribe_items(teacher, items, batch_size, mode)
+    hyp_s, failed_s, sec_s = transcribe_items(student, items, batch_size, mode)
+    failed = {**failed_t, **failed_s}
+    kept = [it for it in items if it["ID"] in hyp_t and it["ID"] in hyp_s]
+    refs = [it["ref"] for it in kept]
+    t_hyps = [hyp_t[it["ID"]] for it in kept]
+    s_hyps = [hyp_s[it["ID"]] for it in kept]
+    audio_s = sum(it["duration"] for it in kept)
+    summary = {
+        "teacher": dict(error_rates(refs, t_hyps), seconds=sec_t,
+                        rtf=sec_t / audio_s if audio_s else None),
+        "student": dict(error_rates(refs, s_hyps), seconds=sec_s,
+                        rtf=sec_s / audio_s if audio_s else None),
+        "agreement": dict(error_rates(t_hyps, s_hyps),
+                          identical=(sum(a == b for a, b in zip(t_hyps, s_hyps)) / len(kept)
+                                     if kept else None)),
+        "items": len(kept),
+        "audio_s": audio_s,
+        "failed": failed,
+    }
+    utterances = []
+    for it, th, sh in zip(kept, t_hyps, s_hyps):
+        te, n = utterance_errors(it["ref"], th)
+        se, _ = utterance_errors(it["ref"], sh)
+        ae, _ = utterance_errors(th, sh)
+        utterances.append({"ID": it["ID"], "ref_words": n, "teacher_errors": te,
+                           "student_errors": se, "disagreements": ae, "ref": it["ref"],
+                           "teacher": th, "student": sh, "diff": word_diff(th, sh)})
+    return summary, utterances
+
+
+def _pct(x):
+    return None if x is None else 100.0 * x
+
+
+def table(summary):
+    """The summary as a text table."""
+    rows = []
+    for name, key in (("teacher", "teacher"), ("student", "student"),
+                      ("student vs teacher", "agreement")):
+        r = summary[key]
+        rows.append(dict(name=name, wer=_pct(r["wer"]), cer=_pct(r["cer"]),
+                         sub=r["substitutions"], dele=r["deletions"], ins=r["insertions"],
+                         words=r["ref_words"], seconds=r.get("seconds"), rtf=r.get("rtf")))
+    cols = [("name", "", "s"), ("wer", "WER %", ".2f"), ("cer", "CER %", ".2f"),
+            ("sub", "sub", "d"), ("dele", "del", "d"), ("ins", "ins", "d"),
+            ("words", "ref words", "d"), ("seconds", "time s", ".1f"), ("rtf", "RTF", ".3f")]
+    text = format_table(rows, cols)
+    ident = summary["agreement"]["identical"]
+    text += f"\n{summary['items']} items"
+    if ident is not None:
+        text += f", {100 * ident:.1f}% with identical teacher and student transcripts"
+    if summary["failed"]:
+        text += f"; {len(summary['failed'])} unreadable item(s) left out"
+    return text
+
+
+def write_utterances(utterances, out_dir):
+    """Writes ``wer_utterances.csv`` and ``.json``; returns their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path = out_dir / "wer_utterances.csv"
+    fields = ["ID", "ref_words", "teacher_errors", "student_errors", "disagreements", "ref",
+              "teacher", "student", "diff"]
+    with open(csv_path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(utterances)
+    json_path = write_json(out_dir / "wer_utterances.json", utterances)
+    return str(csv_path), json_path
+
+
+def build_parser():
+    """The ``cald-bench wer`` argument parser."""
+    p = argparse.ArgumentParser(
+        prog="cald-bench wer",
+        description="WER/CER of a teacher and a student on the same test items, their "
+                    "agreement, and per-utterance differences.",
+    )
+    p.add_argument("--teacher", required=True, metavar="DIR", help="packaged teacher folder")
+    p.add_argument("--student", required=True, metavar="DIR", help="packaged student folder")
+    p.add_argument("--csv", required=True, help="SpeechBrain CSV (ID,duration,wav,...,wrd)")
+    p.add_argument("--text-column", default="wrd", help="transcript column (default wrd)")
+    p.add_argument("--data-root", default=None, help="value of $data_root in the wav column")
+    p.add_argument("--normalize", action="store_true",
+                   help="normalise the references (numbers, abbreviations, punctuation)")
+    p.add_argument("--limit", type=int, default=None, help="first N items only")
+    p.add_argument("--batch-size", type=int, default=8, help="items per padded batch")
+    p.add_argument("--mode", default="auto", help="Transcriber mode (default auto)")
+    p.add_argument("--window-s", type=float, default=30.0, help="teacher window (s)")
+    p.add_argument("--overlap-s", type=float, default=2.0, help="window context per side (s)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--out-dir", default="results/bench_wer", help="where the results go")
+    return p
+
+
+def main(argv=None):
+    """Entry point of ``cald-bench wer``; returns the exit status (2 on bad input)."""
+    from cald_speech.inference import Transcriber
+
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    try:
+        items = read_items(args.csv, args.text_column, args.data_root, args.limit,
+                           args.normalize)
+        kw = dict(device=args.device, window_s=args.window_s, overlap_s=args.overlap_s)
+        teacher = Transcriber.from_pretrained(args.teacher, **kw)
+        student = Transcriber.from_pretrained(args.student, **kw)
+        summary, utterances = evaluate(teacher, student, items, args.batch_size, args.mode)
+    except CaldError as exc:
+        print(f"cald-bench wer: error: {exc}", file=sys.stderr)
+        return 2
+    for item_id, msg in summary["failed"].items():
+        print(f"cald-bench wer: skipped {item_id}: {msg}", file=sys.stderr)
+    if not summary["items"]:
+        print(f"cald-bench wer: error: {DataError(args.csv, 'no readable item')}",
+              file=sys.stderr)
+        return 2
+    print(table(summary))
+    summary.update(csv=str(args.csv), teacher_dir=str(args.teacher),
+                   student_dir=str(args.student), machine=machine_info(),
+                   options={k: v for k, v in vars(args).items()})
+    out = Path(args.out_dir)
+    paths = write_utterances(utterances, out)
+    print(f"wrote {write_json(out / 'wer.json', summary)}, {paths[0]}, {paths[1]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""cald-bench: speed (table/JSON/PNG, skips, fresh-process run), wer and longform."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from cald_speech.bench import cli, speed, wer
+from cald_speech.bench.report import extrapolate, format_table
+from cald_speech.inference import Transcriber
+
+SR = 16000
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    return speed.build_shape_models("wav2vec2-base", tmp_path_factory.mktemp("m"), tiny=True)
+
+
+def _png(path):
+    return path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_speed_all_systems_table_json_png(tmp_path, capsys):
+    out = tmp_path / "speed"
+    code = speed.main(["--shape", "wav2vec2-base", "--tiny", "--minutes", "0.01,0.005",
+                       "--window-s", "0.2", "--overlap-s", "0.02", "--out-dir", str(out),
+                       "--in-process"])
+    assert code == 0
+    doc = json.loads((out / "speed.json").read_text())
+    got = [(r["system"], r["minutes"], r["status"]) for r in doc["results"]]
+    assert got == [(s, m, "ok") for s in speed.SYSTEMS for m in (0.005, 0.01)]
+    for r in doc["results"]:
+        assert r["time_s"] > 0 and r["peak_rss_mb"] > 0 and r["rtf"] > 0
+        assert abs(r["audio_s"] - 60 * r["minutes"]) < 1e-3
+    windowed = [r for r in doc["results"] if r["system"] == "teacher-windowed"]
+    assert all(r["result_mode"] == "windowed" for r in windowed)
+    for key in ("cpu", "cores", "torch", "torch_threads", "device", "load_avg_after"):
+        assert key in doc["machine"]
+    assert _png(out / "speed.png")
+    printed = capsys.readouterr().out
+    assert "student-onepass" in printed and "peak RSS MB" in printed
+
+
+def test_speed_skips_what_is_predicted_not_to_fit(tmp_path, models):
+    out = tmp_path / "speed"
+    code = speed.main(["--model", models["student"], "--minutes", "0.005,0.01,0.02",
+                       "--time-cap", "1e-9", "--out-dir", str(out), "--in-process",
+                       "--no-plot"])
+    assert code == 0
+    res = json.loads((out / "speed.json").read_text())["results"]
+    assert [r["status"] for r in res] == ["ok", "skipped", "skipped"]
+    assert "time cap" in res[1]["reason"] and "shorter audio" in res[2]["reason"]
+
+
+def test_speed_runs_each_configuration_in_a_fresh_process(tmp_path, models):
+    out = tmp_path / "speed"
+    code = speed.main(["--model", models["student"], "--minutes", "0.005", "--out-dir",
+                       str(out)])
+    assert code == 0
+    (res,) = json.loads((out / "speed.json").read_text())["results"]
+    assert res["status"] == "ok", res.get("reason")
+    assert res["mem_method"] in ("VmHWM", "ru_maxrss (upper bound)")
+    assert res["peak_rss_mb"] >= res["rss_before_mb"] > 0
+
+
+def test_report_helpers():
+    assert extrapolate([(1, 1.0), (2, 4.0), (4, 8.0)], 8) == pytest.approx(16.0)
+    assert extrapolate([(1, 1.0), (2, 16.0)], 4) == pytest.approx(64.0)  # clamped to 2
+    assert extrapolate([], 3) is None
+    text = format_table([{"a": "x", "b": None}], [("a", "A", "s"), ("b", "B", ".1f")])
+    assert text.splitlines() == ["A  B", "x  -"]
+
+
+def _corpus(root, n=3):
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        path = root / f"utt{i}.wav"
+        seconds = 0.3 + 0.1 * i
+        sf.write(path, (0.2 * rng.standard_normal(int(seconds * SR))).astype("float32"), SR)
+        rows.append({"ID": f"utt{i}", "duration": seconds, "wav": f"$data_root/{path.name}",
+                     "spk_id": "s", "wrd": ["HELLO WORLD", "A CAT", "IT'S FINE"][i % 3]})
+    rows.append({"ID": "gone", "duration": 1.0, "wav": "$data_root/missing.wav",
+                 "spk_id": "s", "wrd": "LOST"})
+    csv_path = root / "test.csv"
+    with open(csv_path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return csv_path
+
+
+def test_wer_benchmark_on_a_tiny_csv(tmp_path, models, capsys):
+    csv_path = _corpus(tmp_path)
+    out = tmp_path / "wer"
+    code = cli.main(["wer", "--teacher", models["teacher"], "--student", models["student"],
+                     "--csv", str(csv_path), "--out-dir", str(out), "--window-s", "0.25",
+                     "--overlap-s", "0.02"])
+    assert code == 0
+    doc = json.loads((out / "wer.json").read_text())
+    assert doc["items"] == 3 and list(doc["failed"]) == ["gone"]
+    for key in ("teacher", "student", "agreement"):
+        assert doc[key]["wer"] is not None and doc[key]["cer"] is not None
+    assert doc["teacher"]["ref_words"] == 2 + 2 + 2
+    assert 0 <= doc["agreement"]["identical"] <= 1
+    with open(out / "wer_utterances.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["ID"] for r in rows] == ["utt0", "utt1", "utt2"]
+    assert rows[0]["ref"] == "HELLO WORLD"
+    assert len(json.loads((out / "wer_utterances.json").read_text())) == 3
+    captured = capsys.readouterr()
+    assert "student vs teacher" in captured.out and "skipped gone" in captured.err
+
+
+def test_wer_agreement_of_a_model_with_itself(tmp_path, models):
+    items = wer.read_items(_corpus(tmp_path))
+    asr = Transcriber.from_pretrained(models["student"])
+    summary, utts = wer.evaluate(asr, asr, items)
+    assert summary["agreement"]["wer"] == 0 and summary["agreement"]["identical"] == 1
+    assert all(u["diff"] == "" and u["disagreements"] == 0 for u in utts)
+
+
+def test_longform_benchmark(tmp_path, models):
+    csv_path = _corpus(tmp_path)
+    out = tmp_path / "lf"
+    code = cli.main(["longform", "--teacher", models["teacher"], "--student",
+                     models["student"], "--csv", str(csv_path), "--minutes", "0.03",
+                     "--gap-s", "0.1", "--window-s", "0.4", "--overlap-s", "0.05",
+                     "--out-dir", str(out), "--in-process"])
+    assert code == 0
+    doc = json.loads((out / "longform.json").read_text())
+    rec = doc["recording"]
+    assert rec["duration"] >= 1.8 and rec["passes"] >= 2
+    assert list(doc["skipped"]) == ["gone"]
+    assert sf.info(str(out / "longform.wav")).samplerate == SR
+    ref = (out / "longform_reference.txt").read_text().split()
+    assert ref[:4] == ["HELLO", "WORLD", "A", "CAT"]
+    systems = {r["system"]: r for r in doc["results"]}
+    assert set(systems) == {"teacher-windowed", "student-onepass"}
+    assert systems["teacher-windowed"]["result_mode"] == "windowed"
+    assert systems["student-onepass"]["result_mode"] == "one-pass"
+    assert "agreement_with_teacher_windowed" in systems["student-onepass"]
+    assert all(r["scores"]["ref_words"] == len(ref) for r in systems.values())
+
+
+def test_cli_usage():
+    assert cli.main(["--help"]) == 0
+    assert cli.main(["nope"]) == 2
