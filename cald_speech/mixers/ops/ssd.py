@@ -410,10 +410,13 @@ def _ssd_core(xdt, dA, B, C, Q, s0, inplace):
         else:
             pieces = []
             for sl in parts:
+                # unbind once: indexing chunk c in the loop would make autograd write a
+                # full-size gradient per chunk (quadratic in the number of chunks)
+                st, dc = states[:, :, sl].unbind(1), decay[:, :, sl].unbind(1)
                 entering, s_part = [], s_init[:, sl]
                 for c in range(nc):
                     entering.append(s_part)
-                    s_part = torch.addcmul(states[:, c, sl], s_part, decay[:, c, sl])
+                    s_part = torch.addcmul(st[c], s_part, dc[c])
                 pieces.append((torch.stack(entering, dim=1), s_part))
             prev = torch.cat([pr for pr, _ in pieces], dim=2)
             s_fin = torch.cat([sf for _, sf in pieces], dim=1)
