@@ -43,7 +43,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -52,6 +51,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from cald_speech.bench.report import machine_info, ram_gb, reset_hwm, status_mb
 
 DEFAULT_LENGTHS = [250, 500, 1000, 2000, 4000, 7500, 15000, 30000]
 DEFAULT_MIXERS = ["attention", "bimamba2", "bimamba2_shared", "linear_attention", "linformer"]
@@ -142,23 +143,6 @@ def plan(args):
 
 
 # ----------------------------------------------------------------- child process
-def _status_kb(field):
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return None
-
-
-def _reset_peak():
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def run_one(cfg, args):
     """Measures one configuration in this process; returns a result dict."""
     from cald_speech.mixers import build_mixer
@@ -194,8 +178,8 @@ def run_one(cfg, args):
         before = torch.cuda.memory_allocated()
         method = "cuda.max_memory_allocated"
     else:
-        exact = _reset_peak()
-        before = _status_kb("VmRSS") * 1024
+        exact = reset_hwm()
+        before = status_mb("VmRSS") * 2**20
         method = "VmHWM-VmRSS" if exact else "ru_maxrss-VmRSS (upper bound)"
     t0 = time.perf_counter()
     step()  # warm-up, and the pass whose peak memory is recorded
@@ -203,7 +187,7 @@ def run_one(cfg, args):
     if cuda:
         peak = torch.cuda.max_memory_allocated() - before
     elif method.startswith("VmHWM"):
-        peak = _status_kb("VmHWM") * 1024 - before
+        peak = status_mb("VmHWM") * 2**20 - before
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
     times = []
@@ -283,45 +267,6 @@ def throughput(args, device="cpu"):
 
 
 # ----------------------------------------------------------------- machine
-def machine_info():
-    """CPU model, cores, memory, torch version and threads, GPU, load average."""
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    info = dict(
-        cpu=cpu,
-        cores=os.cpu_count(),
-        ram_gb=_ram_gb(),
-        platform=platform.platform(),
-        python=platform.python_version(),
-        torch=torch.__version__,
-        torch_threads=torch.get_num_threads(),
-        cuda=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        load_avg=list(os.getloadavg()),
-        date=time.strftime("%Y-%m-%d %H:%M:%S"),
-    )
-    for pkg in ("mamba_ssm", "causal_conv1d"):
-        try:
-            mod = __import__(pkg)
-            info[pkg] = getattr(mod, "__version__", "installed")
-        except Exception:
-            info[pkg] = None
-    return info
-
-
-def _ram_gb():
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    except (ValueError, OSError):
-        return None
-
-
 # ----------------------------------------------------------------- driver
 def _predict(series, T):
     """Extrapolates (time, memory) to T from the last two ok results of a series."""
@@ -351,7 +296,7 @@ def _mem_cap_mb(args, device):
         return args.mem_cap_gb * 1024
     if device == "cuda":
         return 0.8 * torch.cuda.get_device_properties(0).total_memory / 2**20
-    ram = _ram_gb()
+    ram = ram_gb()
     return 0.6 * ram * 1024 if ram else float("inf")
 
 

@@ -21,14 +21,14 @@ A     B
 
 import json
 import os
+import platform
 import resource
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
-
-from cald_speech.bench.mixers import machine_info
 
 __all__ = [
     "MemoryMeter",
@@ -41,7 +41,46 @@ __all__ = [
 ]
 
 
-def _status_mb(field):
+def machine_info():
+    """CPU model, cores, memory, torch version and threads, GPU, load average."""
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info = dict(
+        cpu=cpu,
+        cores=os.cpu_count(),
+        ram_gb=ram_gb(),
+        platform=platform.platform(),
+        python=platform.python_version(),
+        torch=torch.__version__,
+        torch_threads=torch.get_num_threads(),
+        cuda=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        load_avg=list(os.getloadavg()),
+        date=time.strftime("%Y-%m-%d %H:%M:%S"),
+    )
+    for pkg in ("mamba_ssm", "causal_conv1d"):
+        try:
+            mod = __import__(pkg)
+            info[pkg] = getattr(mod, "__version__", "installed")
+        except Exception:
+            info[pkg] = None
+    return info
+
+
+def ram_gb():
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError):
+        return None
+
+
+def status_mb(field):
     try:
         with open("/proc/self/status") as fh:
             for line in fh:
@@ -52,7 +91,7 @@ def _status_mb(field):
     return None
 
 
-def _reset_hwm():
+def reset_hwm():
     try:
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")
@@ -86,10 +125,10 @@ class MemoryMeter:
 
     def start(self):
         """Resets the peak counters; returns ``self``."""
-        self.load_peak = _status_mb("VmHWM")
-        exact = _reset_hwm()
+        self.load_peak = status_mb("VmHWM")
+        exact = reset_hwm()
         self.method = "VmHWM" if exact else "ru_maxrss (upper bound)"
-        self.before = _status_mb("VmRSS")
+        self.before = status_mb("VmRSS")
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -109,7 +148,7 @@ class MemoryMeter:
             ``cuda_peak_mb`` (max allocated) and ``cuda_extra_mb``.
         """
         if self.method == "VmHWM":
-            peak = _status_mb("VmHWM")
+            peak = status_mb("VmHWM")
         else:
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         out = {
