@@ -351,6 +351,50 @@ class DistillBrain(sb.Brain):
         self._terms.pop(stage, None)
         self._terms.pop(("window", stage), None)
 
+    def stage_metrics(self):
+        """The task's metrics of a finished valid/test stage (dict)."""
+        return {}
+
+    def best_metric(self):
+        """(metric name, ``"min"`` or ``"max"``) that ranks checkpoints."""
+        raise NotImplementedError
+
+    def write_stage_files(self, split, stats):
+        """Writes the task's per-split result files (main process only)."""
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        """Logs every loss term and metric, keeps the best checkpoint, writes results."""
+        stats = {"loss": stage_loss, **self.stage_terms(stage)}
+        if stage == sb.Stage.TRAIN:
+            stats["bad_items"] = self.bad_items
+            self.train_stats = stats
+            return
+        stats.update(self.stage_metrics())
+        split = getattr(self, "eval_split", None) or (
+            "valid" if stage == sb.Stage.VALID else "test"
+        )
+        self.last_stats = stats
+        log = getattr(self.hparams, "train_logger", None)
+        if stage == sb.Stage.VALID:
+            if log is not None:
+                log.log_stats(
+                    stats_meta={"epoch": epoch, "updates": self.optimizer_step},
+                    train_stats=getattr(self, "train_stats", None),
+                    valid_stats=stats,
+                )
+            if self.checkpointer is not None:
+                key, direction = self.best_metric()
+                self.checkpointer.save_and_keep_only(
+                    meta={key: stats[key], "updates": self.optimizer_step},
+                    **{f"{direction}_keys": [key]},
+                )
+        elif log is not None:
+            log.log_stats(
+                stats_meta={"split": split, "updates": self.optimizer_step}, test_stats=stats
+            )
+        if sb.utils.distributed.if_main_process():
+            self.write_stage_files(split, stats)
+
 
 class CTCBrain(DistillBrain):
     """CTC speech recognition (character or SentencePiece units, greedy decoding).
@@ -406,43 +450,25 @@ class CTCBrain(DistillBrain):
             self.wer_metric = sb.utils.metric_stats.ErrorRateStats()
             self.cer_metric = sb.utils.metric_stats.ErrorRateStats()
 
-    def on_stage_end(self, stage, stage_loss, epoch=None):
-        """Logs every loss term; keeps the best checkpoint by WER; writes WER files."""
-        stats = {"loss": stage_loss, **self.stage_terms(stage)}
-        if stage == sb.Stage.TRAIN:
-            stats["bad_items"] = self.bad_items
-            self.train_stats = stats
-            return
-        stats["WER"] = self.wer_metric.summarize("error_rate")
-        stats["CER"] = self.cer_metric.summarize("error_rate")
-        split = getattr(self, "eval_split", None) or (
-            "valid" if stage == sb.Stage.VALID else "test"
-        )
-        self.last_stats = stats
-        logger_ = getattr(self.hparams, "train_logger", None)
-        if stage == sb.Stage.VALID:
-            if logger_ is not None:
-                logger_.log_stats(
-                    stats_meta={"epoch": epoch, "updates": self.optimizer_step},
-                    train_stats=getattr(self, "train_stats", None),
-                    valid_stats=stats,
-                )
-            if self.checkpointer is not None:
-                self.checkpointer.save_and_keep_only(
-                    meta={"WER": stats["WER"], "updates": self.optimizer_step},
-                    min_keys=["WER"],
-                )
-        else:
-            if logger_ is not None:
-                logger_.log_stats(
-                    stats_meta={"split": split, "updates": self.optimizer_step},
-                    test_stats=stats,
-                )
+    def stage_metrics(self):
+        """WER and CER of the stage."""
+        return {
+            "WER": self.wer_metric.summarize("error_rate"),
+            "CER": self.cer_metric.summarize("error_rate"),
+        }
+
+    def best_metric(self):
+        """Checkpoints are ranked by WER, lowest first."""
+        return "WER", "min"
+
+    def write_stage_files(self, split, stats):
+        """``wer_file`` (alignments, SpeechBrain format) and its ``.json`` summary."""
         pattern = getattr(self.hparams, "wer_file", None)
-        if pattern and sb.utils.distributed.if_main_process():
-            path = pattern.format(split=split)
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            with open(path, "w", encoding="utf-8") as w:
-                self.wer_metric.write_stats(w)
-            with open(os.path.splitext(path)[0] + ".json", "w", encoding="utf-8") as w:
-                json.dump({k: float(v) for k, v in stats.items()}, w, indent=2)
+        if not pattern:
+            return
+        path = pattern.format(split=split)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as w:
+            self.wer_metric.write_stats(w)
+        with open(os.path.splitext(path)[0] + ".json", "w", encoding="utf-8") as w:
+            json.dump({k: float(v) for k, v in stats.items()}, w, indent=2)

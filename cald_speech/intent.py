@@ -807,39 +807,23 @@ class IntentBrain(DistillBrain):
         if stage != sb.Stage.TRAIN:
             self.metrics = IntentMetrics(self._layout().labels)
 
-    def on_stage_end(self, stage, stage_loss, epoch=None):
-        """Logs every loss term and metric; keeps the best checkpoint; writes metric files."""
-        stats = {"loss": stage_loss, **self.stage_terms(stage)}
-        if stage == sb.Stage.TRAIN:
-            stats["bad_items"] = self.bad_items
-            self.train_stats = stats
-            return
-        stats.update(self.metrics.summarize())
-        split = getattr(self, "eval_split", None) or (
-            "valid" if stage == sb.Stage.VALID else "test"
-        )
-        self.last_stats = stats
-        best = getattr(self.hparams, "best_metric", "sa_acc")
-        log = getattr(self.hparams, "train_logger", None)
-        if stage == sb.Stage.VALID:
-            if log is not None:
-                log.log_stats(
-                    stats_meta={"epoch": epoch, "updates": self.optimizer_step},
-                    train_stats=getattr(self, "train_stats", None), valid_stats=stats,
-                )
-            if self.checkpointer is not None:
-                self.checkpointer.save_and_keep_only(
-                    meta={best: stats[best], "updates": self.optimizer_step},
-                    max_keys=[best],
-                )
-        elif log is not None:
-            log.log_stats(stats_meta={"split": split, "updates": self.optimizer_step},
-                          test_stats=stats)
+    def stage_metrics(self):
+        """Intent, scenario and action accuracy, their mean, and the counts."""
+        return self.metrics.summarize()
+
+    def best_metric(self):
+        """Checkpoints are ranked by ``best_metric`` (default ``sa_acc``), highest first."""
+        return getattr(self.hparams, "best_metric", "sa_acc"), "max"
+
+    def write_stage_files(self, split, stats):
+        """``metrics_file`` (summary and per-item lines), its JSON and the confusions."""
         pattern = getattr(self.hparams, "metrics_file", None)
-        if pattern and sb.utils.distributed.if_main_process():
-            extra = {k: v for k, v in stats.items() if k not in self.metrics.summarize()}
-            self.metrics.write(pattern.format(split=split), split, extra,
-                               top=getattr(self.hparams, "confusion_top", 10))
+        if not pattern:
+            return
+        metric_keys = self.stage_metrics()
+        extra = {k: v for k, v in stats.items() if k not in metric_keys}
+        self.metrics.write(pattern.format(split=split), split, extra,
+                           top=getattr(self.hparams, "confusion_top", 10))
 
 
 # ---------------------------------------------------------------------------- data
