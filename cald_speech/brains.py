@@ -285,7 +285,6 @@ class DistillBrain(sb.Brain):
             self.teacher_optimizer = opt_class(
                 [p for p in self.teacher.parameters() if p.requires_grad]
             )
-            self.optimizers_dict_teacher = {"teacher": self.teacher_optimizer}
         if self.checkpointer is not None:
             for name, opt in self.optimizers_dict.items():
                 self.checkpointer.add_recoverable(f"{name}_optimizer", opt)
