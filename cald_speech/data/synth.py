@@ -925,6 +925,36 @@ def _take(pool, n, split, source, hint):
     return pool[:n]
 
 
+def _choose_texts(pool, eval_items, counts, split_names, opts, eval_rng_tag, source,
+                  eval_source, unit, train_hint=None):
+    """Test, dev and train texts from a shuffled ``pool`` of (item, words).
+
+    Test comes first from the pool, or, with ``opts.eval_texts``, from ``eval_items``
+    ((item, raw text) pairs: normalised, filtered, deduplicated and shuffled here).
+    """
+    n_train, n_dev, n_test = counts
+    train, dev, test = split_names
+    hint = f"ask for fewer {unit}"
+    chosen = {}
+    if opts.eval_texts:
+        eval_pool, eval_seen = [], set()
+        for item, text in eval_items:
+            words = normalize_text(text)
+            if words and words not in eval_seen and _keep_sentence(words, opts):
+                eval_seen.add(words)
+                eval_pool.append((item, words))
+        order = np.random.default_rng([opts.seed, eval_rng_tag]).permutation(len(eval_pool))
+        eval_pool = [eval_pool[i] for i in order]
+        chosen[test] = _take(eval_pool, n_test, test, eval_source, f"ask for fewer test {unit}")
+    else:
+        chosen[test] = _take(pool, n_test, test, source, hint)
+        pool = pool[n_test:]
+    chosen[dev] = _take(pool, n_dev, dev, source, hint)
+    chosen[train] = _take(pool[n_dev:], n_train, train, source,
+                          f"{hint} ({train_hint})" if train_hint else hint)
+    return chosen
+
+
 # --------------------------------------------------------------------------- #
 # LibriSpeech.
 
@@ -1046,23 +1076,10 @@ def synthesize_librispeech(
                         "use a file of 'ID<TAB>sentence' lines, or relax min/max_words")
     rng = np.random.default_rng([opts.seed, 11])
     pool = [pool[i] for i in rng.permutation(len(pool))]
-    chosen = {}
-    if opts.eval_texts:
-        eval_pool, eval_seen = [], set()
-        for sid, text in eval_sentences:
-            words = normalize_text(text)
-            if words and words not in eval_seen and _keep_sentence(words, opts):
-                eval_seen.add(words)
-                eval_pool.append((sid, words))
-        eval_pool = [eval_pool[i] for i in np.random.default_rng([opts.seed, 12]).permutation(
-            len(eval_pool))]
-        chosen[test] = _take(eval_pool, n_test, test, eval_text_file,
-                             "ask for fewer test utterances")
-    else:
-        chosen[test] = _take(pool, n_test, test, text_file, "ask for fewer utterances")
-        pool = pool[n_test:]
-    chosen[dev] = _take(pool, n_dev, dev, text_file, "ask for fewer utterances")
-    chosen[train] = _take(pool[n_dev:], n_train, train, text_file, "ask for fewer utterances")
+    chosen = _choose_texts(
+        pool, eval_sentences, (n_train, n_dev, n_test), split_names, opts, eval_rng_tag=12,
+        source=text_file, eval_source=eval_text_file, unit="utterances",
+    )
 
     voices_by_split = _split_voices(opts, voices, split_names, counts)
     need_rirs = opts.reverb_prob > 0
@@ -1284,24 +1301,11 @@ def synthesize_slurp(
                         "use SLURP annotation .jsonl files")
     pool = [pool[i] for i in np.random.default_rng([opts.seed, 21]).permutation(len(pool))]
     source = ", ".join(map(str, slurp_files))
-    chosen = {}
-    if opts.eval_texts:
-        eval_pool, eval_seen = [], set()
-        for rec in eval_records:
-            words = normalize_text(rec["sentence"])
-            if words and words not in eval_seen and _keep_sentence(words, opts):
-                eval_seen.add(words)
-                eval_pool.append((rec, words))
-        eval_pool = [eval_pool[i] for i in np.random.default_rng([opts.seed, 22]).permutation(
-            len(eval_pool))]
-        chosen[test] = _take(eval_pool, n_test, test, eval_slurp_file,
-                             "ask for fewer test records")
-    else:
-        chosen[test] = _take(pool, n_test, test, source, "ask for fewer records")
-        pool = pool[n_test:]
-    chosen[dev] = _take(pool, n_dev, dev, source, "ask for fewer records")
-    chosen[train] = _take(pool[n_dev:], n_train, train, source,
-                          "ask for fewer records (more recordings_per_record gives more audio)")
+    chosen = _choose_texts(
+        pool, [(rec, rec["sentence"]) for rec in eval_records], (n_train, n_dev, n_test),
+        split_names, opts, eval_rng_tag=22, source=source, eval_source=eval_slurp_file,
+        unit="records", train_hint="more recordings_per_record gives more audio",
+    )
 
     voices_by_split = _split_voices(opts, voices, split_names, counts)
     noises, rirs = _load_noise(noise_dir, opts, far_field_prob > 0)
