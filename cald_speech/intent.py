@@ -42,7 +42,6 @@ import copy
 import json
 import logging
 import os
-import sys
 from collections import Counter
 from dataclasses import dataclass
 from functools import partial
@@ -58,7 +57,7 @@ from transformers.utils import ModelOutput
 from cald_speech.brains import DistillBrain, unwrap
 from cald_speech.data.pipeline import audio_dataset, read_manifest
 from cald_speech.distill.losses import logit_kd_loss
-from cald_speech.errors import CaldError, ConfigError, DataError
+from cald_speech.errors import ConfigError, DataError
 from cald_speech.experiment import build_models, package_model
 from cald_speech.features import FeatureCache, base_model
 from cald_speech.recipes import (
@@ -66,6 +65,7 @@ from cald_speech.recipes import (
     _loader_opts,
     load_recipe_hparams,
     prepare_manifests,
+    recipe_entry,
 )
 from cald_speech.student import FAMILIES, Student, load_model, supported_class
 
@@ -977,11 +977,8 @@ def load_waypoint_teacher(path, labels):
 
 
 def intent_main(argv=None):
-    """Command-line entry of the intent recipe: bad input ends in one line and exit 1."""
-    try:
-        return run_intent(sys.argv[1:] if argv is None else argv)
-    except CaldError as exc:
-        sys.exit(f"error: {exc}")
+    """Command-line entry of the intent recipe."""
+    return recipe_entry(run_intent, argv)
 
 
 def run_intent(argv):

@@ -165,12 +165,17 @@ def _loader_opts(hp, dataset, train):
     return {**opts, "batch_size": hp["batch_size"], "shuffle": False}
 
 
-def asr_main(argv=None):
-    """Command-line entry of the CTC recipe: bad input ends in one line and exit 1."""
+def recipe_entry(run, argv=None):
+    """Runs a recipe driver from the command line: bad input ends in one line and exit 1."""
     try:
-        return run_asr(sys.argv[1:] if argv is None else argv)
+        return run(sys.argv[1:] if argv is None else argv)
     except CaldError as exc:
         sys.exit(f"error: {exc}")
+
+
+def asr_main(argv=None):
+    """Command-line entry of the CTC recipe."""
+    return recipe_entry(run_asr, argv)
 
 
 def run_asr(argv):

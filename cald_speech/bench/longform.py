@@ -35,7 +35,13 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from cald_speech.bench.report import format_table, machine_info, run_child, write_json
+from cald_speech.bench.report import (
+    add_teacher_student_arguments,
+    format_table,
+    machine_info,
+    run_child,
+    write_json,
+)
 from cald_speech.bench.wer import error_rates, read_items
 from cald_speech.data.audio import SAMPLE_RATE
 from cald_speech.errors import AudioError, CaldError, DataError
@@ -119,12 +125,7 @@ def build_parser():
         description="WER, time and memory of the windowed teacher and the one-pass student "
                     "on one long recording made of test utterances with known text.",
     )
-    p.add_argument("--teacher", required=True, metavar="DIR", help="packaged teacher folder")
-    p.add_argument("--student", required=True, metavar="DIR", help="packaged student folder")
-    p.add_argument("--csv", required=True, help="SpeechBrain CSV (ID,duration,wav,...,wrd)")
-    p.add_argument("--text-column", default="wrd", help="transcript column (default wrd)")
-    p.add_argument("--data-root", default=None, help="value of $data_root in the wav column")
-    p.add_argument("--normalize", action="store_true", help="normalise the references")
+    add_teacher_student_arguments(p)
     p.add_argument("--minutes", type=float, default=None,
                    help="length of the recording (cycles through the items; default: each "
                         "item once)")

@@ -318,3 +318,15 @@ def loglog_plot(series, path, panels, xlabel, title=None):
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return str(path)
+
+
+def add_teacher_student_arguments(p):
+    """The arguments the teacher-vs-student benchmarks share (models, test CSV, text)."""
+    p.add_argument("--teacher", required=True, metavar="DIR", help="packaged teacher folder")
+    p.add_argument("--student", required=True, metavar="DIR", help="packaged student folder")
+    p.add_argument("--csv", required=True, help="SpeechBrain CSV (ID,duration,wav,...,wrd)")
+    p.add_argument("--text-column", default="wrd", help="transcript column (default wrd)")
+    p.add_argument("--data-root", default=None, help="value of $data_root in the wav column")
+    p.add_argument("--normalize", action="store_true",
+                   help="normalise the references (numbers, abbreviations, punctuation)")
+    return p

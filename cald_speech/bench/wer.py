@@ -28,7 +28,12 @@ import sys
 import time
 from pathlib import Path
 
-from cald_speech.bench.report import format_table, machine_info, write_json
+from cald_speech.bench.report import (
+    add_teacher_student_arguments,
+    format_table,
+    machine_info,
+    write_json,
+)
 from cald_speech.errors import AudioError, CaldError, DataError
 
 __all__ = ["error_rates", "evaluate", "main", "norm_text", "read_items", "word_diff"]
@@ -296,13 +301,7 @@ def build_parser():
         description="WER/CER of a teacher and a student on the same test items, their "
                     "agreement, and per-utterance differences.",
     )
-    p.add_argument("--teacher", required=True, metavar="DIR", help="packaged teacher folder")
-    p.add_argument("--student", required=True, metavar="DIR", help="packaged student folder")
-    p.add_argument("--csv", required=True, help="SpeechBrain CSV (ID,duration,wav,...,wrd)")
-    p.add_argument("--text-column", default="wrd", help="transcript column (default wrd)")
-    p.add_argument("--data-root", default=None, help="value of $data_root in the wav column")
-    p.add_argument("--normalize", action="store_true",
-                   help="normalise the references (numbers, abbreviations, punctuation)")
+    add_teacher_student_arguments(p)
     p.add_argument("--limit", type=int, default=None, help="first N items only")
     p.add_argument("--batch-size", type=int, default=8, help="items per padded batch")
     p.add_argument("--mode", default="auto", help="Transcriber mode (default auto)")
