@@ -151,6 +151,10 @@ class MemoryMeter:
             peak = status_mb("VmHWM")
         else:
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        if peak is not None and self.before is not None:
+            # The kernel updates the high-water mark lazily: a resident set that grew
+            # and shrank again between start() and stop() may be missing from it.
+            peak = max(peak, self.before)
         out = {
             "peak_rss_mb": peak,
             "extra_rss_mb": None if peak is None or self.before is None
