@@ -45,9 +45,9 @@ stride / 16000`` s (``stride`` is the CNN's total stride, 320 samples = 20 ms fo
 wav2vec2), and a word's confidence is the mean of the frame posteriors of the tokens
 aligned to it (:func:`align_words`).
 
-Only CTC models are handled here; classification models (intent) will get their own
-``classify_file`` entry point beside :class:`Transcriber` — :func:`model_task` already
-tells the two kinds of folder apart.
+Intent models (the SLURP recipe's ``model/`` folder) are served by :class:`Classifier`
+(``classify_file``, ``classify_batch``), with the same audio handling; ``cald-transcribe``
+picks it by itself when ``--model`` is such a folder.
 
 Command line: ``cald-transcribe FILE... --model DIR [--format txt|json|srt]
 [--chunk-s S] [--output-dir D]``; see :func:`main`.
@@ -1071,14 +1071,20 @@ class Transcriber:
             Missing files, a model without a CTC head, a tokenizer that does not fit.
         """
         from cald_speech.data.tokenizer import load_tokenizer
+        from cald_speech.intent import is_intent_model
 
         folder = Path(folder)
+        if is_intent_model(folder):
+            raise ConfigError(
+                f"{folder} holds an intent model; use Classifier.from_pretrained(folder)"
+                ".classify_file(...) (cald-transcribe does so by itself)"
+            )
         config = read_config(folder)
         task = model_task(config)
         if task != "ctc":
             raise ConfigError(
                 f"{folder} holds a {task} model; Transcriber needs a CTC model "
-                "(classification models are served by the intent recipe's classify_file)"
+                "(intent models are served by Classifier)"
             )
         if not (folder / "tokenizer.json").is_file():
             raise DataError(folder, "no tokenizer.json in the model folder",
@@ -1348,6 +1354,144 @@ class Transcriber:
 # ---------------------------------------------------------------------------------------
 
 
+class Classifier:
+    """Spoken intent classification with a packaged intent model (student or teacher).
+
+    Arguments
+    ---------
+    model : cald_speech.intent.IntentModel
+        The model (its encoder a student or a transformer).
+    device : str or torch.device
+        Where to run.
+
+    Example
+    -------
+    >>> import tempfile, torch
+    >>> from cald_speech.convert import tiny_teacher
+    >>> from cald_speech.intent import IntentModel, LabelMaps
+    >>> labels = LabelMaps({"alarm_set": ("alarm", "set"), "play_music": ("play", "music")})
+    >>> folder = tempfile.mkdtemp()
+    >>> IntentModel.new(tiny_teacher(), labels).save_pretrained(folder)
+    >>> clf = Classifier.from_pretrained(folder)
+    >>> out = clf.classify_waveform(torch.randn(2, 22050), sample_rate=44100)
+    >>> out["scenario"] in ("alarm", "play"), out["sample_rate"], out["channels"]
+    (True, 44100, 2)
+    >>> sorted(out["confidence"])
+    ['action', 'scenario']
+    """
+
+    def __init__(self, model, device="cpu"):
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        enable_feature_input(self.model.encoder)
+        enable_feature_input(self.model.encoder)
+
+    @classmethod
+    def from_pretrained(cls, folder, device="cpu"):
+        """Loads a folder written by :meth:`cald_speech.intent.IntentModel.save_pretrained`.
+
+        Raises
+        ------
+        ConfigError
+            The folder holds a CTC model (use :class:`Transcriber`).
+        DataError
+            Missing or unreadable files.
+        """
+        from cald_speech.intent import is_intent_model, load_intent_model
+
+        folder = Path(folder)
+        if not is_intent_model(folder) and (folder / "config.json").is_file():
+            raise ConfigError(f"{folder} holds a {model_task(read_config(folder))} model, "
+                              "not an intent model; use Transcriber for CTC models")
+        return cls(load_intent_model(folder, device=device), device=device)
+
+    @torch.inference_mode()
+    def _classify(self, waveforms):
+        """Labels and confidences (softmax probability of each chosen label).
+
+        The CNN runs on each waveform alone (group-norm front ends would otherwise see
+        the padding), then the features share one padded batch.
+        """
+        feats = [cnn_features(self.model.encoder, w.to(self.device)) for w in waveforms]
+        x = feats[0].new_zeros(len(feats), feats[0].shape[0], max(f.shape[-1] for f in feats))
+        for i, f in enumerate(feats):
+            x[i, :, : f.shape[-1]] = f
+        n = max(int(w.shape[-1]) for w in waveforms)
+        mask = torch.zeros(len(waveforms), n, dtype=torch.long, device=self.device)
+        for i, w in enumerate(waveforms):
+            mask[i, : w.shape[-1]] = 1
+        logits = self.model(x, attention_mask=mask).logits
+        labels = self.model.predict(logits)
+        probs = {t: p.float().softmax(-1) for t, p in self.model.split_logits(logits).items()}
+        for i, lab in enumerate(labels):
+            lab["confidence"] = {
+                t: float(p[i, self.model.labels.index(t, lab[t])]) for t, p in probs.items()
+            }
+        return labels
+
+    def classify_waveform(self, wav, sample_rate=SAMPLE_RATE):
+        """Intent, scenario, action and confidences of one waveform held in memory.
+
+        Arguments
+        ---------
+        wav : torch.Tensor or numpy.ndarray
+            (N,) mono or (channels, N) audio.
+        sample_rate : int
+            Its rate (resampled to 16 kHz; the original is reported).
+        """
+        wav, meta = Transcriber._as_waveform(wav, sample_rate)
+        if wav.numel() == 0:
+            raise AudioError("<waveform>", "empty waveform", "give at least a few samples")
+        out = self._classify([wav])[0]
+        return {**out, **meta, "duration": wav.numel() / SAMPLE_RATE}
+
+    def classify_file(self, path):
+        """Intent, scenario, action and confidences of an audio file of any format.
+
+        Raises
+        ------
+        AudioError
+            Missing, a directory, empty, truncated, not audio or undecodable.
+        """
+        wav, meta = read_mono(path)
+        out = self._classify([wav])[0]
+        return {**out, "path": str(path), "sample_rate": meta["sample_rate"],
+                "channels": meta["channels"], "duration": wav.numel() / SAMPLE_RATE}
+
+    def classify_batch(self, paths, batch_size=8, errors="raise"):
+        """Classifies several files in padded batches.
+
+        Arguments
+        ---------
+        paths : list of str
+            Audio files.
+        batch_size : int
+            Files per batch.
+        errors : str
+            ``"raise"``, or ``"skip"``: a bad file gets ``{"path", "error"}`` and the
+            others go on.
+        """
+        results = [None] * len(paths)
+        loaded = []
+        for i, path in enumerate(paths):
+            try:
+                wav, meta = read_mono(path)
+            except AudioError as exc:
+                if errors != "skip":
+                    raise
+                results[i] = {"path": str(path), "error": str(exc)}
+                continue
+            loaded.append((i, wav, meta))
+        loaded.sort(key=lambda t: t[1].numel())   # similar lengths share a batch
+        for start in range(0, len(loaded), batch_size):
+            chunk = loaded[start:start + batch_size]
+            for (i, wav, meta), lab in zip(chunk, self._classify([w for _, w, _ in chunk])):
+                results[i] = {**lab, "path": str(paths[i]), "sample_rate": meta["sample_rate"],
+                              "channels": meta["channels"],
+                              "duration": wav.numel() / SAMPLE_RATE}
+        return results
+
+
 def build_parser():
     """The ``cald-transcribe`` argument parser."""
     p = argparse.ArgumentParser(
@@ -1392,8 +1536,43 @@ def _output_name(path, fmt, used):
     return name
 
 
+def _intent_line(r):
+    conf = min(r["confidence"].values()) if r.get("confidence") else float("nan")
+    return f"{r['intent']}\t{r['scenario']}\t{r['action']}\t{conf:.3f}"
+
+
+def _classify_main(args, cap):
+    """``cald-transcribe`` with an intent model: one label line (or JSON) per file."""
+    if args.format == "srt":
+        print("cald-transcribe: error: --format srt needs a CTC model; intent models "
+              "give txt or json", file=sys.stderr)
+        return 2
+    try:
+        clf = Classifier.from_pretrained(args.model, device=args.device)
+    except CaldError as exc:
+        print(f"cald-transcribe: error: cannot load the model: {exc}", file=sys.stderr)
+        return min(len(args.files), cap)
+    failed = 0
+    for r in clf.classify_batch(args.files, errors="skip"):
+        if "error" in r:
+            print(f"cald-transcribe: error: {r['error']}", file=sys.stderr)
+            failed += 1
+        elif args.format == "json":
+            sys.stdout.write(json.dumps(r, ensure_ascii=False) + "\n")
+        else:
+            sys.stdout.write(f"{r['path']}\t{_intent_line(r)}\n")
+    sys.stdout.flush()
+    if failed:
+        print(f"cald-transcribe: {failed} of {len(args.files)} file(s) failed",
+              file=sys.stderr)
+    return min(failed, cap)
+
+
 def main(argv=None):
     """Entry point of ``cald-transcribe``; returns the exit status.
+
+    With an intent model folder (the SLURP recipe's ``model/``) each file gets a line
+    ``FILE<TAB>intent<TAB>scenario<TAB>action<TAB>confidence`` (txt) or a JSON object.
 
     Every file is tried; a bad one prints ``cald-transcribe: error: <file>: <problem>
     (fix: ...)`` on stderr and the others go on. The exit status is the number of
@@ -1420,6 +1599,10 @@ def main(argv=None):
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # transformers' own "Loading weights" bar
+    from cald_speech.intent import is_intent_model
+
+    if is_intent_model(args.model):
+        return _classify_main(args, cap)
     try:
         asr = Transcriber.from_pretrained(args.model, device=args.device,
                                           window_s=args.chunk_s, overlap_s=args.overlap_s)

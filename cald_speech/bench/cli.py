@@ -11,6 +11,9 @@ Commands:
 ``cald-bench longform --teacher DIR --student DIR --csv test.csv``
     One long recording of test utterances: WER, time and memory of the windowed
     teacher and the one-pass student (:mod:`cald_speech.bench.longform`).
+``cald-bench runs FOLDER ...``
+    Result table and training curves of finished recipe runs
+    (:mod:`cald_speech.bench.runs`).
 
 Each writes a JSON file (and the speed benchmark a PNG) under ``--out-dir``, prints a
 table and records the machine.
@@ -18,7 +21,7 @@ table and records the machine.
 Example
 -------
 >>> main([])  # doctest: +ELLIPSIS
-usage: cald-bench {wer,speed,longform} ...
+usage: cald-bench {wer,speed,longform,runs} ...
 ...
 2
 """
@@ -30,12 +33,13 @@ COMMANDS = {
     "wer": ("cald_speech.bench.wer", "WER/CER of teacher and student, agreement, diffs"),
     "speed": ("cald_speech.bench.speed", "time, RTF and peak memory vs audio length"),
     "longform": ("cald_speech.bench.longform", "long recording: windowed teacher vs student"),
+    "runs": ("cald_speech.bench.runs", "result table and training curves of recipe runs"),
 }
 
 
 def usage():
     """The top-level usage text."""
-    lines = ["usage: cald-bench {wer,speed,longform} [options]", "", "commands:"]
+    lines = ["usage: cald-bench {" + ",".join(COMMANDS) + "} [options]", "", "commands:"]
     lines += [f"  {name:<9} {desc}" for name, (_, desc) in COMMANDS.items()]
     lines.append("\n`cald-bench COMMAND --help` shows a command's options.")
     return "\n".join(lines)

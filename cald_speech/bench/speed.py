@@ -374,6 +374,18 @@ def targets(results):
     return lines
 
 
+def folder_label(folder):
+    """A model's label: its folder name, or the run folder's for a recipe's ``model/``.
+
+    Example
+    -------
+    >>> folder_label("results/demo/teacher/model"), folder_label("models/my-student")
+    ('teacher', 'my-student')
+    """
+    path = Path(folder).resolve()
+    return path.parent.name if path.name == "model" else path.name
+
+
 def _labelled_models(args, workdir):
     models = []
     if args.shape:
@@ -385,7 +397,7 @@ def _labelled_models(args, workdir):
             models.append((label, label, paths["student"], "student"))
     else:
         for folder in args.model:
-            models.append(("models", Path(folder).resolve().name, str(folder), _role(folder)))
+            models.append(("models", folder_label(folder), str(folder), _role(folder)))
     return models
 
 

@@ -339,3 +339,77 @@ def test_cli_goes_on_after_bad_files_and_counts_them(tmp_path, folders, capsys):
     assert main([str(good), "--model", folders["student"], "--format", "srt"]) == 0
     # a model folder that cannot be loaded fails every file
     assert main([str(good), str(silent), "--model", str(tmp_path / "nope")]) == 2
+
+
+# ---------------------------------------------------------------- intent models
+@pytest.fixture(scope="module")
+def intent_folder(tmp_path_factory, student):
+    from cald_speech.intent import IntentModel, LabelMaps
+
+    labels = LabelMaps({"alarm_set": ("alarm", "set"), "play_music": ("play", "music"),
+                        "alarm_query": ("alarm", "query")})
+    torch.manual_seed(0)
+    model = IntentModel.new(convert(tiny_teacher()), labels).eval()
+    folder = tmp_path_factory.mktemp("intent") / "model"
+    model.save_pretrained(folder)
+    return folder, model
+
+
+def test_classify_file_matches_the_model_on_the_resampled_mono_waveform(tmp_path, intent_folder):
+    from cald_speech.inference import Classifier
+
+    folder, model = intent_folder
+    stereo = np.stack([_wav(1.3, 1).numpy(), _wav(1.3, 2).numpy()], axis=1)
+    path = tmp_path / "a.wav"
+    sf.write(path, stereo, 16000)
+    out = Classifier.from_pretrained(folder).classify_file(path)
+    ref = model.classify([torch.from_numpy(stereo.mean(axis=1)).float()])[0]
+    assert {k: out[k] for k in ("intent", "scenario", "action")} == ref
+    assert (out["sample_rate"], out["channels"]) == (16000, 2)
+    assert set(out["confidence"]) == {"scenario", "action"}
+    assert all(0 < p <= 1 for p in out["confidence"].values())
+
+
+def test_classify_batch_equals_singles_and_skips_bad_files(tmp_path, intent_folder):
+    from cald_speech.inference import Classifier
+
+    clf = Classifier.from_pretrained(intent_folder[0])
+    paths = []
+    for i, sec in enumerate((0.7, 1.9, 1.1)):
+        paths.append(tmp_path / f"{i}.flac")
+        sf.write(paths[-1], _wav(sec, 10 + i).numpy(), 16000)
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF....not audio")
+    batch = clf.classify_batch([paths[0], bad, paths[1], paths[2]], batch_size=2,
+                               errors="skip")
+    assert "error" in batch[1] and str(bad) in batch[1]["error"]
+    for got, path in zip([batch[0], batch[2], batch[3]], paths):
+        single = clf.classify_file(path)
+        assert got["intent"] == single["intent"]
+        for task, p in single["confidence"].items():
+            assert got["confidence"][task] == pytest.approx(p, abs=1e-5)
+    with pytest.raises(AudioError):
+        clf.classify_batch([bad])
+
+
+def test_intent_and_ctc_folders_are_told_apart(intent_folder, folders):
+    from cald_speech.inference import Classifier
+
+    with pytest.raises(ConfigError, match="intent model; use Classifier"):
+        Transcriber.from_pretrained(intent_folder[0])
+    with pytest.raises(ConfigError, match="use Transcriber"):
+        Classifier.from_pretrained(folders["student"])
+
+
+def test_cli_classifies_with_an_intent_folder(tmp_path, intent_folder, capsys):
+    good = tmp_path / "g.wav"
+    sf.write(good, _wav(1.0, 3).numpy(), 22050)
+    missing = tmp_path / "missing.wav"
+    rc = main([str(good), str(missing), "--model", str(intent_folder[0]), "--format", "json"])
+    out, err = capsys.readouterr()
+    assert rc == 1 and "missing.wav" in err
+    rec = json.loads(out.strip())
+    assert rec["path"] == str(good) and rec["sample_rate"] == 22050
+    assert rec["intent"] == f"{rec['scenario']}_{rec['action']}"
+    assert rec["scenario"] in {"alarm", "play"} and rec["action"] in {"set", "music", "query"}
+    assert main([str(good), "--model", str(intent_folder[0]), "--format", "srt"]) == 2

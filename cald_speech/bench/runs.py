@@ -1,0 +1,260 @@
+"""Summaries of finished recipe runs: result tables and training curves.
+
+A run folder is what ``recipes/*/train.py`` writes: ``steps.jsonl`` (every loss term,
+logged per step), ``wer_<split>.json`` (or ``acc_<split>.json``) and ``model/`` with
+``cald_info.json``. These helpers read them back for the README tables, the demo
+report and ``cald-bench runs``:
+
+    cald-bench runs results/LibriSpeech/ASR/*/1 --out-dir results/summary
+"""
+
+import argparse
+import glob
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+from cald_speech.bench.report import format_table, machine_info, write_json
+
+#: Keys of ``steps.jsonl`` records that are not loss terms.
+NON_LOSS = ("step", "time")
+
+
+def read_steps(path):
+    """The records of a ``steps.jsonl`` file; a torn last line (killed run) is skipped.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> p = os.path.join(tempfile.mkdtemp(), "steps.jsonl")
+    >>> _ = open(p, "w").write('{"step": 1, "task": 2.0}\\n{"step": 2, "ta')
+    >>> read_steps(p)
+    [{'step': 1, 'task': 2.0}]
+    """
+    records = []
+    if not os.path.isfile(path):
+        return records
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
+def loss_terms(records):
+    """Names of the loss terms present in step records (learning rates excluded).
+
+    Example
+    -------
+    >>> loss_terms([{"step": 1, "time": 0, "task": 1.0, "layer": 2.0, "lr_head": 0.1}])
+    ['layer', 'task']
+    """
+    names = set()
+    for r in records:
+        names.update(k for k in r if k not in NON_LOSS and not k.startswith("lr"))
+    return sorted(names)
+
+
+def count_parameters(model_dir):
+    """Number of parameters in a packaged model's ``model.safetensors``."""
+    from safetensors import safe_open
+
+    total = 0
+    path = os.path.join(model_dir, "model.safetensors")
+    if not os.path.isfile(path):
+        return None
+    with safe_open(path, framework="pt") as f:
+        for key in f.keys():
+            total += math.prod(f.get_slice(key).get_shape())
+    return total
+
+
+def summarize_run(folder, name=None):
+    """One run's results: metrics per evaluated split, updates, wall time, parameters.
+
+    Wall time is the span of the step log (first to last logged step), which covers
+    every resumed segment of the run.
+    """
+    folder = Path(folder)
+    out = {"name": name or folder.name, "folder": str(folder), "splits": {}}
+    for path in sorted(folder.glob("*_*.json")):
+        prefix, split = path.stem.split("_", 1)
+        if prefix in ("wer", "acc"):
+            with open(path, encoding="utf-8") as f:
+                out["splits"][split] = json.load(f)
+    info_path = folder / "model" / "cald_info.json"
+    if info_path.is_file():
+        info = json.loads(info_path.read_text())
+        out["mode"] = info.get("mode")
+        out["updates"] = info.get("updates")
+    steps = read_steps(folder / "steps.jsonl")
+    times = [r["time"] for r in steps if "time" in r]
+    out["wall_s"] = (max(times) - min(times)) if len(times) > 1 else None
+    out["parameters"] = count_parameters(folder / "model")
+    return out
+
+
+def results_rows(runs, metrics=("WER", "CER")):
+    """Table rows (dicts) of run summaries: one column per metric and split."""
+    rows = []
+    for run in runs:
+        row = {"model": run["name"]}
+        for split, stats in run["splits"].items():
+            for m in metrics:
+                if m in stats:
+                    row[f"{m} {split}"] = stats[m]
+        row["updates"] = run.get("updates")
+        row["wall (min)"] = None if run.get("wall_s") is None else run["wall_s"] / 60
+        row["params (M)"] = None if run.get("parameters") is None else run["parameters"] / 1e6
+        rows.append(row)
+    return rows
+
+
+def markdown_table(rows, floatfmt="{:.2f}"):
+    """A GitHub markdown table of row dicts (columns in first-seen order).
+
+    Example
+    -------
+    >>> print(markdown_table([{"model": "teacher", "WER": 12.345}, {"model": "x"}]))
+    | model | WER |
+    |---|---|
+    | teacher | 12.35 |
+    | x | - |
+    """
+    columns = []
+    for r in rows:
+        columns += [k for k in r if k not in columns]
+
+    def cell(v):
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return floatfmt.format(v)
+        return str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _smooth(values, window):
+    out, acc = [], 0.0
+    for i, v in enumerate(values):
+        acc += v
+        if i >= window:
+            acc -= values[i - window]
+        out.append(acc / min(i + 1, window))
+    return out
+
+
+def plot_training_curves(runs, path, smooth=5):
+    """One panel per loss term, one line per run (log scale), saved as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = {run["name"]: read_steps(Path(run["folder"]) / "steps.jsonl") for run in runs}
+    terms = sorted({t for recs in series.values() for t in loss_terms(recs)})
+    if not terms:
+        return None
+    fig, axes = plt.subplots(1, len(terms), figsize=(4.2 * len(terms), 3.4), squeeze=False)
+    for ax, term in zip(axes[0], terms):
+        for name, recs in series.items():
+            pts = [(r["step"], r[term]) for r in recs if term in r and r[term] is not None]
+            if pts:
+                xs, ys = zip(*pts)
+                ax.plot(xs, _smooth(list(ys), smooth), label=name)
+        ax.set_title(term)
+        ax.set_xlabel("update")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
+def plot_metric_bars(runs, path, metric="WER"):
+    """Grouped bars of one metric per split and run, saved as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    splits = sorted({s for r in runs for s, st in r["splits"].items() if metric in st})
+    if not splits:
+        return None
+    width = 0.8 / len(splits)
+    fig, ax = plt.subplots(figsize=(1.4 + 1.3 * len(runs), 3.4))
+    for j, split in enumerate(splits):
+        xs = [i + (j - (len(splits) - 1) / 2) * width for i in range(len(runs))]
+        ys = [r["splits"].get(split, {}).get(metric, float("nan")) for r in runs]
+        bars = ax.bar(xs, ys, width, label=split)
+        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    ax.set_xticks(range(len(runs)))
+    ax.set_xticklabels([r["name"] for r in runs], rotation=15, fontsize=8)
+    ax.set_ylabel(f"{metric} (%)")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
+def build_parser():
+    """The ``cald-bench runs`` argument parser."""
+    p = argparse.ArgumentParser(
+        prog="cald-bench runs",
+        description="Result table (metrics per split, updates, wall time, parameters) and "
+                    "training curves of finished recipe runs.",
+    )
+    p.add_argument("folders", nargs="+", help="run folders (output_folder of a recipe)")
+    p.add_argument("--names", default=None, help="comma-separated names (default: folders)")
+    p.add_argument("--metrics", default="WER,CER", help="metrics to tabulate")
+    p.add_argument("--out-dir", default="results/runs_summary", help="where results go")
+    return p
+
+
+def main(argv=None):
+    """Entry point of ``cald-bench runs``."""
+    args = build_parser().parse_args(argv)
+    folders = [f for pattern in args.folders for f in sorted(glob.glob(pattern)) or [pattern]]
+    missing = [f for f in folders if not os.path.isdir(f)]
+    if missing:
+        print(f"cald-bench runs: error: not a run folder: {', '.join(missing)}",
+              file=sys.stderr)
+        return 2
+    names = args.names.split(",") if args.names else [
+        os.path.relpath(f).replace(os.sep, "/") for f in folders
+    ]
+    if len(names) != len(folders):
+        print("cald-bench runs: error: --names needs one name per folder", file=sys.stderr)
+        return 2
+    runs = [summarize_run(f, n) for f, n in zip(folders, names)]
+    rows = results_rows(runs, args.metrics.split(","))
+    keys = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    print(format_table(rows, [(k, k, "s" if k == "model" else ".2f") for k in keys]))
+    out = Path(args.out_dir)
+    write_json(out / "runs.json", {"runs": runs, "machine": machine_info()})
+    (out / "runs.md").parent.mkdir(parents=True, exist_ok=True)
+    (out / "runs.md").write_text(markdown_table(rows) + "\n")
+    plot_training_curves(runs, out / "training_curves.png")
+    plot_metric_bars(runs, out / f"{args.metrics.split(',')[0].lower()}.png",
+                     args.metrics.split(",")[0])
+    print(f"wrote {out}/runs.json, runs.md and plots")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""``results/demo/report.md``: what ``make demo`` measured, with plots and commands."""
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from cald_speech.bench.report import machine_info
+from cald_speech.bench.runs import (
+    markdown_table,
+    plot_metric_bars,
+    plot_training_curves,
+    results_rows,
+    summarize_run,
+)
+
+
+def _load(path):
+    path = Path(path)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def relative_gap(student, teacher):
+    """Relative difference of two error rates in percent (positive: student worse).
+
+    Example
+    -------
+    >>> relative_gap(11.0, 10.0)
+    10.0
+    >>> relative_gap(3.0, 0.0) is None
+    True
+    """
+    if teacher is None or student is None or teacher == 0:
+        return None
+    return 100.0 * (student - teacher) / teacher
+
+
+def _pct(x):
+    return None if x is None else 100.0 * x
+
+
+def wer_bench_rows(pipe):
+    """Rows of the teacher-vs-student WER benchmarks (one per student)."""
+    rows = []
+    for name in pipe.cfg["students"]:
+        s = _load(pipe.results / "bench" / f"wer_{name}" / "wer.json")
+        if s is None:
+            continue
+        rows.append({
+            "student": name,
+            "teacher WER": _pct(s["teacher"]["wer"]), "student WER": _pct(s["student"]["wer"]),
+            "teacher CER": _pct(s["teacher"]["cer"]), "student CER": _pct(s["student"]["cer"]),
+            "student vs teacher WER": _pct(s["agreement"]["wer"]),
+            "identical": _pct(s["agreement"].get("identical")),
+            "items": s["items"],
+        })
+    return rows
+
+
+def speed_rows(pipe):
+    s = _load(pipe.results / "bench" / "speed" / "speed.json")
+    if s is None:
+        return []
+    rows = []
+    for r in s["results"]:
+        rows.append({"model": r["label"], "system": r["system"], "minutes": r["minutes"],
+                     "time (s)": r.get("time_s"), "RTF": r.get("rtf"),
+                     "peak RSS (MB)": r.get("peak_rss_mb"),
+                     "status": r["status"] if r["status"] == "ok" else
+                     f"{r['status']}: {r.get('reason', '')}"})
+    return rows
+
+
+def longform_rows(pipe):
+    s = _load(pipe.results / "bench" / "longform" / "longform.json")
+    if s is None:
+        return [], None
+    rows = []
+    for r in s["results"]:
+        if r["status"] != "ok":
+            rows.append({"system": r["system"], "status": r["status"]})
+            continue
+        rows.append({"system": r["system"], "WER": _pct(r["scores"]["wer"]),
+                     "CER": _pct(r["scores"]["cer"]), "time (s)": r["time_s"],
+                     "RTF": r["rtf"], "peak RSS (MB)": r["peak_rss_mb"]})
+    return rows, s["recording"]
+
+
+def gap_statement(runs):
+    """One sentence per student: its test WER against the teacher's, stated plainly."""
+    by_name = {r["name"]: r for r in runs}
+    teacher = by_name.get("teacher", {}).get("splits", {}).get("test-clean", {}).get("WER")
+    lines = []
+    for r in runs:
+        if r["name"] == "teacher":
+            continue
+        wer = r["splits"].get("test-clean", {}).get("WER")
+        gap = relative_gap(wer, teacher)
+        if gap is None:
+            continue
+        lines.append(f"- **{r['name']}**: test WER {wer:.2f}% vs teacher {teacher:.2f}% "
+                     f"({gap:+.1f}% relative; {'better than' if gap < 0 else 'behind'} "
+                     f"the teacher by {abs(wer - teacher):.2f} points).")
+    return lines
+
+
+def write_report(pipe):
+    """Writes ``<results>/report.md`` and its plots; returns the report path."""
+    out = pipe.results
+    plots = out / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    names = ["teacher", *pipe.cfg["students"]]
+    runs = [summarize_run(pipe.run_folder(n), n) for n in names
+            if (pipe.run_folder(n) / "model").is_dir()]
+    curves = plot_training_curves(runs, plots / "training_curves.png")
+    bars = plot_metric_bars(runs, plots / "wer.png")
+    speed_png = out / "bench" / "speed" / "speed.png"
+    if speed_png.is_file():
+        shutil.copy(speed_png, plots / "speed_memory.png")
+    corpus = (_load(pipe.corpus / "metadata.json") or {}).get("summary", {})
+    machine = machine_info()
+
+    md = [f"# cald-speech demo report ({pipe.scale} scale)", ""]
+    md.append(f"Written {time.strftime('%Y-%m-%d %H:%M:%S')} on {machine.get('cpu', '?')}, "
+              f"{machine.get('threads', machine.get('cpu_count', '?'))} threads, "
+              f"torch {machine.get('torch', '?')}.")
+    md += ["", "## Data", ""]
+    splits = corpus.get("splits", {})
+    if splits:
+        md.append(markdown_table([
+            {"split": k, "utterances": v.get("utterances"), "hours": v.get("hours"),
+             "voices": len(v.get("speakers", []))}
+            for k, v in splits.items()
+        ], floatfmt="{:.3f}"))
+    if corpus.get("heldout_statement"):
+        md += ["", corpus["heldout_statement"]]
+    md += ["", f"Starting model: `{pipe.cfg['pretrained']}`, a small wav2vec2 trained with "
+               "character CTC on a *different* synthetic corpus (SLURP sentences, the "
+               "training voices only). It plays the role of a pretrained checkpoint, which "
+               "cannot be downloaded here; it is not self-supervised."]
+    md += ["", "## Teacher and students (recipe evaluation, best checkpoint by dev WER)", ""]
+    md.append(markdown_table(results_rows(runs)))
+    md += [""] + gap_statement(runs)
+    if bars:
+        md += ["", f"![WER per model]({Path(bars).relative_to(out)})"]
+    if curves:
+        md += ["", "Training curves (every loss term, per update, smoothed):", "",
+               f"![training curves]({Path(curves).relative_to(out)})"]
+    rows = wer_bench_rows(pipe)
+    if rows:
+        md += ["", "## cald-bench wer: the same test items through the inference API", "",
+               markdown_table(rows)]
+    rows = speed_rows(pipe)
+    if rows:
+        md += ["", "## Speed and memory vs audio length (this CPU)", "",
+               "Random-content audio; time and peak resident memory of each system in its "
+               "own process. At these small model sizes and short lengths the transformer "
+               "is not yet in its quadratic regime; `cald-bench speed --shape "
+               "wav2vec2-base` shows the full-size picture (README).", "",
+               markdown_table(rows, floatfmt="{:.3f}")]
+        if (plots / "speed_memory.png").is_file():
+            md += ["", "![time and memory vs length](plots/speed_memory.png)"]
+    rows, rec = longform_rows(pipe)
+    if rows:
+        dur = rec.get("duration_s") if rec else None
+        md += ["", "## Long-form transcription", "",
+               (f"One recording of {dur / 60:.1f} minutes made of test utterances with known "
+                "text; the teacher runs in overlapping windows, the student in one pass."
+                if dur else ""), "", markdown_table(rows, floatfmt="{:.3f}")]
+    md += ["", "## Commands", "", "Every stage is resumable and is skipped when its output is "
+           "up to date. `make demo` ran:", "", "```"]
+    md.append(f"python -m cald_speech.demo --scale {pipe.scale}   # corpus + manifests, then:")
+    md += [s.printable for s in pipe.all_steps()]
+    md += ["```", "", "Stage times (this invocation, s): " + ", ".join(
+        f"{k} {v:.0f}" for k, v in pipe.timings.items()) + "."]
+    path = out / "report.md"
+    path.write_text("\n".join(md) + "\n", encoding="utf-8")
+    (out / "report.json").write_text(json.dumps(
+        {"runs": runs, "machine": machine, "scale": pipe.scale, "config": pipe.cfg,
+         "timings": pipe.timings}, indent=2, default=str) + "\n")
+    return path

@@ -1,0 +1,123 @@
+"""``make demo``'s pipeline at a minimal scale: every stage, the report, and skipping."""
+
+import json
+import sys
+
+import pytest
+import yaml
+
+from cald_speech import demo
+from cald_speech.convert import tiny_teacher
+
+pytestmark = pytest.mark.skipif(
+    not demo.shutil.which("espeak-ng") or not demo.shutil.which("flite"),
+    reason="the synthesizer's engines are not installed (tools/check_system.sh)",
+)
+
+RUN = {"batch_size": 4, "number_of_epochs": 1, "warmup_updates": 1, "total_updates": 10,
+       "log_every": 1, "seed": 3}
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("demo")
+    pretrained = tmp / "pretrained"
+    tiny_teacher("wav2vec2-base", head="ctc", seed=0).save_pretrained(pretrained)
+    config = tmp / "demo.yaml"
+    config.write_text(yaml.safe_dump({"tiny": {
+        "corpus": {"n_train": 10, "n_dev": 3, "n_test": 3, "seed": 3},
+        "pretrained": str(pretrained),
+        "teacher": {**RUN, "waypoint_every": None},
+        "students": {
+            "cald_hybrid": {**RUN, "mode": "hybrid", "switch_step": 2},
+            "unguided": {**RUN, "mode": "unguided"},
+        },
+        "main_student": "cald_hybrid",
+        "bench": {"speed_minutes": [0.05], "longform_minutes": 0.2, "window_s": 6},
+    }}))
+    argv = ["--scale", "tiny", "--config", str(config), "--data", str(tmp / "data"),
+            "--results", str(tmp / "results"), "--jobs", "1"]
+    assert demo.main(argv) == 0
+    return tmp, argv
+
+
+def test_every_stage_writes_its_output(demo_run):
+    tmp, _ = demo_run
+    runs = tmp / "results" / "runs"
+    for name in ("teacher", "cald_hybrid", "unguided"):
+        info = json.loads((runs / name / "model" / "cald_info.json").read_text())
+        assert info["updates"] > 0
+        assert (runs / name / "wer_test-clean.json").is_file()
+        assert (runs / name / "wer_dev-clean.json").is_file()
+    assert json.loads((runs / "cald_hybrid" / "model" / "cald_info.json").read_text())[
+        "mode"] == "hybrid"
+    bench = tmp / "results" / "bench"
+    for name in ("cald_hybrid", "unguided"):
+        summary = json.loads((bench / f"wer_{name}" / "wer.json").read_text())
+        assert summary["items"] == 3
+    speed = json.loads((bench / "speed" / "speed.json").read_text())
+    assert {r["label"] for r in speed["results"]} == {"teacher", "cald_hybrid"}
+    assert (bench / "longform" / "longform.json").is_file()
+
+
+def test_report_has_tables_plots_and_commands(demo_run):
+    tmp, _ = demo_run
+    report = (tmp / "results" / "report.md").read_text()
+    for needle in ("| teacher |", "| cald_hybrid |", "| unguided |", "WER test-clean",
+                   "relative", "plots/training_curves.png", "plots/wer.png",
+                   "recipes/LibriSpeech/ASR/train.py", "cald_speech.bench.cli speed"):
+        assert needle in report, needle
+    for png in ("training_curves.png", "wer.png"):
+        assert (tmp / "results" / "plots" / png).stat().st_size > 1000
+
+
+def test_second_run_skips_every_step(demo_run, capsys):
+    tmp, argv = demo_run
+    before = (tmp / "results" / "runs" / "teacher" / "model" / "model.safetensors").stat()
+    capsys.readouterr()
+    assert demo.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "running" not in out and out.count("up to date") >= 7
+    after = (tmp / "results" / "runs" / "teacher" / "model" / "model.safetensors").stat()
+    assert after.st_mtime_ns == before.st_mtime_ns
+
+
+def test_step_reruns_when_its_command_changes(tmp_path):
+    out = tmp_path / "step"
+
+    def step(text):
+        code = f"open({str(out / 'out.txt')!r}, 'a').write({text!r})"
+        return demo.Step("s", [sys.executable, "-c", code], out,
+                         done=lambda: (out / "out.txt").is_file())
+
+    assert step("a").run() == "ran"
+    assert step("a").run() == "skipped"
+    (out / "out.txt").unlink()                 # interrupted: same command resumes
+    assert step("a").run() == "resumed"
+    assert step("b").run() == "ran"            # new command: folder cleared first
+    assert (out / "out.txt").read_text() == "b"
+
+
+def test_failed_step_names_its_log(tmp_path):
+    step = demo.Step("broken", [sys.executable, "-c", "raise SystemExit('boom')"],
+                     tmp_path / "b", done=lambda: False)
+    with pytest.raises(demo.CaldError, match=r"broken failed \(exit 1\).*console.log"):
+        step.run()
+
+
+def test_missing_pretrained_model_says_how_to_build_it(tmp_path, capsys):
+    config = tmp_path / "d.yaml"
+    cfg = demo.load_scale("small")
+    cfg["pretrained"] = str(tmp_path / "nowhere")
+    config.write_text(yaml.safe_dump({"x": cfg}))
+    rc = demo.main(["--scale", "x", "--config", str(config), "--stages", "pretrained",
+                    "--data", str(tmp_path / "d"), "--results", str(tmp_path / "r")])
+    assert rc == 1
+    assert "tools/make_pretrained.sh" in capsys.readouterr().err
+
+
+def test_unknown_scale_and_stage(tmp_path, capsys):
+    assert demo.main(["--scale", "huge"]) == 1
+    assert "unknown scale 'huge'" in capsys.readouterr().err
+    assert demo.main(["--stages", "corpus,dance"]) == 1
+    assert "unknown stage" in capsys.readouterr().err
