@@ -59,6 +59,10 @@ def unwrap(module):
     return getattr(module, "module", module)
 
 
+#: Checkpoint meta key holding :meth:`DistillBrain.checkpoint_rank`.
+RANK_KEY = "rank"
+
+
 class DistillBrain(sb.Brain):
     """Task fine-tuning with optional layerwise distillation from a teacher.
 
@@ -358,6 +362,13 @@ class DistillBrain(sb.Brain):
         """(metric name, ``"min"`` or ``"max"``) that ranks checkpoints."""
         raise NotImplementedError
 
+    def checkpoint_rank(self, stats):
+        """The value checkpoints are ranked by (kept under ``RANK_KEY`` in their meta).
+
+        By default the best metric itself; a task may break its ties.
+        """
+        return stats[self.best_metric()[0]]
+
     def write_stage_files(self, split, stats):
         """Writes the task's per-split result files (main process only)."""
 
@@ -384,8 +395,9 @@ class DistillBrain(sb.Brain):
             if self.checkpointer is not None:
                 key, direction = self.best_metric()
                 self.checkpointer.save_and_keep_only(
-                    meta={key: stats[key], "updates": self.optimizer_step},
-                    **{f"{direction}_keys": [key]},
+                    meta={key: stats[key], RANK_KEY: self.checkpoint_rank(stats),
+                          "updates": self.optimizer_step},
+                    **{f"{direction}_keys": [RANK_KEY]},
                 )
         elif log is not None:
             log.log_stats(
@@ -459,6 +471,19 @@ class CTCBrain(DistillBrain):
     def best_metric(self):
         """Checkpoints are ranked by WER, lowest first."""
         return "WER", "min"
+
+    def checkpoint_rank(self, stats):
+        """WER, ties broken by CER (early in training every WER may be 100%).
+
+        Example
+        -------
+        >>> rank = CTCBrain.checkpoint_rank
+        >>> rank(None, {"WER": 100.0, "CER": 60.0}) < rank(None, {"WER": 100.0, "CER": 90.0})
+        True
+        >>> rank(None, {"WER": 99.75, "CER": 99.0}) < rank(None, {"WER": 100.0, "CER": 0.0})
+        True
+        """
+        return stats["WER"] + 1e-4 * min(stats["CER"], 100.0)
 
     def write_stage_files(self, split, stats):
         """``wer_file`` (alignments, SpeechBrain format) and its ``.json`` summary."""

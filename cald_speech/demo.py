@@ -165,9 +165,10 @@ class Step:
 class Pipeline:
     """The demo stages over one data folder and one results folder."""
 
-    def __init__(self, cfg, data_dir, results_dir, jobs=1, scale="small"):
+    def __init__(self, cfg, data_dir, results_dir, jobs=1, scale="small", seed=None):
         self.cfg = cfg
         self.scale = scale
+        self.seed = seed
         self.data = Path(data_dir).resolve()
         self.results = Path(results_dir).resolve()
         self.jobs = jobs
@@ -243,7 +244,7 @@ class Pipeline:
         t = self.cfg["teacher"]
         return self._recipe_step(
             "teacher", "finetune.yaml",
-            ["--model_source", self.pretrained, *overrides(t)],
+            ["--model_source", self.pretrained, *overrides(self._seeded(t))],
             {"pretrained": file_digest(self.pretrained / "model.safetensors")},
         )
 
@@ -252,11 +253,22 @@ class Pipeline:
         digest = file_digest(teacher / "model.safetensors")
         steps = []
         for name, opts in self.cfg["students"].items():
+            opts = self._seeded(opts)
+            mode = opts.get("mode", "hybrid")
+            if mode in ("trajectory", "waypoint"):   # both start from the pretrained model
+                src = ["--pretrained_source", self.pretrained]
+                if mode == "waypoint":
+                    src += ["--waypoint_dir", self.run_folder("teacher") / "waypoints"]
+            else:
+                src = ["--teacher_source", teacher]
             steps.append(self._recipe_step(
-                name, "cald.yaml",
-                ["--teacher_source", teacher, *overrides(opts)], {"teacher": digest},
+                name, "cald.yaml", [*src, *overrides(opts)], {"teacher": digest},
             ))
         return steps
+
+    def _seeded(self, opts):
+        """Run options with the pipeline's seed, when one was given."""
+        return dict(opts, seed=self.seed) if self.seed is not None else dict(opts)
 
     def stage_teacher(self):
         self.teacher_step().run()
@@ -339,6 +351,8 @@ def build_parser():
                    help="where the corpus and manifests go (default data/demo)")
     p.add_argument("--results", default=str(ROOT / "results" / "demo"),
                    help="where runs, benchmarks and the report go (default results/demo)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of the teacher and students (default: the scale's)")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     p.add_argument("--config", default=str(DEFAULT_CONFIG))
     p.add_argument("--stages", default=",".join(STAGES),
@@ -356,7 +370,7 @@ def main(argv=None):
         if unknown:
             raise CaldError(f"unknown stage(s) {unknown}; choose from {list(STAGES)}")
         cfg = load_scale(args.scale, args.config)
-        pipe = Pipeline(cfg, args.data, args.results, args.jobs, args.scale)
+        pipe = Pipeline(cfg, args.data, args.results, args.jobs, args.scale, args.seed)
         report = pipe.run(stages)
     except CaldError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -54,7 +54,7 @@ import transformers
 from torch import nn
 from transformers.utils import ModelOutput
 
-from cald_speech.brains import DistillBrain, unwrap
+from cald_speech.brains import RANK_KEY, DistillBrain, unwrap
 from cald_speech.data.pipeline import audio_dataset, read_manifest
 from cald_speech.distill.losses import logit_kd_loss
 from cald_speech.errors import ConfigError, DataError
@@ -1047,7 +1047,7 @@ def run_intent(argv):
     results = {}
     for split, (ds, report) in tests.items():
         brain.eval_split = split
-        brain.evaluate(ds, max_key=best, test_loader_kwargs=_loader_opts(hp, ds, False))
+        brain.evaluate(ds, max_key=RANK_KEY, test_loader_kwargs=_loader_opts(hp, ds, False))
         results[split] = {
             **brain.last_stats,
             "skipped_audio": report["skipped"],

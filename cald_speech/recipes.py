@@ -16,7 +16,7 @@ import speechbrain as sb
 import yaml
 from hyperpyyaml import load_hyperpyyaml
 
-from cald_speech.brains import CTCBrain
+from cald_speech.brains import RANK_KEY, CTCBrain
 from cald_speech.data.pipeline import add_ctc_targets, audio_dataset, dynamic_batching
 from cald_speech.errors import CaldError, ConfigError
 from cald_speech.experiment import (
@@ -220,7 +220,7 @@ def run_asr(argv):
     results = {}
     for split, ds in tests.items():
         brain.eval_split = split
-        brain.evaluate(ds, min_key="WER", test_loader_kwargs=_loader_opts(hp, ds, False))
+        brain.evaluate(ds, min_key=RANK_KEY, test_loader_kwargs=_loader_opts(hp, ds, False))
         results[split] = dict(brain.last_stats)
     if sb.utils.distributed.if_main_process():
         folder = hp.get("package_folder") or os.path.join(hp["output_folder"], "model")

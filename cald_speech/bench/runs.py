@@ -83,7 +83,9 @@ def summarize_run(folder, name=None):
     out = {"name": name or folder.name, "folder": str(folder), "splits": {}}
     for path in sorted(folder.glob("*_*.json")):
         prefix, split = path.stem.split("_", 1)
-        if prefix in ("wer", "acc"):
+        # ``valid`` is the last epoch's validation; the splits evaluated at the end
+        # (with the best checkpoint) have their own names.
+        if prefix in ("wer", "acc") and split != "valid":
             with open(path, encoding="utf-8") as f:
                 out["splits"][split] = json.load(f)
     info_path = folder / "model" / "cald_info.json"
