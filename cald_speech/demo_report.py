@@ -86,21 +86,30 @@ def longform_rows(pipe):
     return rows, s["recording"]
 
 
-def gap_statement(runs):
-    """One sentence per student: its test WER against the teacher's, stated plainly."""
+def gap_statement(runs, split="test-clean"):
+    """One line per student: its WER and CER against the teacher's, stated plainly.
+
+    Example
+    -------
+    >>> runs = [{"name": "teacher", "splits": {"test-clean": {"WER": 10.0, "CER": 4.0}}},
+    ...         {"name": "s", "splits": {"test-clean": {"WER": 10.5, "CER": 3.8}}}]
+    >>> print(gap_statement(runs)[0])
+    - **s**: test-clean WER 10.50% vs 10.00% (+5.0% relative), CER 3.80% vs 4.00% (-5.0% relative)
+    """
     by_name = {r["name"]: r for r in runs}
-    teacher = by_name.get("teacher", {}).get("splits", {}).get("test-clean", {}).get("WER")
+    teacher = by_name.get("teacher", {}).get("splits", {}).get(split, {})
     lines = []
     for r in runs:
         if r["name"] == "teacher":
             continue
-        wer = r["splits"].get("test-clean", {}).get("WER")
-        gap = relative_gap(wer, teacher)
-        if gap is None:
-            continue
-        lines.append(f"- **{r['name']}**: test WER {wer:.2f}% vs teacher {teacher:.2f}% "
-                     f"({gap:+.1f}% relative; {'better than' if gap < 0 else 'behind'} "
-                     f"the teacher by {abs(wer - teacher):.2f} points).")
+        parts = []
+        for metric in ("WER", "CER"):
+            mine, ref = r["splits"].get(split, {}).get(metric), teacher.get(metric)
+            gap = relative_gap(mine, ref)
+            if gap is not None:
+                parts.append(f"{metric} {mine:.2f}% vs {ref:.2f}% ({gap:+.1f}% relative)")
+        if parts:
+            lines.append(f"- **{r['name']}**: {split} " + ", ".join(parts))
     return lines
 
 
@@ -122,7 +131,9 @@ def write_report(pipe):
 
     md = [f"# cald-speech demo report ({pipe.scale} scale)", ""]
     md.append(f"Written {time.strftime('%Y-%m-%d %H:%M:%S')} on {machine.get('cpu', '?')}, "
-              f"{machine.get('threads', machine.get('cpu_count', '?'))} threads, "
+              f"{machine.get('cores', '?')} cores, {machine.get('ram_gb', 0):.0f} GB, "
+              f"torch {machine.get('torch', '?')}, no GPU." if not machine.get("cuda") else
+              f"Written {time.strftime('%Y-%m-%d %H:%M:%S')} on {machine['cuda']}, "
               f"torch {machine.get('torch', '?')}.")
     md += ["", "## Data", ""]
     splits = corpus.get("splits", {})
@@ -138,9 +149,16 @@ def write_report(pipe):
                "character CTC on a *different* synthetic corpus (SLURP sentences, the "
                "training voices only). It plays the role of a pretrained checkpoint, which "
                "cannot be downloaded here; it is not self-supervised."]
-    md += ["", "## Teacher and students (recipe evaluation, best checkpoint by dev WER)", ""]
+    md += ["", "## Teacher and students (recipe evaluation, best checkpoint by dev WER)", "",
+           "Error rates in %. `updates`: updates trained (last logged); `best at`: the update of the "
+           "checkpoint kept (lowest dev WER, ties broken by CER) and evaluated; wall time "
+           "spans the step log.", ""]
     md.append(markdown_table(results_rows(runs)))
-    md += [""] + gap_statement(runs)
+    md += ["", "Student vs teacher:", ""] + gap_statement(runs)
+    md += ["", "How to read this: the offline starting model is weak (CER about 68 % on "
+               "held-out voices; see `models/pretrained-offline/README.md`), so at this "
+               "scale absolute error rates stay high and words are rarely all right. "
+               "Compare CERs, and the students with the teacher."]
     if bars:
         md += ["", f"![WER per model]({Path(bars).relative_to(out)})"]
     if curves:
@@ -157,16 +175,18 @@ def write_report(pipe):
                "own process. At these small model sizes and short lengths the transformer "
                "is not yet in its quadratic regime; `cald-bench speed --shape "
                "wav2vec2-base` shows the full-size picture (README).", "",
-               markdown_table(rows, floatfmt="{:.3f}")]
+               markdown_table(rows, floatfmt={"minutes": "{:g}", "RTF": "{:.3f}",
+                                              "peak RSS (MB)": "{:.0f}"})]
         if (plots / "speed_memory.png").is_file():
             md += ["", "![time and memory vs length](plots/speed_memory.png)"]
     rows, rec = longform_rows(pipe)
     if rows:
-        dur = rec.get("duration_s") if rec else None
+        dur = rec.get("duration") if rec else None
         md += ["", "## Long-form transcription", "",
                (f"One recording of {dur / 60:.1f} minutes made of test utterances with known "
                 "text; the teacher runs in overlapping windows, the student in one pass."
-                if dur else ""), "", markdown_table(rows, floatfmt="{:.3f}")]
+                if dur else ""), "", markdown_table(rows, floatfmt={"RTF": "{:.3f}",
+                                                                 "peak RSS (MB)": "{:.0f}"})]
     md += ["", "## Commands", "", "Every stage is resumable and is skipped when its output is "
            "up to date. `make demo` ran:", "", "```"]
     md.append(f"python -m cald_speech.demo --scale {pipe.scale}   # corpus + manifests, then:")

@@ -24,4 +24,4 @@ $PY recipes/LibriSpeech/ASR/train.py recipes/LibriSpeech/ASR/hparams/finetune.ya
     --number_of_epochs "$EPOCHS" --batch_size 8 --lr_encoder 0.001 --lr_head 0.001 \
     --warmup_updates 300 --total_updates $((EPOCHS * 375)) --waypoint_every null \
     --sorting random
-echo "pretrained model: $OUT/run/model"
+echo "pretrained model: $OUT/run/model (the demo reads models/pretrained-offline: cp -r it there)"

@@ -92,8 +92,9 @@ def summarize_run(folder, name=None):
     if info_path.is_file():
         info = json.loads(info_path.read_text())
         out["mode"] = info.get("mode")
-        out["updates"] = info.get("updates")
+        out["best_update"] = info.get("updates")   # of the checkpoint kept (best on dev)
     steps = read_steps(folder / "steps.jsonl")
+    out["updates"] = max((r["step"] for r in steps if "step" in r), default=None)
     times = [r["time"] for r in steps if "time" in r]
     out["wall_s"] = (max(times) - min(times)) if len(times) > 1 else None
     out["parameters"] = count_parameters(folder / "model")
@@ -110,6 +111,7 @@ def results_rows(runs, metrics=("WER", "CER")):
                 if m in stats:
                     row[f"{m} {split}"] = stats[m]
         row["updates"] = run.get("updates")
+        row["best at"] = run.get("best_update")
         row["wall (min)"] = None if run.get("wall_s") is None else run["wall_s"] / 60
         row["params (M)"] = None if run.get("parameters") is None else run["parameters"] / 1e6
         rows.append(row)
@@ -118,6 +120,9 @@ def results_rows(runs, metrics=("WER", "CER")):
 
 def markdown_table(rows, floatfmt="{:.2f}"):
     """A GitHub markdown table of row dicts (columns in first-seen order).
+
+    ``floatfmt`` is one format for every float, or a dict column -> format (missing
+    columns: ``{:.2f}``).
 
     Example
     -------
@@ -131,15 +136,16 @@ def markdown_table(rows, floatfmt="{:.2f}"):
     for r in rows:
         columns += [k for k in r if k not in columns]
 
-    def cell(v):
+    def cell(v, column):
         if v is None:
             return "-"
         if isinstance(v, float):
-            return floatfmt.format(v)
+            fmt = floatfmt.get(column, "{:.2f}") if isinstance(floatfmt, dict) else floatfmt
+            return fmt.format(v)
         return str(v)
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+    lines += ["| " + " | ".join(cell(r.get(c), c) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -164,19 +170,23 @@ def plot_training_curves(runs, path, smooth=5):
     terms = sorted({t for recs in series.values() for t in loss_terms(recs)})
     if not terms:
         return None
-    fig, axes = plt.subplots(1, len(terms), figsize=(4.2 * len(terms), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(terms), figsize=(4.2 * len(terms), 3.6), squeeze=False)
+    colors = {name: f"C{i % 10}" for i, name in enumerate(series)}   # one colour per run
+    handles = {}
     for ax, term in zip(axes[0], terms):
         for name, recs in series.items():
             pts = [(r["step"], r[term]) for r in recs if term in r and r[term] is not None]
             if pts:
                 xs, ys = zip(*pts)
-                ax.plot(xs, _smooth(list(ys), smooth), label=name)
+                handles[name], = ax.plot(xs, _smooth(list(ys), smooth), color=colors[name])
         ax.set_title(term)
         ax.set_xlabel("update")
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
+    names = [n for n in series if n in handles]
+    fig.legend([handles[n] for n in names], names, loc="upper center", ncol=len(names),
+               fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
