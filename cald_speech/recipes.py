@@ -166,11 +166,26 @@ def _loader_opts(hp, dataset, train):
 
 
 def recipe_entry(run, argv=None):
-    """Runs a recipe driver from the command line: bad input ends in one line and exit 1."""
+    """Runs a recipe driver from the command line: bad input ends in one line and exit 1.
+
+    Under torchrun every process waits for the others (rank 0 packages the model last)
+    and leaves the process group before exiting, so that no rank tears the group down
+    under another one.
+    """
     try:
-        return run(sys.argv[1:] if argv is None else argv)
+        result = run(sys.argv[1:] if argv is None else argv)
     except CaldError as exc:
         sys.exit(f"error: {exc}")
+    _leave_process_group()
+    return result
+
+
+def _leave_process_group():
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def asr_main(argv=None):
