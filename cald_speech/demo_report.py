@@ -150,9 +150,9 @@ def write_report(pipe):
                "training voices only). It plays the role of a pretrained checkpoint, which "
                "cannot be downloaded here; it is not self-supervised."]
     md += ["", "## Teacher and students (recipe evaluation, best checkpoint by dev WER)", "",
-           "Error rates in %. `updates`: updates trained (last logged); `best at`: the update of the "
-           "checkpoint kept (lowest dev WER, ties broken by CER) and evaluated; wall time "
-           "spans the step log.", ""]
+           "Error rates in %. `updates`: updates trained (last logged); `best at`: the "
+           "update of the checkpoint kept (lowest dev WER, ties broken by CER) and "
+           "evaluated; wall time spans the step log.", ""]
     md.append(markdown_table(results_rows(runs)))
     md += ["", "Student vs teacher:", ""] + gap_statement(runs)
     md += ["", "How to read this: the offline starting model is weak (CER about 68 % on "
