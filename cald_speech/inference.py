@@ -291,6 +291,34 @@ def _group_norm_stats(layer, wav, block_frames, dtype, device, progress):
     return mean.to(dtype), rstd.to(dtype)
 
 
+def padded_features(model, waveforms, device, block_frames=None):
+    """CNN features of each waveform computed alone, padded into one batch.
+
+    A group-norm front end normalises over the whole input, so the CNN must not see
+    another item's padding; the encoder then takes the padded features with the
+    sample mask.
+
+    Returns
+    -------
+    features : torch.Tensor
+        (B, C, T) zero-padded features.
+    mask : torch.Tensor
+        (B, N) sample mask (1 on real samples), for the encoder's frame mask.
+    frames : list of int
+        Valid frames per item.
+    """
+    feats = [cnn_features(model, w.to(device), block_frames) for w in waveforms]
+    frames = [f.shape[-1] for f in feats]
+    batch = feats[0].new_zeros(len(feats), feats[0].shape[0], max(frames))
+    for j, f in enumerate(feats):
+        batch[j, :, :f.shape[-1]] = f
+    lengths = [int(w.shape[-1]) for w in waveforms]
+    mask = torch.zeros(len(waveforms), max(lengths), dtype=torch.long, device=device)
+    for j, n in enumerate(lengths):
+        mask[j, :n] = 1
+    return batch, mask, frames
+
+
 def _apply_group_norm_layer(layer, x, mean, rstd):
     h = layer.conv(x)
     norm = layer.layer_norm
@@ -1335,15 +1363,8 @@ class Transcriber:
 
     def _batch_log_probs(self, chunk):
         with torch.inference_mode():
-            feats = [cnn_features(self.model, wav, self.cnn_block) for _, wav, _, _ in chunk]
-            frames = [f.shape[-1] for f in feats]
-            batch = feats[0].new_zeros(len(feats), feats[0].shape[0], max(frames))
-            for j, f in enumerate(feats):
-                batch[j, :, :f.shape[-1]] = f
-            lengths = [wav.numel() for _, wav, _, _ in chunk]
-            mask = torch.zeros(len(chunk), max(lengths), dtype=torch.long, device=self.device)
-            for j, n in enumerate(lengths):
-                mask[j, :n] = 1
+            batch, mask, frames = padded_features(
+                self.model, [wav for _, wav, _, _ in chunk], self.device, self.cnn_block)
             logits = self._logits(batch, attention_mask=mask)
             lp = torch.log_softmax(logits.float(), dim=-1).cpu()
         return [lp[j, :t] for j, t in enumerate(frames)]
@@ -1412,14 +1433,7 @@ class Classifier:
         The CNN runs on each waveform alone (group-norm front ends would otherwise see
         the padding), then the features share one padded batch.
         """
-        feats = [cnn_features(self.model.encoder, w.to(self.device)) for w in waveforms]
-        x = feats[0].new_zeros(len(feats), feats[0].shape[0], max(f.shape[-1] for f in feats))
-        for i, f in enumerate(feats):
-            x[i, :, : f.shape[-1]] = f
-        n = max(int(w.shape[-1]) for w in waveforms)
-        mask = torch.zeros(len(waveforms), n, dtype=torch.long, device=self.device)
-        for i, w in enumerate(waveforms):
-            mask[i, : w.shape[-1]] = 1
+        x, mask, _ = padded_features(self.model.encoder, waveforms, self.device)
         logits = self.model(x, attention_mask=mask).logits
         labels = self.model.predict(logits)
         probs = {t: p.float().softmax(-1) for t, p in self.model.split_logits(logits).items()}
