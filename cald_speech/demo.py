@@ -191,7 +191,6 @@ class Pipeline:
                                          progress=False, **self.cfg["corpus"])
         print(format_summary(summary))
         print(summary["heldout_statement"])
-        self.corpus_summary = summary
         return summary
 
     def stage_manifests(self):

@@ -13,6 +13,7 @@ from cald_speech.bench.runs import (
     results_rows,
     summarize_run,
 )
+from cald_speech.bench.wer import _pct
 
 
 def _load(path):
@@ -33,10 +34,6 @@ def relative_gap(student, teacher):
     if teacher is None or student is None or teacher == 0:
         return None
     return 100.0 * (student - teacher) / teacher
-
-
-def _pct(x):
-    return None if x is None else 100.0 * x
 
 
 def wer_bench_rows(pipe):

@@ -118,6 +118,14 @@ def results_rows(runs, metrics=("WER", "CER")):
     return rows
 
 
+def _columns(rows):
+    """Keys of row dicts in first-seen order."""
+    columns = []
+    for r in rows:
+        columns += [k for k in r if k not in columns]
+    return columns
+
+
 def markdown_table(rows, floatfmt="{:.2f}"):
     """A GitHub markdown table of row dicts (columns in first-seen order).
 
@@ -132,9 +140,7 @@ def markdown_table(rows, floatfmt="{:.2f}"):
     | teacher | 12.35 |
     | x | - |
     """
-    columns = []
-    for r in rows:
-        columns += [k for k in r if k not in columns]
+    columns = _columns(rows)
 
     def cell(v, column):
         if v is None:
@@ -253,10 +259,7 @@ def main(argv=None):
         return 2
     runs = [summarize_run(f, n) for f, n in zip(folders, names)]
     rows = results_rows(runs, args.metrics.split(","))
-    keys = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    print(format_table(rows, [(k, k, "s" if k == "model" else ".2f") for k in keys]))
+    print(format_table(rows, [(k, k, "s" if k == "model" else ".2f") for k in _columns(rows)]))
     out = Path(args.out_dir)
     write_json(out / "runs.json", {"runs": runs, "machine": machine_info()})
     (out / "runs.md").parent.mkdir(parents=True, exist_ok=True)
