@@ -43,6 +43,7 @@ DISTILL_DEFAULTS = {
     "layer_indices": None,
     "layer_weights": None,
     "feature_cache": None,
+    "train_feature_encoder": False,
     "log_every": 10,
     "waypoint_every": None,
     "waypoint_dir": None,
@@ -109,7 +110,15 @@ class DistillBrain(sb.Brain):
                 logger.info("layer alignment: LayerDrop %.2f -> 0", config.layerdrop)
                 config.layerdrop = 0.0
         enable_feature_input(unwrap(self.modules.model))
-        base_model(unwrap(self.modules.model)).freeze_feature_encoder()
+        if self.hparams.train_feature_encoder:
+            # Training from scratch: the CNN learns too, so its output cannot be cached.
+            if self.hparams.feature_cache is not None:
+                raise ConfigError(
+                    "train_feature_encoder: true needs cache_features: false "
+                    "(cached CNN features would go stale as the CNN trains)"
+                )
+        else:
+            base_model(unwrap(self.modules.model)).freeze_feature_encoder()
 
     # ------------------------------------------------------------------ teacher
     def _set_teacher(self, teacher, trainable=False):
@@ -473,7 +482,12 @@ class CTCBrain(DistillBrain):
         return "WER", "min"
 
     def checkpoint_rank(self, stats):
-        """WER, ties broken by CER (early in training every WER may be 100%).
+        """WER capped at 100 %, ties broken by CER.
+
+        Above 100 % WER a model is no better than one that outputs nothing, and
+        early in training every checkpoint may be there: ranking raw WER would keep
+        the checkpoint that emits nothing (exactly 100 %) over one that has started
+        to spell (101 % WER, far lower CER). The cap makes those a tie for CER.
 
         Example
         -------
@@ -482,8 +496,10 @@ class CTCBrain(DistillBrain):
         True
         >>> rank(None, {"WER": 99.75, "CER": 99.0}) < rank(None, {"WER": 100.0, "CER": 0.0})
         True
+        >>> rank(None, {"WER": 101.0, "CER": 77.0}) < rank(None, {"WER": 100.0, "CER": 99.0})
+        True
         """
-        return stats["WER"] + 1e-4 * min(stats["CER"], 100.0)
+        return min(stats["WER"], 100.0) + 1e-4 * min(stats["CER"], 100.0)
 
     def write_stage_files(self, split, stats):
         """``wer_file`` (alignments, SpeechBrain format) and its ``.json`` summary."""

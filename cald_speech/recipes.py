@@ -36,7 +36,7 @@ ASR_KEYS = {
     "manifest_folder", "train_splits", "valid_splits", "test_splits", "text_column",
     "normalize_text", "slurp_recording", "model_source", "model_config", "model_family",
     "teacher_source", "student_source", "pretrained_source", "waypoint_dir",
-    "waypoint_every", "tokenizer", "cache_features", "feature_cache_folder",
+    "waypoint_every", "tokenizer", "cache_features", "train_feature_encoder", "feature_cache_folder",
     "number_of_epochs", "batch_size", "dynamic_batching", "max_batch_seconds",
     "num_buckets", "sorting", "max_duration", "min_duration", "num_workers",
     "encoder_opt_class", "head_opt_class", "teacher_opt_class", "encoder_lr_schedule",

@@ -11,11 +11,7 @@ cd "$(dirname "$0")/.."
 OUT=${1:-data/pretrain}
 EPOCHS=${2:-12}
 PY=${PY:-.venv/bin/python}
-# The LibriSpeech-format corpus's training voices (seed 1 assigns them).
-VOICES=$($PY -c "from cald_speech.data.synth import voice_split
-print(','.join(voice_split(seed=1)['train-clean-100']))")
-$PY -m cald_speech.data.synth slurp "$OUT/slurp_corpus" --train 3000 --dev 150 --test 150 \
-    --seed 7 --jobs "$(nproc)" --voices "$VOICES" --dev-voices 3 --test-voices 3 --quiet
+bash tools/make_slurp_corpus.sh "$OUT/slurp_corpus"
 $PY recipes/LibriSpeech/ASR/train.py recipes/LibriSpeech/ASR/hparams/finetune.yaml \
     --data_folder "$OUT/slurp_corpus" --data_format slurp \
     --train_splits "[train]" --valid_splits "[devel]" --test_splits "[test]" \

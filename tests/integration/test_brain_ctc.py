@@ -13,6 +13,7 @@ from cald_speech.brains import CTCBrain
 from cald_speech.data.pipeline import add_ctc_targets, audio_dataset
 from cald_speech.data.tokenizer import CharTokenizer
 from cald_speech.distill.guidance import Guidance
+from cald_speech.errors import ConfigError
 from cald_speech.features import FeatureCache
 
 WORDS = ["A CAT", "THE DOG", "NO", "YES I DO", "IT'S ME", "GO HOME"]
@@ -108,6 +109,18 @@ def test_trajectory_teacher_is_trained(tmp_path, corpus):
     assert any("encoder.layers" in k for k in changed)
     assert not any("feature_extractor" in k for k in changed)
     assert brain.stage_terms(sb.Stage.TRAIN)["teacher_task"] > 0
+
+
+def test_train_feature_encoder_trains_the_cnn_and_refuses_a_cache(tmp_path, corpus):
+    model = tiny_ctc(0)
+    before = params(model)
+    brain, ds, counter = make_brain(tmp_path, model, corpus, cache=False,
+                                    train_feature_encoder=True)
+    fit(brain, ds, counter)
+    changed = [k for k, v in params(model).items() if not torch.equal(v, before[k])]
+    assert any("feature_extractor" in k for k in changed)
+    with pytest.raises(ConfigError, match="cache_features: false"):
+        make_brain(tmp_path, tiny_ctc(0), corpus, cache=True, train_feature_encoder=True)
 
 
 def test_waypoint_switches_teachers_at_the_right_steps(tmp_path, corpus):
