@@ -8,10 +8,12 @@ for inference in ``<output_folder>/model``.
 
 import logging
 import os
+import random
 import re
 import sys
 from functools import partial
 
+import numpy as np
 import speechbrain as sb
 import yaml
 from hyperpyyaml import load_hyperpyyaml
@@ -70,6 +72,7 @@ def load_recipe_hparams(argv, known_keys):
                 check_hparams_keys({key: None}, known_keys | file_keys, "command line")
             raise ConfigError(f"{hparams_file}: {exc.args[0]}") from None
     check_hparams_keys(hp, known_keys, hparams_file)
+    seed_host_generators(hp.get("seed"))
     base = os.path.dirname(os.path.abspath(hparams_file))
     for key in ("model_config", "mixer"):
         hp[key] = load_fragment(hp.get(key), base, key)
@@ -79,6 +82,26 @@ def load_recipe_hparams(argv, known_keys):
         overrides=overrides,
     )
     return hp, run_opts
+
+
+def seed_host_generators(seed):
+    """Seeds Python's and NumPy's generators (the YAML's ``__set_seed`` seeds torch's).
+
+    transformers draws wav2vec2's SpecAugment time masks and LayerDrop from NumPy's
+    global generator; unseeded, two runs with the same ``seed`` would differ.
+
+    Example
+    -------
+    >>> seed_host_generators(3)
+    >>> a = np.random.rand()
+    >>> seed_host_generators(3)
+    >>> a == np.random.rand()
+    True
+    """
+    if seed is None:
+        return
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
 
 
 def _strip_tags(text):
