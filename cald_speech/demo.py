@@ -26,8 +26,10 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -149,8 +151,13 @@ class Step:
         t0 = time.time()
         with open(log, "a", encoding="utf-8") as f:
             env = dict(os.environ, PYTHONUNBUFFERED="1", TQDM_DISABLE="1")
-            proc = subprocess.run(self.cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT,
-                                  env=env)
+            proc = subprocess.Popen(self.cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT,
+                                    env=env)
+            try:
+                proc.wait()
+            except BaseException:  # Ctrl-C, SIGTERM: stop the step too, not only the demo
+                stop_child(proc)
+                raise
         if proc.returncode != 0 or not self.done():
             tail = log.read_text(errors="replace").strip().splitlines()[-5:]
             raise CaldError(
@@ -160,6 +167,31 @@ class Step:
             )
         print(f"  {self.name}: done in {time.time() - t0:.0f} s", flush=True)
         return state
+
+
+def stop_child(proc, grace_s=10.0):
+    """Terminates a step's process (killed after ``grace_s``); its checkpoints stay.
+
+    Example
+    -------
+    >>> proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    >>> stop_child(proc)
+    >>> proc.poll() is not None
+    True
+    """
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _exit_on_sigterm(signum, frame):
+    # SystemExit unwinds through Step.run, which then stops the running step.
+    sys.exit(128 + signum)
 
 
 class Pipeline:
@@ -362,6 +394,8 @@ def build_parser():
 def main(argv=None):
     """Runs the demo pipeline; returns the exit status."""
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
     t0 = time.time()
     try:
         stages = [s for s in args.stages.split(",") if s]

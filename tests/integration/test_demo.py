@@ -1,7 +1,11 @@
 """``make demo``'s pipeline at a minimal scale: every stage, the report, and skipping."""
 
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -96,6 +100,31 @@ def test_step_reruns_when_its_command_changes(tmp_path):
     assert step("a").run() == "resumed"
     assert step("b").run() == "ran"            # new command: folder cleared first
     assert (out / "out.txt").read_text() == "b"
+
+
+def test_stopping_the_demo_stops_its_step(tmp_path):
+    # SIGTERM to the pipeline process must not leave its training step running.
+    pid_file = tmp_path / "child.pid"
+    child = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); " \
+            "time.sleep(120)"
+    parent = (
+        "import signal, sys; from cald_speech import demo; "
+        "signal.signal(signal.SIGTERM, demo._exit_on_sigterm); "
+        f"demo.Step('s', [sys.executable, '-c', {child!r}], {str(tmp_path / 's')!r}, "
+        "done=lambda: False).run()"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", parent])
+    deadline = time.time() + 60
+    while not pid_file.is_file() or not pid_file.read_text():
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.1)
+    child_pid = int(pid_file.read_text())
+    proc.terminate()
+    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    with pytest.raises(ProcessLookupError):
+        for _ in range(100):      # reaped by the parent before it exits
+            os.kill(child_pid, 0)
+            time.sleep(0.1)
 
 
 def test_failed_step_names_its_log(tmp_path):
