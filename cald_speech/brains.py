@@ -478,28 +478,36 @@ class CTCBrain(DistillBrain):
         }
 
     def best_metric(self):
-        """Checkpoints are ranked by WER, lowest first."""
-        return "WER", "min"
+        """Checkpoints are ranked by ``best_metric`` (``WER``, the default, or ``CER``)."""
+        return getattr(self.hparams, "best_metric", "WER"), "min"
 
     def checkpoint_rank(self, stats):
-        """WER capped at 100 %, ties broken by CER.
+        """The best metric capped at 100 %, ties broken by the other error rate.
 
         Above 100 % WER a model is no better than one that outputs nothing, and
         early in training every checkpoint may be there: ranking raw WER would keep
         the checkpoint that emits nothing (exactly 100 %) over one that has started
-        to spell (101 % WER, far lower CER). The cap makes those a tie for CER.
+        to spell (101 % WER, far lower CER). The cap makes those a tie for CER. Where
+        WER stays near 100 % (a weak model), ``best_metric: CER`` ranks by CER.
 
         Example
         -------
-        >>> rank = CTCBrain.checkpoint_rank
-        >>> rank(None, {"WER": 100.0, "CER": 60.0}) < rank(None, {"WER": 100.0, "CER": 90.0})
+        >>> brain = CTCBrain.__new__(CTCBrain)
+        >>> brain.hparams = type("H", (), {})()
+        >>> rank = brain.checkpoint_rank
+        >>> rank({"WER": 100.0, "CER": 60.0}) < rank({"WER": 100.0, "CER": 90.0})
         True
-        >>> rank(None, {"WER": 99.75, "CER": 99.0}) < rank(None, {"WER": 100.0, "CER": 0.0})
+        >>> rank({"WER": 99.75, "CER": 99.0}) < rank({"WER": 100.0, "CER": 0.0})
         True
-        >>> rank(None, {"WER": 101.0, "CER": 77.0}) < rank(None, {"WER": 100.0, "CER": 99.0})
+        >>> rank({"WER": 101.0, "CER": 77.0}) < rank({"WER": 100.0, "CER": 99.0})
+        True
+        >>> brain.hparams.best_metric = "CER"
+        >>> rank({"WER": 100.0, "CER": 67.8}) < rank({"WER": 99.75, "CER": 71.5})
         True
         """
-        return min(stats["WER"], 100.0) + 1e-4 * min(stats["CER"], 100.0)
+        best = self.best_metric()[0]
+        other = "CER" if best == "WER" else "WER"
+        return min(stats[best], 100.0) + 1e-4 * min(stats[other], 100.0)
 
     def write_stage_files(self, split, stats):
         """``wer_file`` (alignments, SpeechBrain format) and its ``.json`` summary."""

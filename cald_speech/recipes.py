@@ -39,7 +39,7 @@ ASR_KEYS = {
     "normalize_text", "slurp_recording", "model_source", "model_config", "model_family",
     "teacher_source", "student_source", "pretrained_source", "waypoint_dir",
     "waypoint_every", "tokenizer", "cache_features", "train_feature_encoder",
-    "feature_cache_folder",
+    "feature_cache_folder", "best_metric",
     "number_of_epochs", "batch_size", "dynamic_batching", "max_batch_seconds",
     "num_buckets", "sorting", "max_duration", "min_duration", "num_workers",
     "encoder_opt_class", "head_opt_class", "teacher_opt_class", "encoder_lr_schedule",
@@ -226,6 +226,8 @@ def run_asr(argv):
         Per test split: WER, CER and the mean of every loss term.
     """
     hp, run_opts = load_recipe_hparams(argv, ASR_KEYS)
+    if hp.get("best_metric", "WER") not in ("WER", "CER"):
+        raise ConfigError(f"best_metric '{hp['best_metric']}' is not one of ['WER', 'CER']")
     csvs = prepare_manifests(hp)
     tokenizer = hp["tokenizer"]
     train, valid, tests = asr_datasets(hp, csvs, tokenizer)

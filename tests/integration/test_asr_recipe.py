@@ -132,6 +132,8 @@ def test_bad_hparams_fail_early(corpus, tmp_path):
     typo.write_text(text.replace("kd_temperature:", "kd_temprature:"))
     with pytest.raises(ConfigError, match="did you mean 'kd_temperature'"):
         run(str(typo), tmp_path / "x2", corpus)
+    with pytest.raises(ConfigError, match="best_metric 'BLEU'"):
+        run("cald.yaml", tmp_path / "w", corpus, "--best_metric", "BLEU")
     with pytest.raises(ConfigError, match="unknown guidance mode|unknown mode"):
         run("cald.yaml", tmp_path / "y", corpus, "--mode", "targett")
     with pytest.raises(Exception, match="model folder not found|not found"):
