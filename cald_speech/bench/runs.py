@@ -13,6 +13,7 @@ import glob
 import json
 import math
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -73,6 +74,30 @@ def count_parameters(model_dir):
     return total
 
 
+def trained_updates(path):
+    """The update count of the last epoch line of a recipe's ``train_log.txt`` (or None).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> p = os.path.join(tempfile.mkdtemp(), "train_log.txt")
+    >>> _ = open(p, "w").write("epoch: 1, updates: 38 - train loss: 2.4\\n"
+    ...                        "epoch: 2, updates: 76 - train loss: 2.3\\n"
+    ...                        "split: test, updates: 38 - test loss: 2.4\\n")
+    >>> trained_updates(p)
+    76
+    """
+    if not os.path.isfile(path):
+        return None
+    found = None
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            m = re.match(r"epoch: \d+, updates: (\d+)", line)
+            if m:
+                found = int(m.group(1))
+    return found
+
+
 def summarize_run(folder, name=None):
     """One run's results: metrics per evaluated split, updates, wall time, parameters.
 
@@ -94,7 +119,11 @@ def summarize_run(folder, name=None):
         out["mode"] = info.get("mode")
         out["best_update"] = info.get("updates")   # of the checkpoint kept (best on dev)
     steps = read_steps(folder / "steps.jsonl")
-    out["updates"] = max((r["step"] for r in steps if "step" in r), default=None)
+    # The step log is written every ``log_every`` updates; the epoch lines of the
+    # train log have the exact count.
+    out["updates"] = trained_updates(folder / "train_log.txt") or max(
+        (r["step"] for r in steps if "step" in r), default=None
+    )
     times = [r["time"] for r in steps if "time" in r]
     out["wall_s"] = (max(times) - min(times)) if len(times) > 1 else None
     out["parameters"] = count_parameters(folder / "model")
