@@ -1,7 +1,7 @@
 """Summaries of finished recipe runs: result tables and training curves.
 
 A run folder is what ``recipes/*/train.py`` writes: ``steps.jsonl`` (every loss term,
-logged per step), ``wer_<split>.json`` (or ``acc_<split>.json``) and ``model/`` with
+logged per step), ``wer_<split>.json`` (or ``intent_<split>.json``) and ``model/`` with
 ``cald_info.json``. These helpers read them back for the README tables, the demo
 report and ``cald-bench runs``:
 
@@ -18,6 +18,10 @@ import sys
 from pathlib import Path
 
 from cald_speech.bench.report import format_table, machine_info, write_json
+
+#: Result files ``<prefix>_<split>.json``: the CTC recipe's ``wer_*``, the intent
+#: recipe's ``intent_*`` (its ``metrics_file``) and ``acc_*``.
+RESULT_PREFIXES = ("wer", "intent", "acc")
 
 #: Keys of ``steps.jsonl`` records that are not loss terms.
 NON_LOSS = ("step", "time")
@@ -61,16 +65,21 @@ def loss_terms(records):
 
 
 def count_parameters(model_dir):
-    """Number of parameters in a packaged model's ``model.safetensors``."""
+    """Number of parameters in a packaged model's ``*.safetensors`` (sub-folders too).
+
+    A CTC model is one ``model.safetensors``; an intent model is ``encoder/`` plus
+    ``intent_head.safetensors``. ``None`` when the folder has none.
+    """
     from safetensors import safe_open
 
-    total = 0
-    path = os.path.join(model_dir, "model.safetensors")
-    if not os.path.isfile(path):
+    paths = sorted(Path(model_dir).rglob("*.safetensors")) if os.path.isdir(model_dir) else []
+    if not paths:
         return None
-    with safe_open(path, framework="pt") as f:
-        for key in f.keys():
-            total += math.prod(f.get_slice(key).get_shape())
+    total = 0
+    for path in paths:
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                total += math.prod(f.get_slice(key).get_shape())
     return total
 
 
@@ -110,7 +119,7 @@ def summarize_run(folder, name=None):
         prefix, split = path.stem.split("_", 1)
         # ``valid`` is the last epoch's validation; the splits evaluated at the end
         # (with the best checkpoint) have their own names.
-        if prefix in ("wer", "acc") and split != "valid":
+        if prefix in RESULT_PREFIXES and split != "valid":
             with open(path, encoding="utf-8") as f:
                 out["splits"][split] = json.load(f)
     info_path = folder / "model" / "cald_info.json"
