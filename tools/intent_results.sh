@@ -4,13 +4,14 @@
 # every model with the same number of updates, on the synthetic SLURP corpus (test
 # voices and sentences unseen in training), then one table.
 #   bash tools/intent_results.sh [SEED] [OUT]     (default 1, results/intent/seed<SEED>)
-# Students run two at a time, one thread each (JOBS=1 runs them one by one).
+# Students run JOBS at a time (default 2), sharing the cores (JOBS=1: one by one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SEED=${1:-1}
 OUT=${2:-results/intent/seed$SEED}
 PY=${PY:-.venv/bin/python}
 JOBS=${JOBS:-2}
+CORES=$(nproc)
 EPOCHS=${EPOCHS:-2}
 CORPUS=data/pretrain/slurp_corpus
 UPDATES=$((EPOCHS * 485))                  # 3,879 training utterances, batches of 8
@@ -28,7 +29,7 @@ TEACHER="$OUT/runs/teacher"
 student() {  # mode, extra args...
     local mode=$1; shift
     [ -f "$OUT/runs/$mode/model/config.json" ] && return 0
-    OMP_NUM_THREADS=$((2 / JOBS > 0 ? 2 / JOBS : 1)) \
+    OMP_NUM_THREADS=$((CORES / JOBS > 0 ? CORES / JOBS : 1)) \
     $PY $RECIPE/train.py $RECIPE/hparams/cald.yaml "${common[@]}" --mode "$mode" \
         --output_folder "$OUT/runs/$mode" "$@" > "$OUT/runs/$mode.log" 2>&1 \
         || { echo "student $mode failed: see $OUT/runs/$mode.log"; return 1; }

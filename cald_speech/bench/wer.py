@@ -253,7 +253,14 @@ def evaluate(teacher, student, items, batch_size=8, mode="auto"):
     return summary, utterances
 
 
-def _pct(x):
+def percent(x):
+    """A fraction as a percentage (``None`` stays ``None``).
+
+    Example
+    -------
+    >>> percent(0.125), percent(None)
+    (12.5, None)
+    """
     return None if x is None else 100.0 * x
 
 
@@ -263,7 +270,7 @@ def table(summary):
     for name, key in (("teacher", "teacher"), ("student", "student"),
                       ("student vs teacher", "agreement")):
         r = summary[key]
-        rows.append(dict(name=name, wer=_pct(r["wer"]), cer=_pct(r["cer"]),
+        rows.append(dict(name=name, wer=percent(r["wer"]), cer=percent(r["cer"]),
                          sub=r["substitutions"], dele=r["deletions"], ins=r["insertions"],
                          words=r["ref_words"], seconds=r.get("seconds"), rtf=r.get("rtf")))
     cols = [("name", "", "s"), ("wer", "WER %", ".2f"), ("cer", "CER %", ".2f"),
