@@ -15,12 +15,14 @@ OUT=${1:-data/pretrain}
 EPOCHS=${2:-8}
 PY=${PY:-.venv/bin/python}
 bash tools/make_slurp_corpus.sh "$OUT/slurp_corpus"
-$PY -m cald_speech.data.prepare slurp "$OUT/slurp_corpus" "$OUT/frontend_manifests" \
-    --recording all --splits train devel
-$PY -m cald_speech.frontend --config hparams/models/tiny_wav2vec2.yaml \
-    --train-csv "$OUT/frontend_manifests/train.csv" \
-    --valid-csv "$OUT/frontend_manifests/devel.csv" \
-    --out "$OUT/frontend" --steps 2000 --seed 7
+if [ ! -f "$OUT/frontend/front_end_fit.json" ]; then   # a finished fit is kept
+    $PY -m cald_speech.data.prepare slurp "$OUT/slurp_corpus" "$OUT/frontend_manifests" \
+        --recording all --splits train devel
+    $PY -m cald_speech.frontend --config hparams/models/tiny_wav2vec2.yaml \
+        --train-csv "$OUT/frontend_manifests/train.csv" \
+        --valid-csv "$OUT/frontend_manifests/devel.csv" \
+        --out "$OUT/frontend" --steps 2000 --seed 7
+fi
 # 3,879 training utterances in batches of 8: 485 updates per epoch.
 $PY recipes/LibriSpeech/ASR/train.py recipes/LibriSpeech/ASR/hparams/finetune.yaml \
     --data_folder "$OUT/slurp_corpus" --data_format slurp \
