@@ -21,6 +21,24 @@ def _load(path):
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def starting_cer(folder):
+    """The held-out CER recorded in a starting model's ``cald_info.json``, or ``None``.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> _ = (d / "cald_info.json").write_text('{"results": {"devel": {"WER": 99, "CER": 48.5}}}')
+    >>> starting_cer(d), starting_cer(d / "missing")
+    (48.5, None)
+    """
+    info = _load(Path(folder) / "cald_info.json") or {}
+    for scores in (info.get("results") or {}).values():
+        if isinstance(scores, dict) and "CER" in scores:
+            return float(scores["CER"])
+    return None
+
+
 def relative_gap(student, teacher):
     """Relative difference of two error rates in percent (positive: student worse).
 
@@ -156,10 +174,12 @@ def write_report(pipe):
            "and evaluated; wall time spans the step log.", ""]
     md.append(markdown_table(results_rows(runs)))
     md += ["", "Student vs teacher:", ""] + gap_statement(runs)
-    md += ["", "How to read this: the offline starting model is weak (CER about 68 % on "
-               "held-out voices; see `models/pretrained-offline/README.md`), so at this "
-               "scale absolute error rates stay high and words are rarely all right. "
-               "Compare CERs, and the students with the teacher."]
+    cer = starting_cer(pipe.pretrained)
+    weak = f"CER {cer:.0f} % on held-out voices" if cer is not None else "see its README"
+    md += ["", f"How to read this: the offline starting model is weak ({weak}; "
+               f"`{pipe.cfg['pretrained']}/README.md`), so at this scale absolute "
+               "error rates stay high and words are rarely all right. Compare CERs, and "
+               "the students with the teacher."]
     if bars:
         md += ["", f"![WER per model]({Path(bars).relative_to(out)})"]
     if curves:
