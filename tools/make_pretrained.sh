@@ -23,7 +23,8 @@ if [ ! -f "$OUT/frontend/front_end_fit.json" ]; then   # a finished fit is kept
         --valid-csv "$OUT/frontend_manifests/devel.csv" \
         --out "$OUT/frontend" --steps 2000 --seed 7
 fi
-# 3,879 training utterances in batches of 8: 485 updates per epoch.
+# 3,879 training utterances in batches of 8: 485 updates per epoch. WER stays near
+# 100 % at this scale, so checkpoints are ranked by CER.
 $PY recipes/LibriSpeech/ASR/train.py recipes/LibriSpeech/ASR/hparams/finetune.yaml \
     --data_folder "$OUT/slurp_corpus" --data_format slurp \
     --train_splits "[train]" --valid_splits "[devel]" --test_splits "[test]" \
@@ -32,5 +33,5 @@ $PY recipes/LibriSpeech/ASR/train.py recipes/LibriSpeech/ASR/hparams/finetune.ya
     --output_folder "$OUT/run" --feature_cache_folder "$OUT/feature_cache" \
     --number_of_epochs "$EPOCHS" --batch_size 8 --lr_encoder 0.001 --lr_head 0.001 \
     --warmup_updates 300 --total_updates $((EPOCHS * 485)) --waypoint_every null \
-    --sorting random
+    --sorting random --best_metric CER
 echo "pretrained model: $OUT/run/model (the demo reads models/pretrained-offline: cp -r it there)"
