@@ -5,6 +5,7 @@
 # voices and sentences unseen in training), then one table.
 #   bash tools/intent_results.sh [SEED] [OUT]     (default 1, results/intent/seed<SEED>)
 # Students run JOBS at a time (default 2), sharing the cores (JOBS=1: one by one).
+# STAGES=teacher runs the teacher only (default teacher,students).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SEED=${1:-1}
@@ -20,12 +21,13 @@ common=(--data_folder "$CORPUS" --seed "$SEED" --number_of_epochs "$EPOCHS"
         --feature_cache_folder data/pretrain/feature_cache
         --warmup_updates 100 --total_updates "$UPDATES")
 RECIPE=recipes/SLURP/intent
-if [ ! -f "$OUT/runs/teacher/model/config.json" ]; then
+if [ ! -f "$OUT/runs/teacher/model/config.json" ]; then   # STAGES: see above
     $PY $RECIPE/train.py $RECIPE/hparams/finetune.yaml "${common[@]}" \
         --model_source models/pretrained-offline --waypoint_every 50 \
         --output_folder "$OUT/runs/teacher"
 fi
 TEACHER="$OUT/runs/teacher"
+[[ ",${STAGES:-teacher,students}," == *,students,* ]] || exit 0
 student() {  # mode, extra args...
     local mode=$1; shift
     [ -f "$OUT/runs/$mode/model/config.json" ] && return 0
