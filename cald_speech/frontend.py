@@ -21,13 +21,8 @@ Command line::
 Example
 -------
 >>> import torch
->>> from transformers import Wav2Vec2Config, Wav2Vec2Model
->>> cfg = Wav2Vec2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-...     intermediate_size=32, conv_dim=(16, 16), conv_stride=(5, 64), conv_kernel=(10, 80),
-...     num_conv_pos_embeddings=4, num_conv_pos_embedding_groups=2)
->>> model = Wav2Vec2Model(cfg)
 >>> target = log_mel_target(torch.randn(8000), n_mels=8)
->>> target.shape                     # frames of the CNN: (8000 - 400) // 320 + 1
+>>> target.shape                     # frames of wav2vec2's CNN: (8000 - 400) // 320 + 1
 torch.Size([24, 8])
 """
 
@@ -45,20 +40,11 @@ import torch.nn.functional as F
 
 from cald_speech.errors import CaldError, ConfigError, DataError
 from cald_speech.features import base_model
+from cald_speech.inference import cnn_geometry
 
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
-
-
-def _cnn_geometry(model):
-    """(receptive field, hop) in samples of the model's CNN."""
-    cfg = base_model(model).config
-    field, hop = 1, 1
-    for k, s in zip(cfg.conv_kernel, cfg.conv_stride):
-        field += (k - 1) * hop
-        hop *= s
-    return field, hop
 
 
 _MEL_CACHE = {}
@@ -143,7 +129,7 @@ class FrontEndFit:
         self.model = model
         self.cnn = base_model(model).feature_extractor
         self.n_mels = n_mels
-        self.window, self.hop = _cnn_geometry(model)
+        self.window, self.hop = cnn_geometry(base_model(model).config)
         channels = base_model(model).config.conv_dim[-1]
         self.readout = torch.nn.Linear(channels, n_mels)
         self.cnn.requires_grad_(True)
@@ -270,8 +256,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        import transformers
         import yaml
+
+        from cald_speech.intent import encoder_from_config
 
         cfg_path = Path(args.config)
         if not cfg_path.is_file():
@@ -282,9 +269,7 @@ def main(argv=None):
                             "see hparams/models/tiny_wav2vec2.yaml")
         random.seed(args.seed)
         torch.manual_seed(args.seed)
-        prefix = {"wav2vec2": "Wav2Vec2", "hubert": "Hubert", "wavlm": "WavLM"}[args.family]
-        model = getattr(transformers, f"{prefix}Model")(
-            getattr(transformers, f"{prefix}Config")(**config))
+        model = encoder_from_config(config, args.family)
         train, bad_train = _read_wavs(args.train_csv, max_seconds=args.max_seconds)
         valid, bad_valid = (_read_wavs(args.valid_csv, limit=64, max_seconds=args.max_seconds)
                             if args.valid_csv else (None, 0))

@@ -32,7 +32,7 @@ def _tone(freq, seconds=1.0, seed=0):
 
 def test_target_frames_are_the_cnn_frames():
     model = Wav2Vec2Model(Wav2Vec2Config(**TINY))
-    field, hop = frontend._cnn_geometry(model)
+    field, hop = frontend.cnn_geometry(model.config)
     assert (field, hop) == (10 + 79 * 5, 320)
     for n in (405, 4000, 16000, 16123):
         wav = torch.randn(n)
