@@ -109,6 +109,13 @@ class DistillBrain(sb.Brain):
                 # A dropped layer has no hidden state to align with the teacher's.
                 logger.info("layer alignment: LayerDrop %.2f -> 0", config.layerdrop)
                 config.layerdrop = 0.0
+        if self.distributed_launch and getattr(config, "layerdrop", 0.0):
+            # Each process drops its own layers: DDP must expect unused parameters, or
+            # the gradient all-reduce waits forever.
+            if not self.find_unused_parameters:
+                logger.info("LayerDrop %.2f under DDP: find_unused_parameters on",
+                            config.layerdrop)
+            self.find_unused_parameters = True
         enable_feature_input(unwrap(self.modules.model))
         if self.hparams.train_feature_encoder:
             # Training from scratch: the CNN learns too, so its output cannot be cached.
@@ -254,6 +261,20 @@ class DistillBrain(sb.Brain):
         return loss
 
     # ------------------------------------------------------------ training
+    def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
+        """SpeechBrain's loader; a train sampler given in ``loader_kwargs`` gets its epoch.
+
+        SpeechBrain calls ``set_epoch`` only on samplers it builds itself (or wraps for
+        DDP); a sampler passed in (e.g. :func:`cald_speech.data.pipeline.epoch_sampler`
+        or a dynamic batch sampler) would otherwise repeat one order every epoch.
+        """
+        loader = super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
+        if stage == sb.Stage.TRAIN and self.train_sampler is None:
+            sampler = loader_kwargs.get("sampler") or loader_kwargs.get("batch_sampler")
+            if hasattr(sampler, "set_epoch"):
+                self.train_sampler = sampler
+        return loader
+
     def fit_batch(self, batch):
         """One student update (and, in trajectory guidance, a teacher update when due)."""
         step = self.optimizer_step

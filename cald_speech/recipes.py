@@ -19,7 +19,12 @@ import yaml
 from hyperpyyaml import load_hyperpyyaml
 
 from cald_speech.brains import RANK_KEY, CTCBrain
-from cald_speech.data.pipeline import add_ctc_targets, audio_dataset, dynamic_batching
+from cald_speech.data.pipeline import (
+    add_ctc_targets,
+    audio_dataset,
+    dynamic_batching,
+    epoch_sampler,
+)
 from cald_speech.errors import CaldError, ConfigError
 from cald_speech.experiment import (
     build_models,
@@ -181,11 +186,21 @@ def asr_datasets(hp, csvs, tokenizer):
 
 
 def _loader_opts(hp, dataset, train):
+    """DataLoader options of a split.
+
+    Training with ``sorting: random`` draws a new permutation of the items every epoch
+    from ``seed`` and the epoch number (reproducible, so a run resumed mid-epoch
+    continues with the same batches); ``dynamic_batching`` shuffles its duration
+    buckets the same way. Any other sorting keeps the dataset's order.
+    """
     opts = {"num_workers": hp.get("num_workers", 0)}
     if train and hp.get("dynamic_batching", False):
         return {**opts, **dynamic_batching(
             dataset, hp["max_batch_seconds"], hp.get("num_buckets", 20), seed=hp["seed"]
         )}
+    if train and hp.get("sorting", "ascending") == "random":
+        sampler = epoch_sampler(dataset, hp["seed"])
+        return {**opts, "batch_size": hp["batch_size"], "sampler": sampler}
     return {**opts, "batch_size": hp["batch_size"], "shuffle": False}
 
 

@@ -88,7 +88,9 @@ def audio_dataset(csv_path, required=(), sorting="ascending", max_duration=None,
     required : sequence of str
         Columns the task needs (they are passed through as outputs too).
     sorting : str
-        ``ascending``, ``descending``, ``random`` or ``none``.
+        ``ascending``, ``descending``, ``random`` or ``none``. ``random`` and ``none``
+        keep the manifest's order here; the recipes shuffle ``random`` training sets
+        every epoch with :func:`epoch_sampler`.
     max_duration, min_duration : float
         Duration filter in seconds.
 
@@ -170,6 +172,28 @@ def add_ctc_targets(dataset, tokenizer, text_key="wrd", normalize=None):
     keys = list(dataset.pipeline.output_mapping)
     dataset.set_output_keys([*keys, "words", "tokens"])
     return dataset
+
+
+def epoch_sampler(dataset, seed):
+    """A sampler that visits ``dataset`` in a new random order every epoch.
+
+    The order depends only on ``seed`` and the epoch number (``set_epoch``, which
+    SpeechBrain's Brain calls when the sampler is its ``train_sampler``), so a run
+    resumed mid-epoch continues with the same batches.
+
+    Example
+    -------
+    >>> s = epoch_sampler(list(range(6)), seed=3)
+    >>> first = list(s)
+    >>> sorted(first) == list(range(6)), list(s) == first
+    (True, True)
+    >>> s.set_epoch(1)
+    >>> list(s) != first
+    True
+    """
+    from speechbrain.dataio.sampler import ReproducibleRandomSampler
+
+    return ReproducibleRandomSampler(dataset, seed=int(seed))
 
 
 def dynamic_batching(dataset, max_batch_seconds, num_buckets=20, shuffle=True, seed=0):

@@ -15,6 +15,7 @@ from cald_speech.data.tokenizer import CharTokenizer
 from cald_speech.distill.guidance import Guidance
 from cald_speech.errors import ConfigError
 from cald_speech.features import FeatureCache
+from cald_speech.recipes import _loader_opts
 
 WORDS = ["A CAT", "THE DOG", "NO", "YES I DO", "IT'S ME", "GO HOME"]
 
@@ -72,8 +73,26 @@ def make_brain(tmp_path, model, corpus, teacher=None, guidance=None, cache=True,
     return brain, ds, counter
 
 
-def fit(brain, ds, counter, batch_size=2):
-    brain.fit(counter, ds, train_loader_kwargs={"batch_size": batch_size}, progressbar=False)
+def fit(brain, ds, counter, batch_size=2, shuffle_seed=None):
+    if shuffle_seed is None:
+        opts = {"batch_size": batch_size}
+    else:  # what the recipes pass for sorting: random
+        opts = _loader_opts({"batch_size": batch_size, "sorting": "random",
+                             "seed": shuffle_seed}, ds, True)
+    brain.fit(counter, ds, train_loader_kwargs=opts, progressbar=False)
+
+
+def seen_ids(brain):
+    """Records the ids of every training batch the brain runs."""
+    ids, orig = [], brain.compute_forward
+
+    def recording(batch, stage):
+        if stage == sb.Stage.TRAIN:
+            ids.extend(batch.id)
+        return orig(batch, stage)
+
+    brain.compute_forward = recording
+    return ids
 
 
 def params(model):
@@ -155,32 +174,54 @@ class Crash(RuntimeError):
     pass
 
 
-def test_resume_mid_epoch_gives_the_same_continuation(tmp_path, corpus):
+def test_random_sorting_reshuffles_every_epoch_reproducibly(tmp_path, corpus):
+    orders = {}
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        brain, ds, counter = make_brain(tmp_path / name, tiny_ctc(0), corpus, cache=False,
+                                        epochs=3)
+        ids = seen_ids(brain)
+        fit(brain, ds, counter, batch_size=2, shuffle_seed=seed)
+        orders[name] = [ids[i:i + 6] for i in range(0, 18, 6)]
+    manifest = [f"u{i}" for i in range(6)]  # the dataset's own (ascending) order
+    epochs = orders["a"]
+    assert all(sorted(e) == manifest for e in epochs)  # each epoch: every item once
+    assert len({tuple(e) for e in epochs}) == 3  # a new order every epoch
+    assert manifest not in epochs
+    assert orders["b"] == epochs  # same seed, same orders
+    assert orders["c"] != epochs
+
+
+@pytest.mark.parametrize("shuffle_seed", [None, 5])
+def test_resume_mid_epoch_gives_the_same_continuation(tmp_path, corpus, shuffle_seed):
     ref = tiny_ctc(3)
     init = params(ref)
-    brain, ds, counter = make_brain(tmp_path / "a", ref, corpus, cache=False)
-    fit(brain, ds, counter, batch_size=1)
+    brain, ds, counter = make_brain(tmp_path / "a", ref, corpus, cache=False, epochs=2)
+    ref_ids = seen_ids(brain)
+    fit(brain, ds, counter, batch_size=1, shuffle_seed=shuffle_seed)
     final_ref = params(ref)
 
     model = tiny_ctc(3)
     model.load_state_dict(init)
-    brain, ds, counter = make_brain(tmp_path / "b", model, corpus, cache=False)
+    brain, ds, counter = make_brain(tmp_path / "b", model, corpus, cache=False, epochs=2)
     brain.ckpt_interval_steps = 1
+    ids = seen_ids(brain)
     orig = brain.compute_forward
 
     def crashing(batch, stage):
-        if stage == sb.Stage.TRAIN and brain.optimizer_step == 3:
+        if stage == sb.Stage.TRAIN and brain.optimizer_step == 9:  # mid second epoch
             raise Crash()
         return orig(batch, stage)
 
     brain.compute_forward = crashing
     with pytest.raises(Crash):
-        fit(brain, ds, counter, batch_size=1)
+        fit(brain, ds, counter, batch_size=1, shuffle_seed=shuffle_seed)
 
     model2 = tiny_ctc(9)  # different weights: everything must come from the checkpoint
-    brain2, ds2, counter2 = make_brain(tmp_path / "b", model2, corpus, cache=False)
-    fit(brain2, ds2, counter2, batch_size=1)
-    assert brain2.optimizer_step == 6
+    brain2, ds2, counter2 = make_brain(tmp_path / "b", model2, corpus, cache=False, epochs=2)
+    ids2 = seen_ids(brain2)
+    fit(brain2, ds2, counter2, batch_size=1, shuffle_seed=shuffle_seed)
+    assert brain2.optimizer_step == 12
+    assert ids[:9] + ids2 == ref_ids  # the batch that crashed is run again, once
     for k, v in params(model2).items():
         torch.testing.assert_close(v, final_ref[k], rtol=1e-5, atol=1e-6)
 
