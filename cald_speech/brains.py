@@ -60,6 +60,40 @@ def unwrap(module):
     return getattr(module, "module", module)
 
 
+def average_gradients(params):
+    """Averages the gradients of ``params`` over the processes of a DDP run, in place.
+
+    For modules that DDP does not wrap (the co-trained teacher of trajectory
+    guidance), so that every process applies the same update. A parameter without a
+    gradient in one process counts as zero there (LayerDrop may skip different layers
+    in different processes). Does nothing outside a process group.
+
+    Example
+    -------
+    >>> p = torch.nn.Parameter(torch.ones(2))
+    >>> p.grad = torch.full((2,), 3.0)
+    >>> average_gradients([p])  # a single process: unchanged
+    >>> p.grad
+    tensor([3., 3.])
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    params = [p for p in params if p.requires_grad]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+        offset += n
+
+
 #: Checkpoint meta key holding :meth:`DistillBrain.checkpoint_rank`.
 RANK_KEY = "rank"
 
@@ -294,6 +328,7 @@ class DistillBrain(sb.Brain):
         self.teacher_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         params = [p for p in self.teacher.parameters() if p.requires_grad]
+        average_gradients(params)  # DDP: one teacher, the same in every process
         torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
         self.teacher_optimizer.step()
         if self.hparams.teacher_lr_schedule is not None:

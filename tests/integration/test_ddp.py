@@ -40,3 +40,39 @@ def test_recipe_runs_under_torchrun_with_two_processes(tmp_path, sorting, port):
     assert [s["step"] for s in steps] == [1, 2]
     assert (out / "model" / "model.safetensors").exists()
     assert (out / "wer_test-clean.json").exists()
+
+
+def _average_in_process(rank, port, out):
+    import torch
+    import torch.distributed as dist
+
+    from cald_speech.brains import average_gradients
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=2)
+    a = torch.nn.Parameter(torch.zeros(3))
+    b = torch.nn.Parameter(torch.zeros(2, 2))
+    frozen = torch.nn.Parameter(torch.zeros(1), requires_grad=False)
+    a.grad = torch.full((3,), float(rank + 1))
+    if rank == 1:  # e.g. a layer that LayerDrop skipped in process 0
+        b.grad = torch.full((2, 2), 4.0)
+    average_gradients([a, b, frozen])
+    torch.save({"a": a.grad, "b": b.grad, "frozen": frozen.grad}, f"{out}/{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_average_gradients_over_two_processes(tmp_path):
+    import socket
+
+    import torch
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_average_in_process, args=(port, str(tmp_path)), nprocs=2)
+    for rank in (0, 1):
+        g = torch.load(tmp_path / f"{rank}.pt")
+        assert torch.equal(g["a"], torch.full((3,), 1.5))
+        assert torch.equal(g["b"], torch.full((2, 2), 2.0))
+        assert g["frozen"] is None
