@@ -6,6 +6,7 @@ Brain, evaluates every test split with the best checkpoint and packages the mode
 for inference in ``<output_folder>/model``.
 """
 
+import gc
 import logging
 import os
 import random
@@ -223,6 +224,9 @@ def _leave_process_group():
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        # Free the DDP wrappers (kept alive by reference cycles) while the process
+        # group still exists: torn down after it, gloo may abort the process at exit.
+        gc.collect()
         dist.barrier()
         dist.destroy_process_group()
 

@@ -26,7 +26,10 @@ RUN = {"batch_size": 4, "number_of_epochs": 1, "warmup_updates": 1, "total_updat
 def demo_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("demo")
     pretrained = tmp / "pretrained"
-    tiny_teacher("wav2vec2-base", head="ctc", seed=0).save_pretrained(pretrained)
+    # 20 ms frames, as in real models: the corpus has utterances of several seconds,
+    # which a tiny CNN with a small stride would turn into thousands of frames.
+    tiny_teacher("wav2vec2-base", head="ctc", seed=0, conv_dim=(32, 32, 32),
+                 conv_stride=(5, 8, 8), conv_kernel=(10, 8, 8)).save_pretrained(pretrained)
     config = tmp / "demo.yaml"
     config.write_text(yaml.safe_dump({"tiny": {
         "corpus": {"n_train": 10, "n_dev": 3, "n_test": 3, "seed": 3},
