@@ -203,11 +203,12 @@ def run_child(module, cfg, timeout):
     return json.loads(lines[-1])
 
 
-def extrapolate(points, x, lo=1.0, hi=2.0):
+def extrapolate(points, x, lo=1.0, hi=2.0, single=None):
     """Predicts ``y(x)`` from the last two ``(x, y)`` points with a power law.
 
     The growth exponent is fitted on the last two points and clamped to ``[lo, hi]``;
-    with one point the pessimistic ``hi`` is used. ``None`` without points.
+    with one point it is ``single`` (the growth the system is built for), or the
+    pessimistic ``hi`` when ``single`` is not given. ``None`` without points.
 
     Example
     -------
@@ -215,12 +216,14 @@ def extrapolate(points, x, lo=1.0, hi=2.0):
     80.0
     >>> extrapolate([(1, 10.0)], 4)  # one point: quadratic
     160.0
+    >>> extrapolate([(1, 10.0)], 4, single=1.0)  # one point of a linear-time system
+    40.0
     """
     pts = [(float(a), float(b)) for a, b in points if a and b is not None and b > 0]
     if not pts:
         return None
     x1, y1 = pts[-1]
-    k = hi
+    k = hi if single is None else min(max(float(single), lo), hi)
     if len(pts) > 1:
         x0, y0 = pts[-2]
         if x1 > x0 and y0 > 0:

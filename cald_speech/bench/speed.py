@@ -30,9 +30,11 @@ How it measures:
   ``extra_rss_mb`` subtracts the resident set just before it. On CUDA
   ``torch.cuda.max_memory_allocated`` is reported too;
 - a configuration whose time or memory, extrapolated from the same series' previous
-  lengths (growth exponent fitted and clamped to [1, 2]; 2 with a single point), would
-  exceed ``--time-cap`` / ``--mem-cap-gb`` is reported as skipped, not run; after a
-  failure, timeout or skip, longer lengths of that series are skipped too.
+  lengths (growth exponent fitted on the last two and clamped to [1, 2]; with a single
+  point, the growth the system is built for: 2 for ``teacher-onepass``, 1 for the
+  windowed teacher and the one-pass student, see :data:`SYSTEM_GROWTH`), would exceed
+  ``--time-cap`` / ``--mem-cap-gb`` is reported as skipped, not run; after a failure,
+  timeout or skip, longer lengths of that series are skipped too.
 
 Other processes on the machine change the timings; the load average before and after
 is recorded.
@@ -74,6 +76,9 @@ SYSTEM_MODES = {
     "teacher-windowed": ("teacher", "windowed"),
     "student-onepass": ("student", "one-pass"),
 }
+#: Growth exponent of time and memory with audio length that each system is built for;
+#: the skip predictor's guess when only one shorter length has been measured.
+SYSTEM_GROWTH = {"teacher-onepass": 2.0, "teacher-windowed": 1.0, "student-onepass": 1.0}
 DEFAULT_MINUTES = "0.5,1,5,10,30,60"
 SHAPES = ("wav2vec2-base", "wav2vec2-large-lv60")
 WARMUP_S = 2.0
@@ -282,13 +287,14 @@ def _mem_key(args):
     return "cuda_peak_mb" if str(args.device).startswith("cuda") else "peak_rss_mb"
 
 
-def _predict_memory(ok, minutes, mem_key):
+def _predict_memory(ok, minutes, mem_key, growth=None):
     """Predicted peak: the memory held before the pass plus the pass's extrapolated extra."""
     if not ok:
         return None
     extra_key = "cuda_extra_mb" if mem_key == "cuda_peak_mb" else "extra_rss_mb"
     base = ok[-1][mem_key] - ok[-1][extra_key]
-    extra = extrapolate([(r["minutes"], r[extra_key] + 1.0) for r in ok], minutes)
+    extra = extrapolate([(r["minutes"], r[extra_key] + 1.0) for r in ok], minutes,
+                        single=growth)
     return base + extra
 
 
@@ -314,8 +320,10 @@ def run(models, args):
         if done and done[-1]["status"] != "ok":
             res = dict(cfg, status="skipped", reason=f"shorter audio {done[-1]['status']}")
         else:
-            t_pred = extrapolate([(r["minutes"], r["time_s"]) for r in ok], cfg["minutes"])
-            m_pred = _predict_memory(ok, cfg["minutes"], mem_key)
+            growth = SYSTEM_GROWTH[cfg["system"]]
+            t_pred = extrapolate([(r["minutes"], r["time_s"]) for r in ok], cfg["minutes"],
+                                 single=growth)
+            m_pred = _predict_memory(ok, cfg["minutes"], mem_key, growth)
             if t_pred is not None and t_pred > args.time_cap:
                 res = dict(cfg, status="skipped", predicted_time_s=t_pred,
                            reason=f"predicted {t_pred:.0f} s > time cap {args.time_cap:.0f} s")

@@ -55,6 +55,33 @@ def test_speed_skips_what_is_predicted_not_to_fit(tmp_path, models):
     assert "time cap" in res[1]["reason"] and "shorter audio" in res[2]["reason"]
 
 
+def test_speed_predicts_each_system_with_its_own_growth(monkeypatch):
+    # One measured length: the quadratic one-pass teacher is predicted to grow 100x from
+    # 1 to 10 minutes, the linear-time systems 10x (time and memory alike).
+    def fake_run(cfg, args):
+        return dict(cfg, status="ok", time_s=10.0 * cfg["minutes"],
+                    peak_rss_mb=1000.0 + 100.0 * cfg["minutes"],
+                    extra_rss_mb=100.0 * cfg["minutes"])
+
+    monkeypatch.setattr(speed, "_run", fake_run)
+    args = speed.parse_args(["--shape", "wav2vec2-base", "--minutes", "1,10",
+                             "--time-cap", "150", "--mem-cap-gb", "100"])
+    models = [("g", "teacher", "t", "teacher"), ("g", "student", "s", "student")]
+    res = {(r["system"], r["minutes"]): r for r in speed.run(models, args)}
+    assert res[("teacher-onepass", 10.0)]["status"] == "skipped"
+    assert res[("teacher-onepass", 10.0)]["predicted_time_s"] == pytest.approx(1000.0)
+    assert res[("teacher-windowed", 10.0)]["status"] == "ok"
+    assert res[("student-onepass", 10.0)]["status"] == "ok"
+
+    args = speed.parse_args(["--shape", "wav2vec2-base", "--minutes", "1,10",
+                             "--time-cap", "1e6", "--mem-cap-gb", "3"])
+    res = {(r["system"], r["minutes"]): r for r in speed.run(models, args)}
+    onepass = res[("teacher-onepass", 10.0)]
+    assert onepass["status"] == "skipped" and "memory cap" in onepass["reason"]
+    assert onepass["predicted_mem_mb"] == pytest.approx(1000.0 + 101.0 * 100)
+    assert res[("student-onepass", 10.0)]["status"] == "ok"  # predicted 1000 + 1010 MB
+
+
 def test_speed_runs_each_configuration_in_a_fresh_process(tmp_path, models):
     out = tmp_path / "speed"
     code = speed.main(["--model", models["student"], "--minutes", "0.005", "--out-dir",
