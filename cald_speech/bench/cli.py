@@ -11,6 +11,9 @@ Commands:
 ``cald-bench longform --teacher DIR --student DIR --csv test.csv``
     One long recording of test utterances: WER, time and memory of the windowed
     teacher and the one-pass student (:mod:`cald_speech.bench.longform`).
+``cald-bench compare --a RUN ... --b RUN ...``
+    Paired bootstrap of two models' WER/CER on the same test utterances, from the
+    transcripts the recipe writes (:mod:`cald_speech.bench.compare`).
 ``cald-bench runs FOLDER ...``
     Result table and training curves of finished recipe runs
     (:mod:`cald_speech.bench.runs`).
@@ -21,7 +24,7 @@ table and records the machine.
 Example
 -------
 >>> main([])  # doctest: +ELLIPSIS
-usage: cald-bench {wer,speed,longform,runs} ...
+usage: cald-bench {wer,speed,longform,compare,runs} ...
 ...
 2
 """
@@ -33,6 +36,7 @@ COMMANDS = {
     "wer": ("cald_speech.bench.wer", "WER/CER of teacher and student, agreement, diffs"),
     "speed": ("cald_speech.bench.speed", "time, RTF and peak memory vs audio length"),
     "longform": ("cald_speech.bench.longform", "long recording: windowed teacher vs student"),
+    "compare": ("cald_speech.bench.compare", "paired bootstrap of two models on one split"),
     "runs": ("cald_speech.bench.runs", "result table and training curves of recipe runs"),
 }
 

@@ -1,0 +1,246 @@
+"""Is one model better than another on the same test items? A paired bootstrap.
+
+``cald-bench compare --a RUN ... --b RUN ...`` reads the per-utterance transcripts
+that the CTC recipe writes at test time (``wer_<split>.txt``, SpeechBrain's
+``ErrorRateStats`` alignments), recomputes every utterance's word and character errors
+(CER as the recipe computes it: characters of the words joined by single spaces), and
+compares the two sides utterance by utterance:
+
+- the corpus WER and CER of each side, and their difference A - B;
+- a 95 % interval of that difference and the share of resamples in which A has fewer
+  errors, from a **paired bootstrap**: the test utterances are drawn with replacement,
+  the same draw for both sides, and the corpus rates recomputed (``--resamples``,
+  seeded);
+- several runs per side (``--a`` and ``--b`` in the same order, e.g. one per training
+  seed) are paired run by run and pooled: utterance ``u`` of A's *i*-th run is paired
+  with ``u`` of B's *i*-th run. The bootstrap then covers which test items were drawn;
+  the seeds themselves are only as many as given.
+
+Example
+-------
+>>> diff = paired_bootstrap([3, 1, 2], [4, 2, 2], [10, 10, 10], resamples=200)
+>>> round(diff["a_minus_b"], 4), diff["a_better"] >= 0.5
+(-0.0667, True)
+"""
+
+import argparse
+import os
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from cald_speech.bench.report import format_table, machine_info, write_json
+from cald_speech.errors import CaldError
+
+_HEADER = re.compile(r"^(\S+), %WER ")
+EPS = "<eps>"
+
+
+def read_alignments(path):
+    """``{utterance id: (reference, hypothesis)}`` from an ``ErrorRateStats`` file.
+
+    The file is what ``ErrorRateStats.write_stats`` writes (the recipe's
+    ``wer_<split>.txt``): per utterance a ``ID, %WER ...`` line, then the reference,
+    the edit operations and the hypothesis, tokens separated by ``;``, ``<eps>`` where
+    a side has no word.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> from speechbrain.utils.metric_stats import ErrorRateStats
+    >>> stats = ErrorRateStats()
+    >>> stats.append(["u1"], [["A", "CAT"]], [["THE", "CAT"]])
+    >>> p = os.path.join(tempfile.mkdtemp(), "wer_test.txt")
+    >>> with open(p, "w") as f:
+    ...     stats.write_stats(f)
+    >>> read_alignments(p)
+    {'u1': ('THE CAT', 'A CAT')}
+    """
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    out = {}
+    for i, line in enumerate(lines):
+        m = _HEADER.match(line)
+        if not m or i + 3 >= len(lines):
+            continue
+        ref, hyp = (
+            " ".join(t for t in (tok.strip() for tok in lines[j].split(";")) if t and t != EPS)
+            for j in (i + 1, i + 3)
+        )
+        out[m.group(1)] = (ref, hyp)
+    return out
+
+
+def utterance_counts(pairs):
+    """Per-utterance word errors, reference words, character errors, reference characters.
+
+    Arguments
+    ---------
+    pairs : list of (str, str)
+        (reference, hypothesis) per utterance.
+
+    Returns
+    -------
+    numpy.ndarray
+        (n, 4) integers.
+
+    Example
+    -------
+    >>> utterance_counts([("THE CAT", "A CAT")]).tolist()
+    [[1, 2, 3, 7]]
+    """
+    import jiwer
+
+    from cald_speech.bench.wer import utterance_errors
+
+    rows = []
+    for ref, hyp in pairs:
+        w_err, w_ref = utterance_errors(ref, hyp)
+        if ref:
+            c = jiwer.process_characters(ref, hyp)
+            c_err = c.substitutions + c.deletions + c.insertions
+        else:
+            c_err = len(hyp)
+        rows.append((w_err, w_ref, c_err, len(ref)))
+    return np.asarray(rows, dtype=np.int64).reshape(-1, 4)
+
+
+def paired_bootstrap(err_a, err_b, total, resamples=10000, seed=0):
+    """Corpus error-rate difference A - B with a paired bootstrap over utterances.
+
+    Arguments
+    ---------
+    err_a, err_b : sequence of int
+        Errors of each side per utterance.
+    total : sequence of int
+        Reference length (words or characters) per utterance.
+    resamples : int
+        Bootstrap draws.
+    seed : int
+        Seed of the draws.
+
+    Returns
+    -------
+    dict
+        ``a``, ``b`` (corpus rates), ``a_minus_b``, ``ci95`` (2.5 and 97.5 percentiles
+        of the difference), ``a_better`` / ``b_better`` (share of draws in which that
+        side has the lower rate), ``utterances``, ``resamples``.
+    """
+    err_a, err_b = np.asarray(err_a, float), np.asarray(err_b, float)
+    total = np.asarray(total, float)
+    n = len(total)
+    if n == 0 or total.sum() == 0:
+        raise CaldError("nothing to compare: no utterances with a reference")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(resamples, n))
+    tot = np.maximum(total[idx].sum(1), 1.0)
+    diff = (err_a[idx].sum(1) - err_b[idx].sum(1)) / tot
+    a, b = err_a.sum() / total.sum(), err_b.sum() / total.sum()
+    return dict(a=float(a), b=float(b), a_minus_b=float(a - b),
+                ci95=[float(np.percentile(diff, 2.5)), float(np.percentile(diff, 97.5))],
+                a_better=float((diff < 0).mean()), b_better=float((diff > 0).mean()),
+                utterances=n, resamples=resamples)
+
+
+def _alignment_file(run, split):
+    path = Path(run) / f"wer_{split}.txt"
+    if not path.is_file():
+        raise CaldError(
+            f"{path}: no per-utterance results of split '{split}'. Pass the output_folder "
+            f"of a finished CTC recipe run, or the split it was tested on (--split)."
+        )
+    return path
+
+
+def compare(runs_a, runs_b, split="test-clean", resamples=10000, seed=0):
+    """Paired comparison of runs ``runs_a`` and ``runs_b`` (paired in order) on ``split``.
+
+    Returns
+    -------
+    dict
+        ``WER`` and ``CER``: :func:`paired_bootstrap` results (rates in %), plus the
+        runs, the split and the number of utterances not found on both sides.
+    """
+    if len(runs_a) != len(runs_b) or not runs_a:
+        raise CaldError(f"--a and --b need the same number of runs (got {len(runs_a)} "
+                        f"and {len(runs_b)}): the i-th of each are paired")
+    a_rows, b_rows, unmatched = [], [], 0
+    for ra, rb in zip(runs_a, runs_b):
+        ua = read_alignments(_alignment_file(ra, split))
+        ub = read_alignments(_alignment_file(rb, split))
+        common = sorted(set(ua) & set(ub))
+        mismatch = [u for u in common if ua[u][0] != ub[u][0]]
+        if mismatch:
+            raise CaldError(f"{ra} and {rb}: utterance {mismatch[0]} has different "
+                            "references; were they tested on the same manifest?")
+        unmatched += len(set(ua) ^ set(ub))
+        a_rows.append(utterance_counts([ua[u] for u in common]))
+        b_rows.append(utterance_counts([ub[u] for u in common]))
+    a, b = np.concatenate(a_rows), np.concatenate(b_rows)
+    out = dict(split=split, runs_a=[str(r) for r in runs_a], runs_b=[str(r) for r in runs_b],
+               unmatched=unmatched)
+    for name, (err, ref) in (("WER", (0, 1)), ("CER", (2, 3))):
+        res = paired_bootstrap(a[:, err], b[:, err], a[:, ref], resamples, seed)
+        for key in ("a", "b", "a_minus_b"):
+            res[key] *= 100
+        res["ci95"] = [100 * v for v in res["ci95"]]
+        out[name] = res
+    return out
+
+
+def table(summary):
+    """The comparison as a plain-text table (rates in %)."""
+    rows = []
+    for metric in ("WER", "CER"):
+        r = summary[metric]
+        rows.append(dict(metric=metric, a=r["a"], b=r["b"], diff=r["a_minus_b"],
+                         ci=f"[{r['ci95'][0]:+.2f}, {r['ci95'][1]:+.2f}]",
+                         a_better=100 * r["a_better"]))
+    cols = [("metric", "metric", "s"), ("a", "A %", ".2f"), ("b", "B %", ".2f"),
+            ("diff", "A-B", "+.2f"), ("ci", "95% interval", "s"),
+            ("a_better", "A better in % of draws", ".1f")]
+    return format_table(rows, cols)
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="cald-bench compare",
+        description="Paired bootstrap of two models' WER/CER on the same test utterances.",
+    )
+    p.add_argument("--a", nargs="+", required=True, help="run folder(s) of side A")
+    p.add_argument("--b", nargs="+", required=True,
+                   help="run folder(s) of side B, paired with --a in order (e.g. per seed)")
+    p.add_argument("--split", default="test-clean", help="the split to compare on")
+    p.add_argument("--resamples", type=int, default=10000, help="bootstrap draws")
+    p.add_argument("--seed", type=int, default=0, help="seed of the draws")
+    p.add_argument("--out-dir", default=None, help="also write compare.json here")
+    return p
+
+
+def main(argv=None):
+    """Entry point of ``cald-bench compare``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        summary = compare(args.a, args.b, args.split, args.resamples, args.seed)
+    except CaldError as exc:
+        print(f"cald-bench compare: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"A: {', '.join(summary['runs_a'])}\nB: {', '.join(summary['runs_b'])}")
+    n = summary["WER"]["utterances"]
+    print(f"{args.split}: {n} paired utterances, {args.resamples} bootstrap draws "
+          f"(seed {args.seed})")
+    if summary["unmatched"]:
+        print(f"warning: {summary['unmatched']} utterances were found on one side only "
+              "and left out", file=sys.stderr)
+    print(table(summary))
+    if args.out_dir:
+        os.makedirs(args.out_dir, exist_ok=True)
+        path = write_json(os.path.join(args.out_dir, "compare.json"),
+                          dict(summary, machine=machine_info()))
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
