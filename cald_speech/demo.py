@@ -86,6 +86,34 @@ def file_digest(path):
     return h.hexdigest()[:16]
 
 
+#: The code a step's result depends on: the package, the recipes and their hparams.
+#: ``hparams/demo.yaml`` is left out: its settings reach the steps as their commands.
+CODE_GLOBS = ("cald_speech/**/*.py", "recipes/**/*.py", "recipes/**/*.yaml", "hparams/**/*.yaml")
+
+
+def code_digest(root=ROOT, exclude=("hparams/demo.yaml",)):
+    """SHA-256 (hex, 16 characters) over the paths and contents of the files of
+    :data:`CODE_GLOBS` under ``root``: a finished step is out of date once its code
+    changed (a package update, an edited recipe or hparams file).
+
+    Example
+    -------
+    >>> len(code_digest())
+    16
+    """
+    root = Path(root)
+    files = sorted({p for pattern in CODE_GLOBS for p in root.glob(pattern)
+                    if p.is_file() and "__pycache__" not in p.parts})
+    h = hashlib.sha256()
+    for p in files:
+        name = p.relative_to(root).as_posix()
+        if name in exclude:
+            continue
+        h.update(name.encode() + b"\0")
+        h.update(p.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
 def overrides(options):
     """Recipe command-line overrides from a mapping (lists as YAML flow sequences).
 
@@ -109,10 +137,12 @@ def overrides(options):
 class Step:
     """One command of the pipeline, run in its own folder, skipped when up to date.
 
-    The folder holds a stamp with the command and the digests of its inputs. When
-    the stamp matches and ``done`` holds, the step is skipped; when it matches but the
-    output is missing (an interrupted run), the same command runs again and resumes
-    from its checkpoints; when it differs, the folder is cleared first.
+    The folder holds a stamp with the command and the digests of its inputs (the
+    pipeline's include :func:`code_digest`, so results of other code are never taken
+    as up to date). When the stamp matches and ``done`` holds, the step is skipped;
+    when it matches but the output is missing (an interrupted run), the same command
+    runs again and resumes from its checkpoints; when it differs, the folder is
+    cleared first.
     """
 
     def __init__(self, name, cmd, folder, done, inputs=None):
@@ -205,6 +235,7 @@ class Pipeline:
         self.results = Path(results_dir).resolve()
         self.jobs = jobs
         self.timings = {}
+        self.code = code_digest()
 
     # ---------------------------------------------------------------- data
     @property
@@ -267,7 +298,7 @@ class Pipeline:
             "--test_splits", "[dev-clean,test-clean]",
             *extra,
         ]
-        inputs = dict(inputs, corpus=self.cfg["corpus"])
+        inputs = dict(inputs, corpus=self.cfg["corpus"], code=self.code)
         return Step(name, cmd, folder,
                     done=lambda: (folder / "model" / "cald_info.json").is_file(),
                     inputs=inputs)
@@ -317,6 +348,7 @@ class Pipeline:
         bench = self.results / "bench"
         digests = {name: file_digest(self.run_folder(name) / "model" / "model.safetensors")
                    for name in ["teacher", *self.cfg["students"]]}
+        digests["code"] = self.code
         cli = [sys.executable, "-m", "cald_speech.bench.cli"]
         steps = []
         for name in self.cfg["students"]:

@@ -105,6 +105,43 @@ def test_step_reruns_when_its_command_changes(tmp_path):
     assert (out / "out.txt").read_text() == "b"
 
 
+def test_code_digest_follows_package_recipes_and_hparams(tmp_path):
+    files = {"cald_speech/a.py": "x = 1", "recipes/R/train.py": "pass",
+             "recipes/R/hparams/h.yaml": "a: 1", "hparams/mixers/m.yaml": "b: 2",
+             "hparams/demo.yaml": "small: {}", "README.md": "text"}
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    base = demo.code_digest(tmp_path)
+    for name in ("hparams/demo.yaml", "README.md"):  # reach the steps otherwise, or not
+        (tmp_path / name).write_text("changed")
+    (tmp_path / "cald_speech" / "__pycache__").mkdir()
+    (tmp_path / "cald_speech" / "__pycache__" / "a.pyc").write_bytes(b"\0")
+    assert demo.code_digest(tmp_path) == base
+    seen = {base}
+    for name in ("cald_speech/a.py", "recipes/R/train.py", "recipes/R/hparams/h.yaml",
+                 "hparams/mixers/m.yaml"):
+        (tmp_path / name).write_text(files[name] + "  # edited")
+        seen.add(demo.code_digest(tmp_path))
+    assert len(seen) == 5  # every edit changed the digest
+    (tmp_path / "cald_speech" / "b.py").write_text("")  # a new module too
+    assert demo.code_digest(tmp_path) not in seen
+
+
+def test_step_of_other_code_is_not_up_to_date(tmp_path):
+    out = tmp_path / "step"
+    code = f"open({str(out / 'out.txt')!r}, 'a').write('x')"
+
+    def step(digest):
+        return demo.Step("s", [sys.executable, "-c", code], out,
+                         done=lambda: (out / "out.txt").is_file(), inputs={"code": digest})
+
+    assert step("old").run() == "ran"
+    assert step("old").run() == "skipped"
+    assert step("new").run() == "ran"
+    assert (out / "out.txt").read_text() == "x"  # cleared first, not appended to
+
+
 def test_stopping_the_demo_stops_its_step(tmp_path):
     # SIGTERM to the pipeline process must not leave its training step running.
     pid_file = tmp_path / "child.pid"
