@@ -42,6 +42,65 @@ def test_recipe_runs_under_torchrun_with_two_processes(tmp_path, sorting, port):
     assert (out / "wer_test-clean.json").exists()
 
 
+DUMP_TEACHER = """
+import os, sys, torch
+from cald_speech import brains, recipes
+
+fit = brains.DistillBrain.fit
+
+def fit_then_dump(self, *args, **kwargs):
+    out = fit(self, *args, **kwargs)
+    state = {k: v.detach().clone() for k, v in self.teacher.state_dict().items()}
+    torch.save(state, os.path.join(os.environ["DUMP_DIR"], f"teacher{os.environ['RANK']}.pt"))
+    return out
+
+brains.DistillBrain.fit = fit_then_dump
+recipes.asr_main(sys.argv[1:])
+"""
+
+
+@pytest.mark.slow
+def test_trajectory_keeps_one_teacher_under_torchrun(tmp_path):
+    # Trajectory guidance co-trains its teacher outside DDP: every process must end
+    # with the same teacher, and that teacher must have moved from the pretrained one.
+    import torch
+    import yaml
+
+    from cald_speech.data.tokenizer import CharTokenizer
+    from cald_speech.experiment import ctc_model_from_config
+
+    root = tmp_path / "LibriSpeech"
+    write_split(root, "train-clean-100", 1, 6)
+    write_split(root, "dev-clean", 2, 2)
+    write_split(root, "test-clean", 3, 2)
+    torch.manual_seed(0)
+    pretrained = tmp_path / "pretrained"
+    model = ctc_model_from_config(yaml.safe_load(TINY), len(CharTokenizer()))
+    model.save_pretrained(pretrained)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    wrapper = tmp_path / "dump_teacher.py"
+    wrapper.write_text(DUMP_TEACHER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DUMP_DIR": str(tmp_path)}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+        "--master_port=29535", str(wrapper), str(RECIPE / "hparams/cald.yaml"),
+        "--data_folder", str(root), "--output_folder", str(tmp_path / "run"),
+        "--feature_cache_folder", str(tmp_path / "cache"), "--mode", "trajectory",
+        "--pretrained_source", str(pretrained), "--teacher_update_every", "1",
+        "--number_of_epochs", "1", "--batch_size", "1", "--device", "cpu",
+        "--distributed_backend", "gloo", "--log_every", "1",
+    ]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    t0, t1 = (torch.load(tmp_path / f"teacher{r}.pt") for r in (0, 1))
+    assert t0.keys() == t1.keys()
+    for key in t0:
+        assert torch.equal(t0[key], t1[key]), key
+    moved = [k for k in t0 if k in start and not torch.equal(t0[k], start[k])]
+    assert moved, "the co-trained teacher did not change"
+
+
 def _average_in_process(rank, port, out):
     import torch
     import torch.distributed as dist
