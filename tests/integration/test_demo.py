@@ -48,6 +48,7 @@ def demo_run(tmp_path_factory):
     return tmp, argv
 
 
+@pytest.mark.shared_data
 def test_every_stage_writes_its_output(demo_run):
     tmp, _ = demo_run
     runs = tmp / "results" / "runs"
@@ -67,6 +68,7 @@ def test_every_stage_writes_its_output(demo_run):
     assert (bench / "longform" / "longform.json").is_file()
 
 
+@pytest.mark.shared_data
 def test_report_has_tables_plots_and_commands(demo_run):
     tmp, _ = demo_run
     report = (tmp / "results" / "report.md").read_text()
@@ -78,6 +80,7 @@ def test_report_has_tables_plots_and_commands(demo_run):
         assert (tmp / "results" / "plots" / png).stat().st_size > 1000
 
 
+@pytest.mark.shared_data
 def test_second_run_skips_every_step(demo_run, capsys):
     tmp, argv = demo_run
     before = (tmp / "results" / "runs" / "teacher" / "model" / "model.safetensors").stat()
