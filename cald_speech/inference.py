@@ -87,8 +87,6 @@ from cald_speech.data.audio import SAMPLE_RATE, audio_info, resample
 from cald_speech.errors import AudioError, CaldError, ConfigError, DataError
 from cald_speech.features import base_model, enable_feature_input, frame_lengths
 from cald_speech.mixers.bimamba2 import BiMamba2, BiMamba2Shared
-from cald_speech.mixers.ops.conv import causal_conv1d
-from cald_speech.mixers.ops.ssd import ssd_scan
 from cald_speech.student import (
     MixerAttention,
     Student,
@@ -123,6 +121,10 @@ DEFAULT_OVERLAP_S = 2.0
 DEFAULT_CNN_BLOCK_S = 10.0
 #: Frames per block of the encoder's time-local parts and of blockwise BiMamba2 scans.
 DEFAULT_ENCODER_BLOCK = 2048
+#: One-pass mode: MiB of a shared-projection mixer's in_proj features kept for reuse
+#: by its backward scan (see :func:`bimamba2_blockwise`); 2 GiB covers an hour of
+#: wav2vec2-base-sized features.
+DEFAULT_PROJECTION_CACHE_MB = 2048
 #: Peak amplitude below which a whole file counts as silent (-80 dBFS).
 SILENCE_PEAK = 1e-4
 #: Audio longer than this shows progress bars by default (when stderr is a terminal).
@@ -455,60 +457,70 @@ class _TimeBlocked(nn.Module):
         return tuple(outs) if isinstance(y, tuple) else outs[0]
 
 
-def _upcast(t):
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+class _ProjectionCache:
+    """in_proj features of the latest blocks, up to ``limit_bytes`` (oldest dropped first).
+
+    A shared-projection mixer's forward sweep fills it and its backward sweep, which
+    starts from the last block, takes them back instead of recomputing the product.
+    """
+
+    def __init__(self, limit_bytes):
+        self.limit = max(0, int(limit_bytes))
+        self.blocks = {}  # start frame -> (zxbc, dt), in insertion (time) order
+        self.bytes = 0
+
+    @staticmethod
+    def _size(features):
+        return sum(t.numel() * t.element_size() for t in features)
+
+    def put(self, start, features):
+        size = self._size(features)
+        if size > self.limit:
+            return
+        self.blocks[start] = features
+        self.bytes += size
+        while self.bytes > self.limit:
+            oldest = next(iter(self.blocks))
+            self.bytes -= self._size(self.blocks.pop(oldest))
+
+    def take(self, start):
+        features = self.blocks.pop(start, None)
+        if features is not None:
+            self.bytes -= self._size(features)
+        return features
 
 
-def _scan_direction(core, in_proj, out_proj, x, block, reverse, out=None):
+def _scan_direction(core, in_proj, out_proj, x, block, reverse, out=None, cache=None):
     """One Mamba2 direction over (1, T, C) in blocks, carrying conv and SSM states.
 
     ``core`` is a ``_SSMCore`` (its conv1d, dt_bias, A_log, D, norm and shapes);
     ``in_proj`` / ``out_proj`` the projections (``out_proj=None``: return the normalised
     SSM output, width ``d_inner``). ``reverse`` scans from the last frame to the first.
-    With ``out`` given, the result is added to it (no second full-length buffer).
+    With ``out`` given, the result is added to it (no second full-length buffer). With a
+    :class:`_ProjectionCache`, a forward scan stores each block's in_proj features in it
+    and a reverse scan uses the stored ones (time-reversed) instead of recomputing them.
     """
     total = x.shape[1]
     starts = list(range(0, total, block))
     if reverse:
         starts.reverse()
-    gn = core.ngroups * core.d_state
     width = core.d_inner if out_proj is None else out_proj.out_features
     add = out is not None
     if not add:
         out = x.new_empty(1, total, width)
-    weight = core.conv1d.weight.squeeze(1)
-    A = -torch.exp(_upcast(core.A_log))
-    keep = core.d_conv - 1
     conv_state, ssm_state = None, None
     for a in starts:
         b = min(a + block, total)
-        u = x[:, a:b]
-        if reverse:
-            u = u.flip(1)
-        length = b - a
-        z, xbc, dt = torch.split(in_proj(u), [core.d_inner, core.conv_dim, core.nheads], dim=-1)
-        if conv_state is not None:
-            xbc = torch.cat([conv_state, xbc], dim=1)
-        conv_state = xbc[:, -keep:].clone() if keep else None
-        xbc = causal_conv1d(xbc.transpose(1, 2), weight, core.conv1d.bias, activation="silu",
-                            impl=core.impl).transpose(1, 2)[:, -length:]
-        xs, B, C = torch.split(xbc, [core.d_inner, gn, gn], dim=-1)
-        y, ssm_state = ssd_scan(
-            xs.reshape(1, length, core.nheads, core.headdim),
-            dt,
-            A,
-            B.reshape(1, length, core.ngroups, core.d_state),
-            C.reshape(1, length, core.ngroups, core.d_state),
-            chunk_size=core.chunk_size,
-            D=core.D,
-            dt_bias=core.dt_bias,
-            initial_states=ssm_state,
-            dt_softplus=True,
-            dt_limit=core.dt_limit,
-            return_final_states=True,
-            impl=core.impl,
-        )
-        y = core.norm(y.reshape(1, length, core.d_inner), z)
+        features = cache.take(a) if reverse and cache is not None else None
+        if features is not None:
+            features = tuple(t.flip(1) for t in features)
+        else:
+            u = x[:, a:b]
+            features = core.project(in_proj, u.flip(1) if reverse else u)
+            if cache is not None and not reverse:
+                cache.put(a, features)
+        y, conv_state, ssm_state = core.ssm(*features, conv_state, ssm_state,
+                                            return_states=True)
         if out_proj is not None:
             y = out_proj(y)
         y = y.flip(1) if reverse else y
@@ -519,7 +531,8 @@ def _scan_direction(core, in_proj, out_proj, x, block, reverse, out=None):
     return out
 
 
-def bimamba2_blockwise(mixer, x, block=DEFAULT_ENCODER_BLOCK):
+def bimamba2_blockwise(mixer, x, block=DEFAULT_ENCODER_BLOCK,
+                       projection_cache_mb=DEFAULT_PROJECTION_CACHE_MB):
     """A BiMamba2 (or BiMamba2Shared) mixer over one unpadded sequence, block by block.
 
     The forward direction scans the blocks from first to last and the backward
@@ -527,6 +540,11 @@ def bimamba2_blockwise(mixer, x, block=DEFAULT_ENCODER_BLOCK):
     its SSM state from block to block (``ssd_scan(initial_states=...)``), so the result
     is the mixer's own output for the whole sequence (up to rounding) while its
     intermediate tensors only ever hold one block.
+
+    A :class:`BiMamba2Shared` mixer's backward direction needs the same in_proj
+    features as its forward one: the forward scan keeps those of its latest blocks, up
+    to ``projection_cache_mb``, and the backward scan (which starts at the end) reuses
+    them; only blocks beyond that budget are projected twice.
 
     Arguments
     ---------
@@ -536,6 +554,8 @@ def bimamba2_blockwise(mixer, x, block=DEFAULT_ENCODER_BLOCK):
         (1, T, C) hidden states, no padding.
     block : int
         Frames per block (a multiple of the scan's chunk size keeps rounding closest).
+    projection_cache_mb : float
+        Memory for reused in_proj features of a shared-projection mixer (0: none).
 
     Returns
     -------
@@ -558,8 +578,9 @@ def bimamba2_blockwise(mixer, x, block=DEFAULT_ENCODER_BLOCK):
         _scan_direction(mixer.bwd, mixer.bwd.in_proj, mixer.bwd.out_proj, x, block, True, out)
         return out.mul_(0.5) if mixer.combine == "mean" else out
     if isinstance(mixer, BiMamba2Shared):
-        y = _scan_direction(mixer.fwd, mixer.in_proj, None, x, block, False)
-        _scan_direction(mixer.bwd, mixer.in_proj, None, x, block, True, y)
+        cache = _ProjectionCache(projection_cache_mb * 2**20)
+        y = _scan_direction(mixer.fwd, mixer.in_proj, None, x, block, False, cache=cache)
+        _scan_direction(mixer.bwd, mixer.in_proj, None, x, block, True, y, cache=cache)
         if mixer.combine == "mean":
             y.mul_(0.5)
         return _TimeBlocked(mixer.out_proj, block)(y)
@@ -569,24 +590,27 @@ def bimamba2_blockwise(mixer, x, block=DEFAULT_ENCODER_BLOCK):
 class _BlockwiseMixerAttention(nn.Module):
     """Stands in for a :class:`MixerAttention` whose mixer can be scanned block by block."""
 
-    def __init__(self, inner, block):
+    def __init__(self, inner, block, projection_cache_mb=DEFAULT_PROJECTION_CACHE_MB):
         super().__init__()
         self.inner = inner
         self.block = int(block)
+        self.projection_cache_mb = projection_cache_mb
 
     def forward(self, hidden_states, attention_mask=None, position_bias=None, **kwargs):
         mask = frame_padding_mask(attention_mask)
         if hidden_states.shape[0] != 1 or (mask is not None and not bool(mask.all())):
             return self.inner(hidden_states, attention_mask=attention_mask,
                               position_bias=position_bias, **kwargs)
-        out = bimamba2_blockwise(self.inner.mixer, hidden_states, self.block)
+        out = bimamba2_blockwise(self.inner.mixer, hidden_states, self.block,
+                                 self.projection_cache_mb)
         if self.inner.passes_position_bias:
             return out, None, position_bias
         return out, None
 
 
 @contextlib.contextmanager
-def long_form(model, block=DEFAULT_ENCODER_BLOCK, progress=None):
+def long_form(model, block=DEFAULT_ENCODER_BLOCK, progress=None,
+              projection_cache_mb=DEFAULT_PROJECTION_CACHE_MB):
     """Lets ``model`` run over very long sequences in memory linear in T with a small factor.
 
     Inside the ``with`` block, the feature projection, positional convolution (with its
@@ -602,6 +626,8 @@ def long_form(model, block=DEFAULT_ENCODER_BLOCK, progress=None):
         A wav2vec2 / HuBERT / WavLM model.
     block : int
         Frames per block.
+    projection_cache_mb : float
+        See :func:`bimamba2_blockwise`.
     progress : tqdm.tqdm, optional
         Updated after each encoder layer.
 
@@ -629,7 +655,8 @@ def long_form(model, block=DEFAULT_ENCODER_BLOCK, progress=None):
         swaps.append((layer, "feed_forward", _TimeBlocked(layer.feed_forward, block)))
         att = layer.attention
         if isinstance(att, MixerAttention) and isinstance(att.mixer, (BiMamba2, BiMamba2Shared)):
-            swaps.append((layer, "attention", _BlockwiseMixerAttention(att, block)))
+            swaps.append((layer, "attention",
+                          _BlockwiseMixerAttention(att, block, projection_cache_mb)))
         if progress is not None:
             hooks.append(layer.register_forward_hook(lambda *_: progress.update(1)))
     originals = [(parent, name, getattr(parent, name)) for parent, name, _ in swaps]
@@ -1018,6 +1045,9 @@ class Transcriber:
         One-pass mode: seconds of audio per CNN block.
     encoder_block : int
         One-pass mode: frames per block of the encoder's blockwise parts.
+    projection_cache_mb : float
+        One-pass mode: memory for the reused in_proj features of a shared-projection
+        student (:func:`bimamba2_blockwise`).
     info : dict, optional
         The folder's ``cald_info.json``.
 
@@ -1043,7 +1073,8 @@ class Transcriber:
 
     def __init__(self, model, tokenizer, device="cpu", window_s=DEFAULT_WINDOW_S,
                  overlap_s=DEFAULT_OVERLAP_S, cnn_block_s=DEFAULT_CNN_BLOCK_S,
-                 encoder_block=DEFAULT_ENCODER_BLOCK, info=None):
+                 encoder_block=DEFAULT_ENCODER_BLOCK,
+                 projection_cache_mb=DEFAULT_PROJECTION_CACHE_MB, info=None):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
@@ -1075,6 +1106,9 @@ class Transcriber:
             )
         self.cnn_block = max(1, int(cnn_block_s * SAMPLE_RATE) // self.stride)
         self.encoder_block = int(encoder_block)
+        if projection_cache_mb < 0:
+            raise ConfigError(f"projection_cache_mb must be >= 0, got {projection_cache_mb}")
+        self.projection_cache_mb = float(projection_cache_mb)
         self.linear = _is_linear(model)
         self.dtype = next(model.parameters()).dtype
         enable_feature_input(self.model)
@@ -1192,7 +1226,8 @@ class Transcriber:
             bar.close()
         bar = _progress_bar(progress, layers, "encoder", "layer")
         try:
-            with long_form(self.model, self.encoder_block, progress=bar):
+            with long_form(self.model, self.encoder_block, progress=bar,
+                           projection_cache_mb=self.projection_cache_mb):
                 return self._logits(feats[None])[0]
         finally:
             bar.close()

@@ -89,7 +89,34 @@ def test_bimamba2_blockwise_equals_plain_call():
         with torch.no_grad():
             ref = m(x)
             for block in (3, 32, 500):
-                    assert torch.allclose(bimamba2_blockwise(m, x, block), ref, atol=1e-5)
+                assert torch.allclose(bimamba2_blockwise(m, x, block), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("cache_blocks, projections", [(0, 8), (2, 6), (99, 4)])
+def test_shared_mixer_reuses_projections_within_budget(cache_blocks, projections,
+                                                       monkeypatch):
+    # 101 frames in blocks of 32: 4 blocks. The backward scan takes the forward scan's
+    # in_proj features of the last `cache_blocks` blocks and projects only the rest.
+    from cald_speech.mixers.bimamba2 import _SSMCore
+
+    torch.manual_seed(0)
+    m = BiMamba2Shared(32, 4, d_state=8, chunk_size=16).double().eval()
+    x = torch.randn(1, 101, 32, dtype=torch.float64)
+    calls = []
+    project = _SSMCore.project
+
+    def counting(self, in_proj, u):
+        calls.append(u.shape[1])
+        return project(self, in_proj, u)
+
+    monkeypatch.setattr(_SSMCore, "project", counting)
+    block_mb = 32 * (m.fwd.d_in_proj * 8) / 2**20  # one full block of float64 features
+    with torch.no_grad():
+        ref = m(x)
+        calls.clear()
+        out = bimamba2_blockwise(m, x, 32, projection_cache_mb=cache_blocks * block_mb)
+    assert len(calls) == projections
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
 
 
 def test_one_pass_student_equals_plain_run(student):

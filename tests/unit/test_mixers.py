@@ -311,3 +311,17 @@ def test_bench_skips_by_extrapolation_and_reports_targets():
     (line,) = bench.targets(rows)
     assert "36.4x" in line and "= 1.10" in line
     assert "bimamba2" in bench.format_table(rows)
+
+
+@pytest.mark.parametrize("name", ["bimamba2", "bimamba2_shared"])
+def test_projection_split_equals_one_product(name):
+    # On CPU the step-size rows of in_proj are a second product: same features.
+    torch.manual_seed(0)
+    m = build_mixer(name, 16, 2, bias=True, **SMALL[name]).double()
+    core = m.fwd
+    lin = m.in_proj if name == "bimamba2_shared" else m.fwd.in_proj
+    u = torch.randn(2, 9, 16, dtype=torch.float64)
+    zxbc, dt = core.project(lin, u)
+    whole = lin(u)
+    assert dt.shape == (2, 9, core.nheads)
+    torch.testing.assert_close(torch.cat([zxbc, dt], dim=-1), whole, rtol=1e-12, atol=1e-12)
