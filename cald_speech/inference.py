@@ -117,6 +117,8 @@ MODES = ("auto", "one-pass", "windowed", "plain")
 #: Teacher windows: seconds the model sees at once, and context on each side.
 DEFAULT_WINDOW_S = 30.0
 DEFAULT_OVERLAP_S = 2.0
+#: One-pass mode, group-norm CNN: seconds of audio whose statistics normalise each block.
+DEFAULT_NORM_WINDOW_S = 30.0
 #: Seconds of audio per CNN block in one-pass mode.
 DEFAULT_CNN_BLOCK_S = 10.0
 #: Frames per block of the encoder's time-local parts and of blockwise BiMamba2 scans.
@@ -293,12 +295,13 @@ def _group_norm_stats(layer, wav, block_frames, dtype, device, progress):
     return mean.to(dtype), rstd.to(dtype)
 
 
-def padded_features(model, waveforms, device, block_frames=None):
+def padded_features(model, waveforms, device, block_frames=None, norm_frames=None):
     """CNN features of each waveform computed alone, padded into one batch.
 
     A group-norm front end normalises over the whole input, so the CNN must not see
     another item's padding; the encoder then takes the padded features with the
-    sample mask.
+    sample mask. ``block_frames`` and ``norm_frames`` are passed to
+    :func:`cnn_features`.
 
     Returns
     -------
@@ -309,7 +312,8 @@ def padded_features(model, waveforms, device, block_frames=None):
     frames : list of int
         Valid frames per item.
     """
-    feats = [cnn_features(model, w.to(device), block_frames) for w in waveforms]
+    feats = [cnn_features(model, w.to(device), block_frames, norm_frames=norm_frames)
+             for w in waveforms]
     frames = [f.shape[-1] for f in feats]
     batch = feats[0].new_zeros(len(feats), feats[0].shape[0], max(frames))
     for j, f in enumerate(feats):
@@ -331,7 +335,7 @@ def _apply_group_norm_layer(layer, x, mean, rstd):
     return layer.activation(h)
 
 
-def cnn_features(model, wav, block_frames=None, progress=None):
+def cnn_features(model, wav, block_frames=None, progress=None, norm_frames=None):
     """The CNN feature encoder's output for a whole waveform, computed in blocks.
 
     Each block of output frames ``[a, b)`` is computed from the samples ``[a * stride,
@@ -339,6 +343,12 @@ def cnn_features(model, wav, block_frames=None, progress=None):
     ``receptive_field - stride`` samples and their frames are exactly those of a
     one-shot run. A group-norm CNN's first layer is normalised with statistics over the
     whole input, gathered in a first pass (two passes over layer 0, one over the rest).
+
+    With ``norm_frames``, an input longer than that many frames is normalised locally
+    instead: each block with the statistics of the ``norm_frames`` frames centred on it
+    (moved inside the input at its ends), i.e. of that stretch of audio as if it were a
+    file of its own: what the model saw in training on single utterances, and what each
+    window of the windowed mode sees.
 
     Arguments
     ---------
@@ -348,6 +358,8 @@ def cnn_features(model, wav, block_frames=None, progress=None):
         (N,) waveform at 16 kHz.
     block_frames : int, optional
         Output frames per block (default: 10 s of audio).
+    norm_frames : int, optional
+        Span of the group-norm statistics in output frames (default: the whole input).
     progress : tqdm.tqdm, optional
         Updated once per block (and per statistics block).
 
@@ -396,12 +408,20 @@ def cnn_features(model, wav, block_frames=None, progress=None):
                     f"{norm.num_channels} channels; only per-channel group norm is supported"
                 )
             s0 = layers[0].conv.stride[0]
-            mean, rstd = _group_norm_stats(
-                layers[0], wav, block_frames * (stride // s0), dtype, device, bar
-            )
+            local = norm_frames is not None and total > norm_frames
+            if not local:
+                mean, rstd = _group_norm_stats(
+                    layers[0], wav, block_frames * (stride // s0), dtype, device, bar
+                )
         out = torch.empty(channels, total, device=device, dtype=dtype)
         for a in range(0, total, block_frames):
             b = min(a + block_frames, total)
+            if group and local:
+                lo = min(max(0, (a + b - norm_frames) // 2), total - norm_frames)
+                span = wav[lo * stride:(lo + norm_frames - 1) * stride + field_]
+                mean, rstd = _group_norm_stats(layers[0], span, norm_frames * (stride // s0),
+                                               dtype, device, _NoProgress())
+                bar.update(1)
             x = wav[a * stride:(b - 1) * stride + field_].to(device=device, dtype=dtype)
             x = x[None, None]
             for i, layer in enumerate(layers):
@@ -583,7 +603,12 @@ def bimamba2_blockwise(mixer, x, block=DEFAULT_ENCODER_BLOCK,
         _scan_direction(mixer.bwd, mixer.in_proj, None, x, block, True, y, cache=cache)
         if mixer.combine == "mean":
             y.mul_(0.5)
-        return _TimeBlocked(mixer.out_proj, block)(y)
+        lin = mixer.out_proj
+        if lin.in_features != lin.out_features:
+            return _TimeBlocked(lin, block)(y)
+        for a in range(0, y.shape[1], block):  # in place: no second (T, C) buffer
+            y[:, a:a + block] = lin(y[:, a:a + block])
+        return y
     raise ConfigError(f"{type(mixer).__name__} has no blockwise scan; call it directly")
 
 
@@ -1048,6 +1073,11 @@ class Transcriber:
     projection_cache_mb : float
         One-pass mode: memory for the reused in_proj features of a shared-projection
         student (:func:`bimamba2_blockwise`).
+    norm_window_s : float or None
+        One-pass mode, group-norm CNN (wav2vec2-base style): seconds of audio around
+        each CNN block whose statistics normalise it (default 30, the span each
+        window of the windowed mode normalises over by default); ``None`` or 0: the
+        whole file, as a plain call of the model.
     info : dict, optional
         The folder's ``cald_info.json``.
 
@@ -1074,7 +1104,9 @@ class Transcriber:
     def __init__(self, model, tokenizer, device="cpu", window_s=DEFAULT_WINDOW_S,
                  overlap_s=DEFAULT_OVERLAP_S, cnn_block_s=DEFAULT_CNN_BLOCK_S,
                  encoder_block=DEFAULT_ENCODER_BLOCK,
-                 projection_cache_mb=DEFAULT_PROJECTION_CACHE_MB, info=None):
+                 projection_cache_mb=DEFAULT_PROJECTION_CACHE_MB,
+                 norm_window_s=DEFAULT_NORM_WINDOW_S,
+                 info=None):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
@@ -1109,6 +1141,12 @@ class Transcriber:
         if projection_cache_mb < 0:
             raise ConfigError(f"projection_cache_mb must be >= 0, got {projection_cache_mb}")
         self.projection_cache_mb = float(projection_cache_mb)
+        if norm_window_s is not None and norm_window_s < 0:
+            raise ConfigError(f"norm_window_s must be >= 0 (0: whole file), got {norm_window_s}")
+        self.norm_window_s = float(norm_window_s) if norm_window_s else None
+        self.norm_frames = (None if self.norm_window_s is None else max(
+            1, int(frame_lengths(model, max(self.receptive_field,
+                                            int(self.norm_window_s * SAMPLE_RATE))))))
         self.linear = _is_linear(model)
         self.dtype = next(model.parameters()).dtype
         enable_feature_input(self.model)
@@ -1221,7 +1259,8 @@ class Transcriber:
         bar = _progress_bar(progress, _cnn_blocks(self.model, wav.numel(), self.cnn_block),
                             "CNN", "block")
         try:
-            feats = cnn_features(self.model, wav, self.cnn_block, progress=bar)
+            feats = cnn_features(self.model, wav, self.cnn_block, progress=bar,
+                                 norm_frames=self.norm_frames)
         finally:
             bar.close()
         bar = _progress_bar(progress, layers, "encoder", "layer")
@@ -1566,6 +1605,10 @@ def build_parser():
     p.add_argument("--overlap-s", type=float, default=DEFAULT_OVERLAP_S, metavar="S",
                    help=f"context in seconds on each side of a window (default "
                         f"{DEFAULT_OVERLAP_S:g})")
+    p.add_argument("--norm-window-s", type=float, default=DEFAULT_NORM_WINDOW_S, metavar="S",
+                   help="one-pass mode, group-norm CNN: normalise each stretch of audio with "
+                        f"the statistics of the S seconds around it (default "
+                        f"{DEFAULT_NORM_WINDOW_S:g}; 0: the whole file)")
     p.add_argument("--mode", default="auto", choices=MODES,
                    help="auto: one-pass for linear students, windows for the rest")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
@@ -1654,7 +1697,8 @@ def main(argv=None):
         return _classify_main(args, cap)
     try:
         asr = Transcriber.from_pretrained(args.model, device=args.device,
-                                          window_s=args.chunk_s, overlap_s=args.overlap_s)
+                                          window_s=args.chunk_s, overlap_s=args.overlap_s,
+                                          norm_window_s=args.norm_window_s)
     except CaldError as exc:
         print(f"cald-transcribe: error: cannot load the model: {exc}", file=sys.stderr)
         return min(len(files), cap)

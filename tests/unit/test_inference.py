@@ -71,6 +71,57 @@ def test_blockwise_cnn_equals_one_shot(teachers, norm, seconds, block):
     assert torch.allclose(blocks, whole, atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("block", [97, 300])
+def test_local_group_norm_statistics_are_those_of_the_span_alone(teachers, block):
+    # With norm_frames, each block is normalised with the statistics of the norm_frames
+    # frames centred on it: its frames equal those of that span run as a file of its own.
+    model = teachers["group"]
+    field_, stride = cnn_geometry(model.config)
+    wav = _wav(2.0, seed=3)
+    wav[8000:] *= 4.0  # louder second half: the statistics differ along the file
+    total, span = int(frame_lengths(model, wav.numel())), 300
+    local = cnn_features(model, wav, block_frames=block, norm_frames=span)
+    whole = cnn_features(model, wav, block_frames=block)
+    assert local.shape == whole.shape
+    assert not torch.allclose(local, whole, atol=1e-3)
+    for a in range(0, total, block):
+        b = min(a + block, total)
+        lo = min(max(0, (a + b - span) // 2), total - span)
+        alone = cnn_features(model, wav[lo * stride:(lo + span - 1) * stride + field_])
+        assert alone.shape[-1] == span
+        torch.testing.assert_close(local[:, a:b], alone[:, a - lo:b - lo], atol=2e-5, rtol=1e-4)
+    # a span as long as the input, or a layer-norm CNN: the plain whole-input result
+    torch.testing.assert_close(cnn_features(model, wav, block, norm_frames=total), whole)
+    layer = teachers["layer"]
+    torch.testing.assert_close(cnn_features(layer, wav, block, norm_frames=span),
+                               cnn_features(layer, wav, block))
+
+
+def test_one_pass_normalises_locally_unless_told_otherwise(student):
+    wav = _wav(2.0, seed=1)
+    wav[16000:] *= 5.0
+    kw = dict(encoder_block=256, cnn_block_s=0.3)
+    exact = Transcriber(student, CharTokenizer(), norm_window_s=0, **kw)
+    assert exact.norm_frames is None
+    plain = exact.log_probs(wav, mode="plain")
+    torch.testing.assert_close(exact.log_probs(wav, mode="one-pass"), plain,
+                               atol=1e-4, rtol=1e-4)
+    local = Transcriber(student, CharTokenizer(), norm_window_s=0.5, **kw)
+    assert local.norm_frames == int(frame_lengths(student, 8000))
+    feats = cnn_features(student, wav, local.cnn_block, norm_frames=local.norm_frames)
+    with torch.no_grad(), long_form(student, block=256):
+        expected = torch.log_softmax(student(feats[None]).logits[0].float(), dim=-1)
+    one = local.log_probs(wav, mode="one-pass")
+    torch.testing.assert_close(one, expected, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(one, plain, atol=1e-3)
+    # files within the window keep whole-file statistics
+    short = _wav(0.4, seed=2)
+    torch.testing.assert_close(local.log_probs(short, mode="one-pass"),
+                               exact.log_probs(short, mode="one-pass"))
+    with pytest.raises(ConfigError, match="norm_window_s"):
+        Transcriber(student, CharTokenizer(), norm_window_s=-1.0)
+
+
 def test_cnn_geometry_matches_frame_lengths(teachers):
     model = teachers["layer"]
     field_, stride = cnn_geometry(model.config)
@@ -84,8 +135,10 @@ def test_cnn_geometry_matches_frame_lengths(teachers):
 def test_bimamba2_blockwise_equals_plain_call():
     torch.manual_seed(0)
     x = torch.randn(1, 101, 32)
-    for cls, combine in ((BiMamba2, "sum"), (BiMamba2Shared, "mean")):
-        m = cls(32, 4, d_state=8, chunk_size=16, combine=combine).eval()
+    # expand=2: the shared mixer's out_proj changes the width (not done in place)
+    for cls, combine, expand in ((BiMamba2, "sum", 1), (BiMamba2Shared, "mean", 1),
+                                 (BiMamba2Shared, "sum", 2)):
+        m = cls(32, 4, d_state=8, chunk_size=16, combine=combine, expand=expand).eval()
         with torch.no_grad():
             ref = m(x)
             for block in (3, 32, 500):
