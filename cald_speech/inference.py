@@ -22,9 +22,11 @@ How long audio is computed (``mode``)
     - the CNN front end runs over blocks of the waveform that overlap by its receptive
       field minus its stride (:func:`cnn_geometry`), which gives exactly the frames of
       a one-shot run (:func:`cnn_features`). A group-norm CNN (wav2vec2-base,
-      ``feat_extract_norm="group"``) normalises each channel of its first layer over
-      the whole file; its statistics are accumulated in a first pass over the file,
-      then applied block by block, so that it is exact too;
+      ``feat_extract_norm="group"``) normalises each channel of its first layer with
+      statistics gathered in a first pass over the file: by default those of the 30 s
+      around each 10 s block (``norm_window_s``), the span a model trained on single
+      utterances expects and the one each window of the windowed mode uses; with
+      ``norm_window_s=0`` those of the whole file, exactly as a plain call;
     - the encoder sees the whole sequence at once, without any ``T x T`` mask; its
       time-local parts (feature projection, positional convolution, feed-forward
       blocks) are computed in blocks of frames and BiMamba2 mixers scan their
@@ -264,43 +266,44 @@ def cnn_geometry(config):
     return field_, stride
 
 
-def _group_norm_stats(layer, wav, block_frames, dtype, device, progress):
-    """Per-channel mean and 1/std of conv layer 0's output over the whole waveform.
+def _group_norm_pieces(layer, wav, piece_frames, device, dtype, progress):
+    """(count, mean, M2) per channel of conv layer 0's output, per piece of the waveform.
 
-    Blocks of layer-0 frames are disjoint; their (count, mean, M2) are merged with
-    Chan's parallel formula in float64.
+    Pieces are disjoint runs of ``piece_frames`` layer-0 frames (the last may be
+    shorter); returns ``counts`` (P,), ``means`` (P, C) and ``m2s`` (P, C) in float64.
     """
     conv = layer.conv
     k, s = conv.kernel_size[0], conv.stride[0]
     total = (wav.numel() - k) // s + 1
-    count, mean, m2 = 0, None, None
-    for f0 in range(0, total, block_frames):
-        f1 = min(f0 + block_frames, total)
+    counts, means, m2s = [], [], []
+    for f0 in range(0, total, piece_frames):
+        f1 = min(f0 + piece_frames, total)
         x = wav[f0 * s:(f1 - 1) * s + k].to(device=device, dtype=dtype)[None, None]
         h = conv(x)[0]
         var_b, mean_b = torch.var_mean(h.float(), dim=-1, correction=0)
-        n_b = h.shape[-1]
-        mean_b, m2_b = mean_b.double(), var_b.double() * n_b
-        if mean is None:
-            count, mean, m2 = n_b, mean_b, m2_b
-        else:
-            delta = mean_b - mean
-            new = count + n_b
-            mean = mean + delta * (n_b / new)
-            m2 = m2 + m2_b + delta.square() * (count * n_b / new)
-            count = new
+        counts.append(h.shape[-1])
+        means.append(mean_b.double())
+        m2s.append(var_b.double() * h.shape[-1])
         progress.update(1)
-    var = m2 / count
-    rstd = torch.rsqrt(var + layer.layer_norm.eps)
+    counts = torch.tensor(counts, dtype=torch.float64, device=means[0].device)
+    return counts, torch.stack(means), torch.stack(m2s)
+
+
+def _merged_norm(layer, counts, means, m2s, dtype):
+    """Mean and 1/std of the union of pieces (the exact parallel-variance formula)."""
+    n = counts.sum()
+    mean = (counts[:, None] * means).sum(0) / n
+    m2 = m2s.sum(0) + (counts[:, None] * (means - mean).square()).sum(0)
+    rstd = torch.rsqrt(m2 / n + layer.layer_norm.eps)
     return mean.to(dtype), rstd.to(dtype)
 
 
-def padded_features(model, waveforms, device, block_frames=None, norm_frames=None):
+def padded_features(model, waveforms, device, block_frames=None, norm_blocks=None):
     """CNN features of each waveform computed alone, padded into one batch.
 
     A group-norm front end normalises over the whole input, so the CNN must not see
     another item's padding; the encoder then takes the padded features with the
-    sample mask. ``block_frames`` and ``norm_frames`` are passed to
+    sample mask. ``block_frames`` and ``norm_blocks`` are passed to
     :func:`cnn_features`.
 
     Returns
@@ -312,7 +315,7 @@ def padded_features(model, waveforms, device, block_frames=None, norm_frames=Non
     frames : list of int
         Valid frames per item.
     """
-    feats = [cnn_features(model, w.to(device), block_frames, norm_frames=norm_frames)
+    feats = [cnn_features(model, w.to(device), block_frames, norm_blocks=norm_blocks)
              for w in waveforms]
     frames = [f.shape[-1] for f in feats]
     batch = feats[0].new_zeros(len(feats), feats[0].shape[0], max(frames))
@@ -335,7 +338,7 @@ def _apply_group_norm_layer(layer, x, mean, rstd):
     return layer.activation(h)
 
 
-def cnn_features(model, wav, block_frames=None, progress=None, norm_frames=None):
+def cnn_features(model, wav, block_frames=None, progress=None, norm_blocks=None):
     """The CNN feature encoder's output for a whole waveform, computed in blocks.
 
     Each block of output frames ``[a, b)`` is computed from the samples ``[a * stride,
@@ -344,11 +347,12 @@ def cnn_features(model, wav, block_frames=None, progress=None, norm_frames=None)
     one-shot run. A group-norm CNN's first layer is normalised with statistics over the
     whole input, gathered in a first pass (two passes over layer 0, one over the rest).
 
-    With ``norm_frames``, an input longer than that many frames is normalised locally
-    instead: each block with the statistics of the ``norm_frames`` frames centred on it
-    (moved inside the input at its ends), i.e. of that stretch of audio as if it were a
-    file of its own: what the model saw in training on single utterances, and what each
-    window of the windowed mode sees.
+    With ``norm_blocks``, an input of more blocks than that is normalised locally
+    instead: the statistics are gathered per block (over the layer-0 frames that start
+    in it) and each block is normalised with those of the ``norm_blocks`` blocks
+    centred on it (moved inside the input at its ends), i.e. with the statistics of a
+    stretch of audio of about the length the model saw in training, as each window of
+    the windowed mode is. Same cost as whole-input statistics.
 
     Arguments
     ---------
@@ -358,8 +362,8 @@ def cnn_features(model, wav, block_frames=None, progress=None, norm_frames=None)
         (N,) waveform at 16 kHz.
     block_frames : int, optional
         Output frames per block (default: 10 s of audio).
-    norm_frames : int, optional
-        Span of the group-norm statistics in output frames (default: the whole input).
+    norm_blocks : int, optional
+        Span of the group-norm statistics in blocks (default: the whole input).
     progress : tqdm.tqdm, optional
         Updated once per block (and per statistics block).
 
@@ -407,21 +411,22 @@ def cnn_features(model, wav, block_frames=None, progress=None, norm_frames=None)
                     f"first CNN layer has GroupNorm with {norm.num_groups} groups for "
                     f"{norm.num_channels} channels; only per-channel group norm is supported"
                 )
+            # piece i of layer-0 frames starts at the first sample of block i
             s0 = layers[0].conv.stride[0]
-            local = norm_frames is not None and total > norm_frames
+            pieces = _group_norm_pieces(layers[0], wav, block_frames * (stride // s0),
+                                        device, dtype, bar)
+            n_pieces = pieces[0].numel()
+            local = norm_blocks is not None and n_pieces > norm_blocks
             if not local:
-                mean, rstd = _group_norm_stats(
-                    layers[0], wav, block_frames * (stride // s0), dtype, device, bar
-                )
+                mean, rstd = _merged_norm(layers[0], *pieces, dtype)
         out = torch.empty(channels, total, device=device, dtype=dtype)
         for a in range(0, total, block_frames):
             b = min(a + block_frames, total)
             if group and local:
-                lo = min(max(0, (a + b - norm_frames) // 2), total - norm_frames)
-                span = wav[lo * stride:(lo + norm_frames - 1) * stride + field_]
-                mean, rstd = _group_norm_stats(layers[0], span, norm_frames * (stride // s0),
-                                               dtype, device, _NoProgress())
-                bar.update(1)
+                lo = min(max(0, a // block_frames - (norm_blocks - 1) // 2),
+                         n_pieces - norm_blocks)
+                window = slice(lo, lo + norm_blocks)
+                mean, rstd = _merged_norm(layers[0], *(t[window] for t in pieces), dtype)
             x = wav[a * stride:(b - 1) * stride + field_].to(device=device, dtype=dtype)
             x = x[None, None]
             for i, layer in enumerate(layers):
@@ -1075,9 +1080,10 @@ class Transcriber:
         student (:func:`bimamba2_blockwise`).
     norm_window_s : float or None
         One-pass mode, group-norm CNN (wav2vec2-base style): seconds of audio around
-        each CNN block whose statistics normalise it (default 30, the span each
-        window of the windowed mode normalises over by default); ``None`` or 0: the
-        whole file, as a plain call of the model.
+        each CNN block whose statistics normalise it, in whole blocks of
+        ``cnn_block_s`` (default 30 s = 3 blocks, the span each window of the windowed
+        mode normalises over by default); ``None`` or 0: the whole file, as a plain
+        call of the model.
     info : dict, optional
         The folder's ``cald_info.json``.
 
@@ -1144,9 +1150,8 @@ class Transcriber:
         if norm_window_s is not None and norm_window_s < 0:
             raise ConfigError(f"norm_window_s must be >= 0 (0: whole file), got {norm_window_s}")
         self.norm_window_s = float(norm_window_s) if norm_window_s else None
-        self.norm_frames = (None if self.norm_window_s is None else max(
-            1, int(frame_lengths(model, max(self.receptive_field,
-                                            int(self.norm_window_s * SAMPLE_RATE))))))
+        self.norm_blocks = (None if self.norm_window_s is None else
+                            max(1, round(self.norm_window_s / cnn_block_s)))
         self.linear = _is_linear(model)
         self.dtype = next(model.parameters()).dtype
         enable_feature_input(self.model)
@@ -1260,7 +1265,7 @@ class Transcriber:
                             "CNN", "block")
         try:
             feats = cnn_features(self.model, wav, self.cnn_block, progress=bar,
-                                 norm_frames=self.norm_frames)
+                                 norm_blocks=self.norm_blocks)
         finally:
             bar.close()
         bar = _progress_bar(progress, layers, "encoder", "layer")

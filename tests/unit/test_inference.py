@@ -71,30 +71,43 @@ def test_blockwise_cnn_equals_one_shot(teachers, norm, seconds, block):
     assert torch.allclose(blocks, whole, atol=2e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("block", [97, 300])
-def test_local_group_norm_statistics_are_those_of_the_span_alone(teachers, block):
-    # With norm_frames, each block is normalised with the statistics of the norm_frames
-    # frames centred on it: its frames equal those of that span run as a file of its own.
+@pytest.mark.parametrize("k", [1, 3])
+def test_local_group_norm_statistics(teachers, k):
+    # With norm_blocks=k, block i is normalised with the statistics of the layer-0
+    # frames of the k pieces centred on it (piece j = the layer-0 frames that start in
+    # block j); the reference takes them straight from one conv0 pass in float64.
     model = teachers["group"]
+    layers = model.wav2vec2.feature_extractor.conv_layers
     field_, stride = cnn_geometry(model.config)
-    wav = _wav(2.0, seed=3)
+    s0 = layers[0].conv.stride[0]
+    wav = _wav(2.0, seed=3) + 0.05
     wav[8000:] *= 4.0  # louder second half: the statistics differ along the file
-    total, span = int(frame_lengths(model, wav.numel())), 300
-    local = cnn_features(model, wav, block_frames=block, norm_frames=span)
+    total, block = int(frame_lengths(model, wav.numel())), 97
+    local = cnn_features(model, wav, block_frames=block, norm_blocks=k)
     whole = cnn_features(model, wav, block_frames=block)
     assert local.shape == whole.shape
     assert not torch.allclose(local, whole, atol=1e-3)
-    for a in range(0, total, block):
-        b = min(a + block, total)
-        lo = min(max(0, (a + b - span) // 2), total - span)
-        alone = cnn_features(model, wav[lo * stride:(lo + span - 1) * stride + field_])
-        assert alone.shape[-1] == span
-        torch.testing.assert_close(local[:, a:b], alone[:, a - lo:b - lo], atol=2e-5, rtol=1e-4)
-    # a span as long as the input, or a layer-norm CNN: the plain whole-input result
-    torch.testing.assert_close(cnn_features(model, wav, block, norm_frames=total), whole)
-    layer = teachers["layer"]
-    torch.testing.assert_close(cnn_features(layer, wav, block, norm_frames=span),
-                               cnn_features(layer, wav, block))
+    with torch.no_grad():
+        h0 = layers[0].conv(wav[None, None])[0].double()  # (C, T0)
+        piece = block * stride // s0
+        n_pieces = -(-h0.shape[-1] // piece)
+        norm = layers[0].layer_norm
+        for i, a in enumerate(range(0, total, block)):
+            b = min(a + block, total)
+            lo = min(max(0, i - (k - 1) // 2), n_pieces - k)
+            span = h0[:, lo * piece:(lo + k) * piece]
+            mean, var = span.mean(-1, keepdim=True), span.var(-1, correction=0, keepdim=True)
+            x = layers[0].conv(wav[a * stride:(b - 1) * stride + field_][None, None]).double()
+            x = (x - mean) / torch.sqrt(var + norm.eps) * norm.weight[:, None] + norm.bias[:, None]
+            x = layers[0].activation(x.float())
+            for layer in layers[1:]:
+                x = layer(x)
+            torch.testing.assert_close(local[:, a:b], x[0], atol=2e-5, rtol=1e-4)
+        # as many blocks as the input has, or a layer-norm CNN: whole-input statistics
+        torch.testing.assert_close(cnn_features(model, wav, block, norm_blocks=n_pieces), whole)
+        layer_cnn = teachers["layer"]
+        torch.testing.assert_close(cnn_features(layer_cnn, wav, block, norm_blocks=k),
+                                   cnn_features(layer_cnn, wav, block))
 
 
 def test_one_pass_normalises_locally_unless_told_otherwise(student):
@@ -102,20 +115,20 @@ def test_one_pass_normalises_locally_unless_told_otherwise(student):
     wav[16000:] *= 5.0
     kw = dict(encoder_block=256, cnn_block_s=0.3)
     exact = Transcriber(student, CharTokenizer(), norm_window_s=0, **kw)
-    assert exact.norm_frames is None
+    assert exact.norm_blocks is None
     plain = exact.log_probs(wav, mode="plain")
     torch.testing.assert_close(exact.log_probs(wav, mode="one-pass"), plain,
                                atol=1e-4, rtol=1e-4)
-    local = Transcriber(student, CharTokenizer(), norm_window_s=0.5, **kw)
-    assert local.norm_frames == int(frame_lengths(student, 8000))
-    feats = cnn_features(student, wav, local.cnn_block, norm_frames=local.norm_frames)
+    local = Transcriber(student, CharTokenizer(), norm_window_s=0.6, **kw)
+    assert local.norm_blocks == 2
+    feats = cnn_features(student, wav, local.cnn_block, norm_blocks=2)
     with torch.no_grad(), long_form(student, block=256):
         expected = torch.log_softmax(student(feats[None]).logits[0].float(), dim=-1)
     one = local.log_probs(wav, mode="one-pass")
     torch.testing.assert_close(one, expected, atol=1e-4, rtol=1e-4)
     assert not torch.allclose(one, plain, atol=1e-3)
-    # files within the window keep whole-file statistics
-    short = _wav(0.4, seed=2)
+    # files of at most two CNN blocks keep whole-file statistics
+    short = _wav(0.5, seed=2)
     torch.testing.assert_close(local.log_probs(short, mode="one-pass"),
                                exact.log_probs(short, mode="one-pass"))
     with pytest.raises(ConfigError, match="norm_window_s"):
