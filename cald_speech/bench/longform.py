@@ -45,6 +45,7 @@ from cald_speech.bench.report import (
 from cald_speech.bench.wer import error_rates, read_items
 from cald_speech.data.audio import SAMPLE_RATE
 from cald_speech.errors import AudioError, CaldError, DataError
+from cald_speech.inference import DEFAULT_NORM_WINDOW_S
 
 __all__ = ["build_recording", "main"]
 
@@ -132,6 +133,10 @@ def build_parser():
     p.add_argument("--gap-s", type=float, default=0.5, help="silence between utterances (s)")
     p.add_argument("--window-s", type=float, default=30.0, help="teacher window (s)")
     p.add_argument("--overlap-s", type=float, default=2.0, help="window context per side (s)")
+    p.add_argument("--norm-window-s", type=float, default=DEFAULT_NORM_WINDOW_S, metavar="S",
+                   help="one-pass systems, group-norm CNN: seconds of audio whose statistics "
+                        f"normalise each stretch (default {DEFAULT_NORM_WINDOW_S:g}; 0: the "
+                        "whole recording)")
     p.add_argument("--teacher-onepass", action="store_true",
                    help="also run the teacher over the whole recording at once")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -173,8 +178,8 @@ def main(argv=None):
         role, mode = SYSTEMS[system]
         cfg = dict(model=str(args.teacher if role == "teacher" else args.student),
                    system=system, mode=mode, audio=rec["path"], window_s=args.window_s,
-                   overlap_s=args.overlap_s, device=args.device, threads=args.threads,
-                   return_text=True)
+                   overlap_s=args.overlap_s, norm_window_s=args.norm_window_s,
+                   device=args.device, threads=args.threads, return_text=True)
         print(f"running {system} ...", file=sys.stderr)
         if args.in_process:
             from cald_speech.bench.speed import run_config

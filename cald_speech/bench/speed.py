@@ -171,7 +171,7 @@ def run_config(cfg):
     cfg : dict
         ``model`` (folder), ``mode`` (``one-pass`` / ``windowed``), ``minutes`` (synthetic
         audio) or ``audio`` (a file to transcribe), ``window_s``, ``overlap_s``,
-        ``device``, ``threads``, ``return_text``.
+        ``norm_window_s``, ``device``, ``threads``, ``return_text``.
 
     Returns
     -------
@@ -180,14 +180,16 @@ def run_config(cfg):
         the :class:`~cald_speech.bench.report.MemoryMeter` fields, ``threads`` and, with
         ``return_text``, ``text``.
     """
-    from cald_speech.inference import Transcriber
+    from cald_speech.inference import DEFAULT_NORM_WINDOW_S, Transcriber
 
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
     device = cfg.get("device", "cpu")
     asr = Transcriber.from_pretrained(cfg["model"], device=device,
                                       window_s=cfg.get("window_s", 30.0),
-                                      overlap_s=cfg.get("overlap_s", 2.0))
+                                      overlap_s=cfg.get("overlap_s", 2.0),
+                                      norm_window_s=cfg.get("norm_window_s",
+                                                            DEFAULT_NORM_WINDOW_S))
     mode = cfg["mode"]
     asr.transcribe_waveform(synthetic_audio(WARMUP_S, seed=1), mode=mode, progress=False)
     audio = cfg.get("audio")
