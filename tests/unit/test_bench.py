@@ -156,7 +156,7 @@ def test_longform_benchmark(tmp_path, models):
     code = cli.main(["longform", "--teacher", models["teacher"], "--student",
                      models["student"], "--csv", str(csv_path), "--minutes", "0.03",
                      "--gap-s", "0.1", "--window-s", "0.4", "--overlap-s", "0.05",
-                     "--out-dir", str(out), "--in-process"])
+                     "--norm-window-s", "0.5", "--out-dir", str(out), "--in-process"])
     assert code == 0
     doc = json.loads((out / "longform.json").read_text())
     rec = doc["recording"]
@@ -171,6 +171,7 @@ def test_longform_benchmark(tmp_path, models):
     assert systems["student-onepass"]["result_mode"] == "one-pass"
     assert "agreement_with_teacher_windowed" in systems["student-onepass"]
     assert all(r["scores"]["ref_words"] == len(ref) for r in systems.values())
+    assert all(r["norm_window_s"] == 0.5 for r in systems.values())
 
 
 def test_cli_usage():
