@@ -1614,6 +1614,11 @@ def build_parser():
                    help="one-pass mode, group-norm CNN: normalise each stretch of audio with "
                         f"the statistics of the S seconds around it (default "
                         f"{DEFAULT_NORM_WINDOW_S:g}; 0: the whole file)")
+    p.add_argument("--projection-cache-mb", type=float, default=DEFAULT_PROJECTION_CACHE_MB,
+                   metavar="MB",
+                   help="one-pass mode, shared-projection student: memory for input "
+                        "projections reused by the backward scan (default "
+                        f"{DEFAULT_PROJECTION_CACHE_MB:g}; 0: recompute them, slower)")
     p.add_argument("--mode", default="auto", choices=MODES,
                    help="auto: one-pass for linear students, windows for the rest")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
@@ -1703,7 +1708,8 @@ def main(argv=None):
     try:
         asr = Transcriber.from_pretrained(args.model, device=args.device,
                                           window_s=args.chunk_s, overlap_s=args.overlap_s,
-                                          norm_window_s=args.norm_window_s)
+                                          norm_window_s=args.norm_window_s,
+                                          projection_cache_mb=args.projection_cache_mb)
     except CaldError as exc:
         print(f"cald-transcribe: error: cannot load the model: {exc}", file=sys.stderr)
         return min(len(files), cap)

@@ -68,6 +68,7 @@ from cald_speech.bench.report import (
 )
 from cald_speech.data.audio import SAMPLE_RATE
 from cald_speech.errors import CaldError, ConfigError
+from cald_speech.inference import DEFAULT_NORM_WINDOW_S, DEFAULT_PROJECTION_CACHE_MB
 
 SYSTEMS = ("teacher-onepass", "teacher-windowed", "student-onepass")
 #: How each system runs (Transcriber mode) and which kind of model it needs.
@@ -123,6 +124,11 @@ def build_parser():
     p.add_argument("--overlap-s", type=float, default=2.0,
                    help="teacher context on each side of a window (s)")
     p.add_argument("--mixer", default="bimamba2", help="student mixer for --shape")
+    p.add_argument("--projection-cache-mb", type=float, default=DEFAULT_PROJECTION_CACHE_MB,
+                   metavar="MB",
+                   help="one-pass student with a shared-projection mixer: memory for the "
+                        "input projections its backward scan reuses (default "
+                        f"{DEFAULT_PROJECTION_CACHE_MB:g}; 0: recompute them)")
     p.add_argument("--tiny", action="store_true",
                    help="--shape with tiny widths (for tests and smoke runs)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -171,7 +177,8 @@ def run_config(cfg):
     cfg : dict
         ``model`` (folder), ``mode`` (``one-pass`` / ``windowed``), ``minutes`` (synthetic
         audio) or ``audio`` (a file to transcribe), ``window_s``, ``overlap_s``,
-        ``norm_window_s``, ``device``, ``threads``, ``return_text``.
+        ``norm_window_s``, ``projection_cache_mb``, ``device``, ``threads``,
+        ``return_text``.
 
     Returns
     -------
@@ -180,7 +187,7 @@ def run_config(cfg):
         the :class:`~cald_speech.bench.report.MemoryMeter` fields, ``threads`` and, with
         ``return_text``, ``text``.
     """
-    from cald_speech.inference import DEFAULT_NORM_WINDOW_S, Transcriber
+    from cald_speech.inference import Transcriber
 
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
@@ -189,7 +196,9 @@ def run_config(cfg):
                                       window_s=cfg.get("window_s", 30.0),
                                       overlap_s=cfg.get("overlap_s", 2.0),
                                       norm_window_s=cfg.get("norm_window_s",
-                                                            DEFAULT_NORM_WINDOW_S))
+                                                            DEFAULT_NORM_WINDOW_S),
+                                      projection_cache_mb=cfg.get(
+                                          "projection_cache_mb", DEFAULT_PROJECTION_CACHE_MB))
     mode = cfg["mode"]
     asr.transcribe_waveform(synthetic_audio(WARMUP_S, seed=1), mode=mode, progress=False)
     audio = cfg.get("audio")
@@ -269,7 +278,8 @@ def plan(models, args):
                 cfgs.append(dict(model=folder, group=group, label=label, system=system, mode=mode,
                                  minutes=minutes, window_s=args.window_s,
                                  overlap_s=args.overlap_s, device=args.device,
-                                 threads=args.threads))
+                                 threads=args.threads,
+                                 projection_cache_mb=args.projection_cache_mb))
     return cfgs
 
 

@@ -494,6 +494,21 @@ def test_intent_and_ctc_folders_are_told_apart(intent_folder, folders):
         Classifier.from_pretrained(folders["student"])
 
 
+def test_cli_passes_the_one_pass_options(tmp_path, folders, monkeypatch):
+    good, _, _ = _bad_inputs(tmp_path)
+    seen = {}
+    load = Transcriber.from_pretrained.__func__
+
+    def spy(cls, folder, **kwargs):
+        seen.update(kwargs)
+        return load(cls, folder, **kwargs)
+
+    monkeypatch.setattr(Transcriber, "from_pretrained", classmethod(spy))
+    assert main([str(good), "--model", folders["student"], "--norm-window-s", "0",
+                 "--projection-cache-mb", "0", "--no-progress"]) == 0
+    assert seen["norm_window_s"] == 0 and seen["projection_cache_mb"] == 0
+
+
 def test_cli_classifies_with_an_intent_folder(tmp_path, intent_folder, capsys):
     good = tmp_path / "g.wav"
     sf.write(good, _wav(1.0, 3).numpy(), 22050)
