@@ -298,13 +298,12 @@ def _merged_norm(layer, counts, means, m2s, dtype):
     return mean.to(dtype), rstd.to(dtype)
 
 
-def padded_features(model, waveforms, device, block_frames=None, norm_blocks=None):
+def padded_features(model, waveforms, device, block_frames=None):
     """CNN features of each waveform computed alone, padded into one batch.
 
     A group-norm front end normalises over the whole input, so the CNN must not see
     another item's padding; the encoder then takes the padded features with the
-    sample mask. ``block_frames`` and ``norm_blocks`` are passed to
-    :func:`cnn_features`.
+    sample mask.
 
     Returns
     -------
@@ -315,8 +314,7 @@ def padded_features(model, waveforms, device, block_frames=None, norm_blocks=Non
     frames : list of int
         Valid frames per item.
     """
-    feats = [cnn_features(model, w.to(device), block_frames, norm_blocks=norm_blocks)
-             for w in waveforms]
+    feats = [cnn_features(model, w.to(device), block_frames) for w in waveforms]
     frames = [f.shape[-1] for f in feats]
     batch = feats[0].new_zeros(len(feats), feats[0].shape[0], max(frames))
     for j, f in enumerate(feats):

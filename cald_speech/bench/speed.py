@@ -68,7 +68,13 @@ from cald_speech.bench.report import (
 )
 from cald_speech.data.audio import SAMPLE_RATE
 from cald_speech.errors import CaldError, ConfigError
-from cald_speech.inference import DEFAULT_NORM_WINDOW_S, DEFAULT_PROJECTION_CACHE_MB
+from cald_speech.inference import (
+    DEFAULT_NORM_WINDOW_S,
+    DEFAULT_OVERLAP_S,
+    DEFAULT_PROJECTION_CACHE_MB,
+    DEFAULT_WINDOW_S,
+    Transcriber,
+)
 
 SYSTEMS = ("teacher-onepass", "teacher-windowed", "student-onepass")
 #: How each system runs (Transcriber mode) and which kind of model it needs.
@@ -187,14 +193,12 @@ def run_config(cfg):
         the :class:`~cald_speech.bench.report.MemoryMeter` fields, ``threads`` and, with
         ``return_text``, ``text``.
     """
-    from cald_speech.inference import Transcriber
-
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
     device = cfg.get("device", "cpu")
     asr = Transcriber.from_pretrained(cfg["model"], device=device,
-                                      window_s=cfg.get("window_s", 30.0),
-                                      overlap_s=cfg.get("overlap_s", 2.0),
+                                      window_s=cfg.get("window_s", DEFAULT_WINDOW_S),
+                                      overlap_s=cfg.get("overlap_s", DEFAULT_OVERLAP_S),
                                       norm_window_s=cfg.get("norm_window_s",
                                                             DEFAULT_NORM_WINDOW_S),
                                       projection_cache_mb=cfg.get(
