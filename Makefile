@@ -7,26 +7,47 @@ STAMP  := $(VENV)/.installed-stamp
 EXTRAS ?= dev$(shell command -v nvidia-smi >/dev/null 2>&1 && echo ,cuda)
 DEMO_SCALE ?= small
 
-.PHONY: install system-tools test demo lint clean
+.PHONY: install system-tools test test-interp demo lint clean
+
+# mamba-ssm's Mamba2 kernels are Triton: installed without compiling its CUDA extension
+# (no nvcc, no download from GitHub), after the build requirements its setup.py imports.
+MAMBA_SSM     ?= mamba-ssm==2.3.2.post1
+MAMBA_BUILD   := "setuptools>=61" wheel packaging ninja
+MAMBA_NOBUILD := MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE
+# The same install in a folder of its own, with the numpy Triton's CPU interpreter needs
+# (1.26): the parity tests run the fused kernels there, without a GPU.
+INTERP_SITE   := $(VENV)/triton-interp
+INTERP_STAMP  := $(INTERP_SITE)/.installed-stamp
 
 $(STAMP): setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(MAMBA_BUILD)
 	@if echo "$(EXTRAS)" | grep -q cuda; then \
 	  $(PY) -m pip install -q -e . && \
-	  MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE \
-	    $(PY) -m pip install -q --no-build-isolation mamba-ssm; \
+	  $(MAMBA_NOBUILD) $(PY) -m pip install -q --no-build-isolation "$(MAMBA_SSM)"; \
 	fi
 	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
 	@touch $(STAMP)
+
+$(INTERP_STAMP): $(STAMP) Makefile
+	rm -rf $(INTERP_SITE)
+	$(MAMBA_NOBUILD) $(PY) -m pip install -q --no-build-isolation --no-deps \
+	  --target $(INTERP_SITE) "$(MAMBA_SSM)" einops "numpy==1.26.4"
+	@touch $(INTERP_STAMP)
 
 system-tools:
 	@bash tools/check_system.sh
 
 install: $(STAMP) system-tools
 
-test: install
+test: install $(INTERP_STAMP)
 	$(PY) -m pytest -q
+	@$(MAKE) --no-print-directory test-interp
+
+# The fused Triton kernels on CPU under Triton's interpreter, against the PyTorch path.
+test-interp: $(INTERP_STAMP)
+	TRITON_INTERPRET=1 PYTHONPATH=$(abspath $(INTERP_SITE)) $(PY) -m pytest -q tests/interp
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -42,6 +42,7 @@ from torch import nn
 
 from cald_speech.errors import CaldError, ConfigError, DataError
 from cald_speech.mixers import available_mixers, build_mixer, get_mixer_class
+from cald_speech.mixers.ops.fused import IMPL_ENV
 from cald_speech.student import (
     FAMILIES,
     SUPPORTED_CLASSES,
@@ -588,6 +589,10 @@ def main(argv=None):
     print(f"{type(teacher).__name__} ({len(layers)} layers) -> student in {dst}")
     print(f"mixer {args.mixer}, init {args.init}, kept attention layers: "
           f"{student.cald['keep_attention'] or 'none'}")
+    execution = sorted(set(mixer_cfg) & set(get_mixer_class(args.mixer).execution_options))
+    if execution:
+        print(f"not saved with the model (execution settings, chosen where it runs; "
+              f"the kernel path by ${IMPL_ENV}): {', '.join(execution)}")
     print(format_table(parameter_table(teacher, student)))
     return 0
 

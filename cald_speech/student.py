@@ -56,7 +56,7 @@ from transformers.masking_utils import AttentionMaskInterface
 from transformers.modeling_utils import AttentionInterface
 
 from cald_speech.errors import ConfigError, DataError
-from cald_speech.mixers import Mixer, build_mixer
+from cald_speech.mixers import Mixer, build_saved_mixer
 
 #: Model families that can be converted, with the transformers classes of each.
 FAMILIES = {
@@ -430,7 +430,7 @@ class Student(nn.Module):
         config = transformers.AutoConfig.for_model(**config_dict)
         config._attn_implementation = cald.get("attn_implementation")
         model = model_cls(config)
-        mixers = [None if c is None else build_mixer(**c) for c in cald["mixers"]]
+        mixers = [None if c is None else build_saved_mixer(c) for c in cald["mixers"]]
         install_mixers(model, mixers)
         _load_weights(model, weights, device)
         return cls(model, cald, source_path=str(directory)).eval()

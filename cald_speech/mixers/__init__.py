@@ -10,11 +10,13 @@ False
 """
 
 import inspect
+import logging
 
 from cald_speech.errors import ConfigError
 from cald_speech.mixers.base import Mixer
 
 _REGISTRY = {}
+logger = logging.getLogger(__name__)
 
 
 def register_mixer(cls):
@@ -74,6 +76,28 @@ def build_mixer(name, hidden_size, num_heads, **cfg):
     return cls(hidden_size=hidden_size, num_heads=num_heads, **cfg)
 
 
+def build_saved_mixer(cfg):
+    """Rebuilds a mixer from a saved :meth:`Mixer.mixer_config`.
+
+    Execution options (:attr:`Mixer.execution_options`: kernel path, chunk size) that
+    older saved models still carry are ignored, so a model saved with ``impl="torch"``
+    on a CPU runs its fused kernels on a GPU; set them with ``$CALD_SSD_IMPL`` instead.
+
+    Example
+    -------
+    >>> m = build_saved_mixer({"name": "bimamba2", "hidden_size": 8, "num_heads": 2,
+    ...                        "d_state": 4, "impl": "torch", "chunk_size": 16})
+    >>> m.execution_config()
+    {'impl': None, 'chunk_size': None}
+    """
+    cfg = dict(cfg)
+    cls = get_mixer_class(cfg.pop("name"))
+    dropped = {k: cfg.pop(k) for k in cls.execution_options if k in cfg}
+    if any(v is not None for v in dropped.values()):
+        logger.info("mixer '%s': ignoring saved execution options %s", cls.name, dropped)
+    return build_mixer(cls.name, **cfg)
+
+
 def _load_builtin():
     # Imported lazily so that the registry module stays free of import cycles.
     import importlib
@@ -86,4 +110,5 @@ def _load_builtin():
                 raise
 
 
-__all__ = ["Mixer", "available_mixers", "build_mixer", "get_mixer_class", "register_mixer"]
+__all__ = ["Mixer", "available_mixers", "build_mixer", "build_saved_mixer", "get_mixer_class",
+           "register_mixer"]

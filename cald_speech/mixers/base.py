@@ -38,6 +38,10 @@ class Mixer(nn.Module):
     """
 
     name = "base"
+    #: Options that choose how the mixer runs (kernel path, chunking), not what it
+    #: computes: they are left out of :meth:`mixer_config`, so a saved model runs on
+    #: whatever kernels the machine that loads it has.
+    execution_options = ()
 
     def __init__(self, hidden_size, num_heads):
         super().__init__()
@@ -96,10 +100,14 @@ class Mixer(nn.Module):
         return {}
 
     def mixer_config(self):
-        """Keyword arguments that rebuild this mixer with ``build_mixer(**cfg)``."""
-        return {
-            "name": self.name,
-            "hidden_size": self.hidden_size,
-            "num_heads": self.num_heads,
-            **self._cfg,
-        }
+        """Keyword arguments that rebuild this mixer with ``build_mixer(**cfg)``.
+
+        Without the :attr:`execution_options` (see :meth:`execution_config`).
+        """
+        cfg = {k: v for k, v in self._cfg.items() if k not in self.execution_options}
+        return {"name": self.name, "hidden_size": self.hidden_size,
+                "num_heads": self.num_heads, **cfg}
+
+    def execution_config(self):
+        """The :attr:`execution_options` this mixer was built with."""
+        return {k: self._cfg[k] for k in self.execution_options if k in self._cfg}

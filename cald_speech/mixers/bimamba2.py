@@ -450,12 +450,16 @@ def _copy_attention(core, in_proj, out_proj, q_proj, k_proj, v_proj, o_proj, nam
 
 
 class _BiBase(Mixer):
+    execution_options = ("impl", "chunk_size")
+
     def _set_common(self, combine, **cfg):
         if combine not in _COMBINE:
             raise ConfigError(f"combine must be one of {_COMBINE}, got '{combine}'")
         self.combine = combine
-        # Lists, not tuples, so that the config dumps to YAML/JSON as it is.
+        # Lists, not tuples, so that the config dumps to YAML/JSON as it is; an
+        # unbounded dt_limit is written as null (strict JSON has no Infinity).
         cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
+        cfg["dt_limit"] = [None if math.isinf(v) else v for v in cfg["dt_limit"]]
         self._cfg.update(combine=combine, **cfg)
 
     @classmethod
@@ -486,10 +490,12 @@ def _core_kwargs(hidden_size, num_heads, d_state, expand, headdim, ngroups, d_co
                 f"({num_heads}); set headdim"
             )
         headdim = expand * hidden_size // num_heads
+    lo, hi = dt_limit  # null (None) bounds, as saved configs write them
+    dt_limit = (0.0 if lo is None else float(lo), float("inf") if hi is None else float(hi))
     return dict(d_model=hidden_size, d_state=d_state, expand=expand, headdim=headdim,
                 ngroups=ngroups, d_conv=d_conv, chunk_size=chunk_size, conv_bias=conv_bias,
                 A_init_range=tuple(A_init_range), dt_min=dt_min, dt_max=dt_max,
-                dt_limit=tuple(dt_limit), impl=impl)
+                dt_limit=dt_limit, impl=impl)
 
 
 @register_mixer

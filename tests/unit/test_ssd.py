@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from cald_speech.errors import ConfigError
+from cald_speech.mixers.ops import fused as fused_mod
 from cald_speech.mixers.ops import ssd as ssd_mod
 from cald_speech.mixers.ops.conv import causal_conv1d
 from cald_speech.mixers.ops.ssd import (
@@ -148,12 +149,13 @@ def test_dispatch_forcing_and_logging(monkeypatch, caplog):
     monkeypatch.delenv("CALD_SSD_IMPL")
     with pytest.raises(ConfigError, match="fused"):
         ssd_scan(**args, impl="fused")  # CPU tensors: the fused kernel cannot run
-    monkeypatch.setattr(ssd_mod, "_LOGGED", set())
-    with caplog.at_level(logging.INFO, logger=ssd_mod.__name__):
+    monkeypatch.setattr(fused_mod, "_LOGGED", set())
+    with caplog.at_level(logging.INFO, logger=fused_mod.__name__):
         ssd_scan(**args, impl="auto", **kw)
         ssd_scan(**args, impl="auto", **kw)
     lines = [r.getMessage() for r in caplog.records if "SSD scan" in r.getMessage()]
-    assert lines == ["SSD scan: chunked pure-PyTorch kernel (ssd_chunk_scan_torch)"]
+    assert lines == ["SSD scan: the chunked PyTorch scan (inputs on cpu; the fused kernel "
+                     "runs on CUDA)"]
 
 
 def test_causal_conv1d_matches_loop():

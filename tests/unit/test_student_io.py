@@ -1,6 +1,7 @@
 """Saving, loading and running students (cald_speech.student) and the cald-convert CLI."""
 
 import json
+import logging
 import shutil
 import socket
 from importlib.metadata import entry_points
@@ -99,8 +100,36 @@ def test_folder_layout(tmp_path):
     assert cald["source_class"] == "Wav2Vec2ForCTC"
     assert cald["init"] == "attention" and cald["keep_attention"] == [1]
     assert cald["mixers"][1] is None
-    assert cald["mixers"][0]["name"] == "bimamba2" and cald["mixers"][0]["chunk_size"] == 8
-    assert cald["mixers"][0]["hidden_size"] == 32
+    assert cald["mixers"][0]["name"] == "bimamba2" and cald["mixers"][0]["hidden_size"] == 32
+    # Execution settings stay with the machine, not the model; the file is strict JSON.
+    assert "chunk_size" not in cald["mixers"][0] and "impl" not in cald["mixers"][0]
+    assert cald["mixers"][0]["dt_limit"] == [0.0, None]
+
+    def no_constants(name):
+        raise AssertionError(f"config.json holds {name}: not strict JSON")
+    json.loads((tmp_path / "config.json").read_text(), parse_constant=no_constants)
+
+
+def test_execution_settings_are_not_saved_and_old_folders_load(tmp_path, caplog):
+    teacher = tiny_teacher(head="ctc")
+    student = convert(teacher, mixer="bimamba2", impl="torch", chunk_size=8,
+                      dt_limit=(0.001, 0.5)).eval()
+    student.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["cald"]["mixers"][0]["dt_limit"] == [0.001, 0.5]
+    # A folder written before execution settings were left out: impl, chunk_size and an
+    # Infinity dt_limit in config.json. It loads, with the settings ignored.
+    for mixer in config["cald"]["mixers"]:
+        mixer.update(impl="torch", chunk_size=8, dt_limit=[0.0, float("inf")])
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with caplog.at_level(logging.INFO, logger="cald_speech.mixers"):
+        loaded = load_model(tmp_path)
+    assert any("ignoring saved execution options" in r.getMessage() for r in caplog.records)
+    for layer in loaded.model.wav2vec2.encoder.layers:
+        mixer = layer.attention.mixer
+        assert mixer.execution_config() == {"impl": None, "chunk_size": None}
+        assert mixer.fwd.impl is None and mixer.fwd.chunk_size is None
+        assert mixer.fwd.dt_limit == (0.0, float("inf"))
 
 
 def test_tokenizer_and_label_files_travel(tmp_path, offline):
@@ -223,8 +252,8 @@ def test_cli_converts_a_folder(tmp_path, capsys):
         assert word in out
     student = load_model(dst)
     assert student.layer_kinds() == ["attention", "mixer:bimamba2"]
-    assert student.cald["mixers"][1]["chunk_size"] == 16
-    assert student.cald["mixers"][1]["impl"] == "torch"
+    assert "chunk_size" not in student.cald["mixers"][1]
+    assert "not saved with the model" in out and "chunk_size, impl" in out
     assert (dst / "vocab.json").is_file()
     layer = encoder_layers(student.model)[1].attention.mixer
     out_proj = encoder_layers(teacher)[1].attention.out_proj

@@ -12,21 +12,10 @@ Example
 True
 """
 
-import functools
-
 import torch
 import torch.nn.functional as F
 
-from cald_speech.mixers.ops.ssd import _log_once, resolve_impl
-
-
-@functools.cache
-def _fused_conv_fn():
-    try:
-        from causal_conv1d import causal_conv1d_fn
-    except Exception:
-        return None
-    return causal_conv1d_fn
+from cald_speech.mixers.ops.fused import load_kernel, use_fused
 
 
 def causal_conv1d(x, weight, bias=None, activation="silu", impl=None):
@@ -35,7 +24,7 @@ def causal_conv1d(x, weight, bias=None, activation="silu", impl=None):
     Arguments
     ---------
     x : torch.Tensor
-        (b, d, l) input.
+        (b, d, l) input, in any strides (the Mamba2 block hands a transposed view).
     weight : torch.Tensor
         (d, w) kernels (``conv1d.weight[:, 0]`` of a depthwise ``nn.Conv1d``).
     bias : torch.Tensor or None
@@ -45,7 +34,9 @@ def causal_conv1d(x, weight, bias=None, activation="silu", impl=None):
     impl : str or None
         ``"auto"`` / ``"torch"`` / ``"fused"``, default ``$CALD_SSD_IMPL`` or auto.
         Anything but ``"torch"`` uses causal-conv1d when it is installed and ``x`` is
-        on CUDA, else ``F.conv1d``.
+        on CUDA (see :func:`cald_speech.mixers.ops.fused.use_fused`), else PyTorch:
+        causal-conv1d is optional even for the fused SSD path, so a forced
+        ``"fused"`` without it falls back here, with a log line.
 
     Returns
     -------
@@ -54,15 +45,37 @@ def causal_conv1d(x, weight, bias=None, activation="silu", impl=None):
     """
     if activation not in (None, "silu", "swish"):
         raise ValueError(f"unsupported activation '{activation}' (use 'silu' or None)")
-    impl = resolve_impl(impl)
-    fn = _fused_conv_fn() if impl != "torch" and x.is_cuda else None
-    # causal-conv1d is optional even for the fused SSD path (mamba-ssm's Triton scan
-    # does not need it), so forcing "fused" falls back to F.conv1d here, with a log line.
-    if fn is not None and x.is_cuda:
-        _log_once("conv-fused", "depthwise conv: fused causal_conv1d_fn (CUDA)")
-        return fn(x, weight, bias=bias, activation=activation)
-    _log_once("conv-torch", "depthwise conv: shifted multiply-adds (pure PyTorch)")
+    if use_fused("conv", impl, x):
+        fn = load_kernel("conv").fn
+        return fn(fused_conv_layout(x), weight, bias=bias, activation=activation)
     return _causal_conv1d_torch(x, weight, bias, activation)
+
+
+def fused_conv_layout(x):
+    """``x`` (b, d, l) in strides that causal-conv1d's CUDA kernel accepts.
+
+    The kernel takes either a length-contiguous tensor (``stride(2) == 1``) or a
+    channel-last one (``stride(1) == 1``) whose ``stride(0)`` and ``stride(2)`` are
+    multiples of 8. A Mamba2 block hands it the xBC columns of its in_proj output,
+    whose row stride is the in_proj width (3,084 for a wav2vec2-base student with
+    attention init): not a multiple of 8. Such a view is copied once, channel-last
+    when ``d`` allows (what the block's next ops want), else length-contiguous.
+
+    Example
+    -------
+    >>> rows = torch.randn(2, 10, 3084)[..., 12:2316]  # xBC columns, row stride 3084
+    >>> y = fused_conv_layout(rows.transpose(1, 2))
+    >>> y.stride(), torch.equal(y, rows.transpose(1, 2))
+    ((23040, 1, 2304), True)
+    """
+    s0, s1, s2 = x.stride()
+    if s2 == 1:
+        return x
+    if s1 == 1 and s0 % 8 == 0 and s2 % 8 == 0:
+        return x
+    if x.shape[1] % 8 == 0:
+        return x.transpose(1, 2).contiguous().transpose(1, 2)
+    return x.contiguous()
 
 
 def _causal_conv1d_torch(x, weight, bias, activation):

@@ -28,85 +28,30 @@ Example
 True
 """
 
-import functools
-import logging
-import os
-
 import torch
 import torch.nn.functional as F
 
 from cald_speech.errors import ConfigError
+from cald_speech.mixers.ops.fused import IMPL_ENV, load_kernel, resolve_impl, use_fused
 
-logger = logging.getLogger(__name__)
+__all__ = ["FUSED_CHUNK_SIZE", "IMPL_ENV", "TORCH_CHUNK_SIZE", "fused_scan_available",
+           "resolve_impl", "ssd_chunk_scan_torch", "ssd_scan", "ssd_sequential_ref"]
 
-IMPL_ENV = "CALD_SSD_IMPL"
 #: Chunk size of the fused kernel when none is given (mamba-ssm's default).
 FUSED_CHUNK_SIZE = 256
 #: Chunk size of the PyTorch kernel when none is given (fastest measured on CPU).
 TORCH_CHUNK_SIZE = 64
-_IMPLS = ("auto", "torch", "fused")
-_LOGGED = set()
-
-
-def _log_once(key, msg, *args):
-    if key not in _LOGGED:
-        _LOGGED.add(key)
-        logger.info(msg, *args)
-
-
-def resolve_impl(impl=None):
-    """Returns the requested kernel path: the argument, else ``$CALD_SSD_IMPL``, else auto.
-
-    Arguments
-    ---------
-    impl : str or None
-        ``"auto"``, ``"torch"`` or ``"fused"``.
-
-    Returns
-    -------
-    str
-
-    Example
-    -------
-    >>> resolve_impl("torch")
-    'torch'
-    """
-    impl = impl or os.environ.get(IMPL_ENV) or "auto"
-    impl = impl.strip().lower()
-    if impl not in _IMPLS:
-        raise ConfigError(
-            f"unknown SSD kernel '{impl}' (from argument or ${IMPL_ENV}); "
-            f"use one of {', '.join(_IMPLS)}"
-        )
-    return impl
 
 
 def fused_scan_available():
-    """True when mamba-ssm's Triton SSD kernel can be imported (it still needs CUDA)."""
-    return _fused_scan_fn() is not None
+    """True when mamba-ssm's Triton SSD kernel can be imported (it still needs CUDA).
 
-
-@functools.cache
-def _fused_scan_fn():
-    try:
-        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
-    except Exception:  # ImportError, or a broken Triton/CUDA install
-        return None
-    return mamba_chunk_scan_combined
-
-
-def _use_fused(impl, tensor, fn, what, extra):
-    """Decides between the fused and the torch path; raises if 'fused' cannot run."""
-    if impl == "torch":
-        return False
-    ok = fn is not None and tensor.is_cuda
-    if impl == "fused" and not ok:
-        reason = "not installed" if fn is None else "inputs are not on a CUDA device"
-        raise ConfigError(
-            f"fused {what} kernel forced (impl='fused' or ${IMPL_ENV}=fused) but {reason}; "
-            f"install the 'cuda' extra ({extra}) and run on a GPU, or use impl='torch'"
-        )
-    return ok
+    Example
+    -------
+    >>> isinstance(fused_scan_available(), bool)
+    True
+    """
+    return load_kernel("ssd").available
 
 
 def ssd_scan(
@@ -158,8 +103,6 @@ def ssd_scan(
     >>> ssd_scan(x, dt, A, B, B, chunk_size=2, impl="torch").shape
     torch.Size([1, 5, 2, 4])
     """
-    impl = resolve_impl(impl)
-    fn = _fused_scan_fn() if impl == "fused" or (impl == "auto" and x.is_cuda) else None
     kwargs = dict(
         D=D,
         z=z,
@@ -168,12 +111,11 @@ def ssd_scan(
         dt_softplus=dt_softplus,
         return_final_states=return_final_states,
     )
-    if _use_fused(impl, x, fn, "SSD", "mamba-ssm"):
-        _log_once("ssd-fused", "SSD scan: fused mamba_ssm mamba_chunk_scan_combined (Triton)")
+    if use_fused("ssd", impl, x):
         if tuple(dt_limit) != (0.0, float("inf")):
             kwargs["dt_limit"] = tuple(dt_limit)
+        fn = load_kernel("ssd").fn
         return fn(x, dt, A, B, C, chunk_size or FUSED_CHUNK_SIZE, **kwargs)
-    _log_once("ssd-torch", "SSD scan: chunked pure-PyTorch kernel (ssd_chunk_scan_torch)")
     chunk_size = chunk_size or TORCH_CHUNK_SIZE
     return ssd_chunk_scan_torch(x, dt, A, B, C, chunk_size, dt_limit=dt_limit, **kwargs)
 
@@ -309,8 +251,11 @@ def ssd_chunk_scan_torch(
         xdt = _pad_time(xf * dt.unsqueeze(-1), L, False)
     dA = _pad_time(dt * A.to(cd), L, inplace)
     s0 = None if initial_states is None else initial_states.to(cd)
-    y, s = _ssd_core(xdt, dA, _pad_time(B.to(cd), L, inplace), _pad_time(C.to(cd), L, inplace),
-                     Q, s0, inplace)
+    # Autocast (SpeechBrain's bf16/fp16 training) would run the matmuls below in half
+    # precision; the fused kernel accumulates in fp32, and so does this path.
+    with torch.autocast(x.device.type, enabled=False):
+        y, s = _ssd_core(xdt, dA, _pad_time(B.to(cd), L, inplace),
+                         _pad_time(C.to(cd), L, inplace), Q, s0, inplace)
     y = y[:, :l]
     if D is not None:
         Df = D.to(cd)
