@@ -32,6 +32,7 @@ $(STAMP): setup.py
 
 $(INTERP_STAMP): $(STAMP) Makefile
 	rm -rf $(INTERP_SITE)
+	$(PY) -m pip install -q $(MAMBA_BUILD)
 	$(MAMBA_NOBUILD) $(PY) -m pip install -q --no-build-isolation --no-deps \
 	  --target $(INTERP_SITE) "$(MAMBA_SSM)" einops "numpy==1.26.4"
 	@touch $(INTERP_STAMP)
