@@ -73,8 +73,8 @@ def test_ssd_scan_fused_matches_torch(case, fused_calls):
         assert _rel(g_f[name], g_t[name]) <= TOL, name
 
 
-def _mixer_pair(name, hidden, heads):
-    cfg = BiMamba2.attention_init_config(hidden, heads)
+def _mixer_pair(name, hidden, heads, chunk_size):
+    cfg = dict(BiMamba2.attention_init_config(hidden, heads), chunk_size=chunk_size)
     torch.manual_seed(0)
     ref = build_mixer(name, hidden, heads, impl="torch", **cfg)
     attention = [torch.nn.Linear(hidden, hidden) for _ in range(4)]
@@ -87,9 +87,9 @@ def _mixer_pair(name, hidden, heads):
 @pytest.mark.parametrize("name", ["bimamba2", "bimamba2_shared"])
 def test_mixer_fused_matches_torch_at_base_head_layout(name, fused_calls):
     """wav2vec2-base's 12 heads of 64, attention-initialised, on a padded batch."""
-    ref, fused = _mixer_pair(name, 768, 12)
+    ref, fused = _mixer_pair(name, 768, 12, chunk_size=64)
     in_rows = {m.in_proj.weight.shape[0] for m in fused.modules() if hasattr(m, "in_proj")}
-    assert in_rows == {3084} if name == "bimamba2" else in_rows
+    assert in_rows == {3084}  # z, x, B, C (4 x 768) and dt (12)
     x = torch.randn(2, 40, 768, generator=torch.Generator().manual_seed(1))
     mask = torch.arange(40) < torch.tensor([[40], [23]])
     results = []
@@ -111,7 +111,7 @@ def test_one_pass_long_form_with_fused_scan(name, fused_calls):
     """Block-wise scanning with carried conv context and SSM state, on the fused kernel."""
     from cald_speech.inference import bimamba2_blockwise
 
-    ref, fused = _mixer_pair(name, 64, 4)
+    ref, fused = _mixer_pair(name, 64, 4, chunk_size=16)
     x = torch.randn(1, 150, 64, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         whole = ref(x)
