@@ -36,10 +36,12 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        # Fused Triton kernels on CUDA GPUs. Install without compiling (offline):
+        # Fused Triton kernels on CUDA GPUs. Install without compiling (offline), after
+        # the build requirements mamba-ssm's setup.py imports (the Makefile does both):
+        #   pip install "setuptools>=61" wheel packaging ninja
         #   MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE \
-        #     pip install --no-build-isolation mamba-ssm
-        "cuda": ["mamba-ssm>=2.2", "triton>=3.0"],
+        #     pip install --no-build-isolation mamba-ssm==2.3.2.post1
+        "cuda": ["mamba-ssm==2.3.2.post1", "triton>=3.5"],
         "dev": ["pytest>=8", "ruff>=0.5"],
     },
     entry_points={

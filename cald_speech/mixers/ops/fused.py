@@ -23,6 +23,7 @@ very kernel code a GPU runs, which is how the parity tests check it without a GP
 
 Example
 -------
+>>> import torch
 >>> resolve_impl("torch")
 'torch'
 >>> use_fused("ssd", "torch", torch.zeros(1))
@@ -37,8 +38,6 @@ import os
 import sys
 import types
 from dataclasses import dataclass
-
-import torch
 
 from cald_speech.errors import ConfigError
 
@@ -231,6 +230,7 @@ def use_fused(name, impl, tensor, kernel=None):
 
     Example
     -------
+    >>> import torch
     >>> use_fused("ssd", "auto", torch.zeros(1))  # CPU tensors: PyTorch
     False
     """
