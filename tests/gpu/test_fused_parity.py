@@ -61,10 +61,24 @@ def test_ssd_scan_fused_matches_torch(dtype):
         assert _rel(a, b) <= tol_g
 
 
+def _assert_mixers_match(fused, ref, x, mask, dtype):
+    """Output and every parameter gradient of ``fused`` match ``ref`` within TOL."""
+    tol_y, tol_g = TOL[dtype]
+    outs = []
+    for m in (fused, ref):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            y = m(x, mask)
+        y.float().square().mean().backward()
+        outs.append((y.detach(), {k: p.grad for k, p in m.named_parameters()}))
+    (yf, gf), (yt, gt) = outs
+    assert _rel(yf, yt) <= tol_y
+    for k in gt:
+        assert _rel(gf[k], gt[k]) <= tol_g, k
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("name", ["bimamba2", "bimamba2_shared"])
 def test_bimamba2_fused_matches_torch(name, dtype):
-    tol_y, tol_g = TOL[dtype]
     torch.manual_seed(0)
     # 8 heads of 64: Mamba2's bf16 kernels are known to misbehave for head counts that
     # are not a multiple of 8.
@@ -73,23 +87,13 @@ def test_bimamba2_fused_matches_torch(name, dtype):
     fused.load_state_dict(ref.state_dict())
     x = torch.randn(3, 700, 512, device="cuda")
     mask = torch.arange(700, device="cuda") < torch.tensor([[700], [513], [64]], device="cuda")
-    outs = []
-    for m in (fused, ref):
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-            y = m(x, mask)
-        y.float().square().mean().backward()
-        outs.append((y.detach(), {k: p.grad for k, p in m.named_parameters()}))
-    (yf, gf), (yt, gt) = outs
-    assert _rel(yf, yt) <= tol_y
-    for k in gt:
-        assert _rel(gf[k], gt[k]) <= tol_g, k
+    _assert_mixers_match(fused, ref, x, mask, dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("name", ["bimamba2", "bimamba2_shared"])
 def test_attention_initialised_base_layout_fused_matches_torch(name, dtype):
     """wav2vec2-base's 12 heads of 64 (in_proj 3,084 rows: the strided conv input)."""
-    tol_y, tol_g = TOL[dtype]
     torch.manual_seed(0)
     cfg = BiMamba2.attention_init_config(768, 12)
     ref = build_mixer(name, 768, 12, impl="torch", **cfg).cuda()
@@ -98,13 +102,4 @@ def test_attention_initialised_base_layout_fused_matches_torch(name, dtype):
     fused.load_state_dict(ref.state_dict())
     x = torch.randn(2, 900, 768, device="cuda")
     mask = torch.arange(900, device="cuda") < torch.tensor([[900], [517]], device="cuda")
-    outs = []
-    for m in (fused, ref):
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-            y = m(x, mask)
-        y.float().square().mean().backward()
-        outs.append((y.detach(), {k: p.grad for k, p in m.named_parameters()}))
-    (yf, gf), (yt, gt) = outs
-    assert _rel(yf, yt) <= tol_y
-    for k in gt:
-        assert _rel(gf[k], gt[k]) <= tol_g, k
+    _assert_mixers_match(fused, ref, x, mask, dtype)
