@@ -31,7 +31,12 @@ import torch.nn.functional as F
 from cald_speech.distill.guidance import Guidance
 from cald_speech.distill.losses import logit_kd_loss, masked_layer_loss
 from cald_speech.errors import ConfigError
-from cald_speech.features import base_model, enable_feature_input, frame_lengths
+from cald_speech.features import (
+    base_model,
+    enable_feature_input,
+    frame_lengths,
+    freeze_feature_encoder,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -159,13 +164,13 @@ class DistillBrain(sb.Brain):
                     "(cached CNN features would go stale as the CNN trains)"
                 )
         else:
-            base_model(unwrap(self.modules.model)).freeze_feature_encoder()
+            freeze_feature_encoder(unwrap(self.modules.model))
 
     # ------------------------------------------------------------------ teacher
     def _set_teacher(self, teacher, trainable=False):
         teacher = teacher.to(self.device)
         enable_feature_input(teacher)
-        base_model(teacher).freeze_feature_encoder()
+        freeze_feature_encoder(teacher)
         for p in teacher.parameters():
             p.requires_grad_(False)
         if trainable:

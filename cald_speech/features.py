@@ -51,6 +51,25 @@ def base_model(model):
     return inner
 
 
+def freeze_feature_encoder(model):
+    """Freezes the CNN feature encoder of a wav2vec2, HuBERT or WavLM model or student.
+
+    HF's ``freeze_feature_encoder()`` exists on wav2vec2 and WavLM models but not on
+    ``HubertModel``; every family's feature encoder has ``_freeze_parameters()``.
+
+    Example
+    -------
+    >>> from transformers import HubertConfig, HubertModel
+    >>> m = HubertModel(HubertConfig(hidden_size=16, num_hidden_layers=1,
+    ...     num_attention_heads=2, intermediate_size=32, conv_dim=(8, 8),
+    ...     conv_stride=(5, 2), conv_kernel=(10, 3), num_conv_pos_embeddings=4))
+    >>> freeze_feature_encoder(m)
+    >>> any(p.requires_grad for p in m.feature_extractor.parameters())
+    False
+    """
+    base_model(model).feature_extractor._freeze_parameters()
+
+
 def cnn_fingerprint(model):
     """A short hash of the CNN feature extractor's weights and structure."""
     fe = base_model(model).feature_extractor

@@ -63,12 +63,15 @@ def run(hparams, out, corpus, *extra):
     return run_asr(argv)
 
 
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory, corpus):
-    out = tmp_path_factory.mktemp("runs") / "finetune"
+@pytest.fixture(scope="module", params=["wav2vec2", "hubert", "wavlm"])
+def teacher(request, tmp_path_factory, corpus):
+    """A fine-tuned tiny teacher of each model family (and its waypoints)."""
+    out = tmp_path_factory.mktemp(f"runs-{request.param}") / "finetune"
     cfg = out.parent / "tiny.yaml"
     cfg.write_text(TINY)
-    results = run("finetune.yaml", out, corpus, "--model_config", str(cfg), "--waypoint_every", "1")
+    results = run("finetune.yaml", out, corpus, "--model_config", str(cfg), "--waypoint_every", "1",
+                  "--model_family", request.param)
+    assert json.loads((out / "model" / "config.json").read_text())["model_type"] == request.param
     return out, results
 
 
@@ -158,3 +161,36 @@ def test_ctc_on_a_slurp_layout_corpus(tmp_path):
     refs = (out / "wer_test.txt").read_text()
     # normalised transcript ("cooking recipe 22") as the reference words
     assert re.search(r"COOKING\s*;\s*RECIPE\s*;\s*TWENTY\s*;\s*TWO", refs)
+
+
+def test_console_scripts_on_each_family(teacher, tmp_path, capsys):
+    """cald-convert, cald-transcribe and cald-bench wer on the fine-tuned teacher."""
+    from cald_speech import convert, inference
+    from cald_speech.bench import cli
+
+    t_out, results = teacher
+    family = json.loads((t_out / "model" / "config.json").read_text())["model_type"]
+    student = tmp_path / "student"
+    assert convert.main([str(t_out / "model"), str(student)]) == 0
+    cfg = json.loads((student / "config.json").read_text())
+    assert cfg["model_type"] == family and cfg["cald"]["mixers"][0]["name"] == "bimamba2"
+
+    csv = sorted(t_out.rglob("test-clean.csv"))[0]
+    bench = tmp_path / "bench"
+    assert cli.main(["wer", "--teacher", str(t_out / "model"), "--student", str(student),
+                     "--csv", str(csv), "--out-dir", str(bench), "--device", "cpu"]) == 0
+    summary = json.loads((bench / "wer.json").read_text())
+    assert summary["items"] == 2 and not summary["failed"]
+    # the same teacher, the same greedy decoding, the same references as the recipe's test
+    assert summary["teacher"]["wer"] == pytest.approx(results["test-clean"]["WER"] / 100)
+    utts = {u["ID"]: u for u in json.loads((bench / "wer_utterances.json").read_text())}
+
+    wavs = sorted(str(p) for p in t_out.parents[1].rglob("3-10-*.flac"))
+    assert len(wavs) == 2
+    for model, key in ((t_out / "model", "teacher"), (student, "student")):
+        outdir = tmp_path / f"txt-{key}"
+        assert inference.main(["--model", str(model), "--output-dir", str(outdir),
+                               "--no-progress", "--device", "cpu", *wavs]) == 0
+        for w in wavs:
+            uid = Path(w).stem
+            assert (outdir / f"{uid}.txt").read_text().strip() == utts[uid][key]
