@@ -508,26 +508,6 @@ class IntentModel(nn.Module):
         return out
 
     @torch.no_grad()
-    def classify(self, waveforms):
-        """Labels of unpadded 16 kHz waveforms (a list of (N,) tensors), in one batch.
-
-        Example
-        -------
-        >>> from cald_speech.convert import tiny_teacher
-        >>> labels = LabelMaps({"alarm_set": ("alarm", "set")})
-        >>> model = IntentModel.new(tiny_teacher(), labels).eval()
-        >>> model.classify([torch.randn(1600), torch.randn(900)])[1]["intent"]
-        'alarm_set'
-        """
-        n = max(int(w.shape[-1]) for w in waveforms)
-        device = next(self.parameters()).device
-        x = torch.zeros(len(waveforms), n, device=device)
-        mask = torch.zeros(len(waveforms), n, dtype=torch.long, device=device)
-        for i, w in enumerate(waveforms):
-            x[i, : w.shape[-1]] = w.to(device)
-            mask[i, : w.shape[-1]] = 1
-        return self.predict(self(x, attention_mask=mask).logits)
-
     # ------------------------------------------------------------------ save / load
     def save_pretrained(self, directory, **kwargs):
         """Writes the encoder (its own ``save_pretrained``), head and label maps.

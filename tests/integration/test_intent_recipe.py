@@ -82,12 +82,18 @@ def run(hparams, out, corpus, *extra):
     return run_intent(argv)
 
 
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory, corpus):
-    runs = tmp_path_factory.mktemp("runs")
+FAMILIES = {"wav2vec2-large-lv60": "Wav2Vec2Model", "hubert-large-ll60k": "HubertModel",
+            "wavlm-base-plus": "WavLMModel"}
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def teacher(request, tmp_path_factory, corpus):
+    """An intent teacher fine-tuned from a CTC folder of each model family."""
+    runs = tmp_path_factory.mktemp(f"runs-{request.param}")
     # the start: a CTC model folder (as the ASR recipe writes), whose encoder is used
-    ctc = tiny_teacher("wav2vec2-large-lv60", head="ctc", feat_extract_norm="layer",
+    ctc = tiny_teacher(request.param, head="ctc", feat_extract_norm="layer",
                        mask_time_prob=0.0)
+    ctc.config._shape = request.param  # noted in config.json, checked below
     ctc.save_pretrained(runs / "asr_model")
     out = runs / "finetune"
     results = run("finetune.yaml", out, corpus, "--model_source", str(runs / "asr_model"),
@@ -116,7 +122,8 @@ def test_finetune_writes_model_metrics_and_counts(teacher):
     assert model.head.tasks == ("scenario", "action")
     assert model.labels.labels("intent") == ["alarm_query", "alarm_set", "play_music",
                                              "weather_query"]
-    assert type(model.encoder).__name__ == "Wav2Vec2Model"
+    start = json.loads((out.parent / "asr_model" / "config.json").read_text())
+    assert type(model.encoder).__name__ == FAMILIES[start["_shape"]]
     info = json.loads((out / "model" / "cald_info.json").read_text())
     assert info["skipped_in_preparation"]["test"] == {"missing_recording": 1}
     assert sorted(os.listdir(out / "waypoints")) == ["step-1", "step-2"]
@@ -306,3 +313,27 @@ def test_finetune_learns_a_separable_task_from_label_grouped_data(tmp_path):
     assert results["test"]["n"] == 24
     assert results["test"]["scenario_acc"] >= 90.0
     assert results["test"]["intent_acc"] >= 90.0
+
+
+def test_transcribe_cli_classifies_with_teacher_and_student(teacher, corpus, tmp_path, capsys):
+    """cald-transcribe on each family's intent teacher and its converted student."""
+    from cald_speech.convert import convert
+    from cald_speech.inference import main
+
+    t_out, _ = teacher
+    t_model = IntentModel.from_pretrained(t_out / "model")
+    student = IntentModel(convert(t_model.encoder), t_model.head, t_model.labels)
+    student.save_pretrained(tmp_path / "student")
+    wavs = sorted(str(p) for p in (corpus / "slurp_real").glob("audio-2[0-9]*.flac"))
+    assert len(wavs) == 4
+    for folder in (t_out / "model", tmp_path / "student"):
+        capsys.readouterr()
+        assert main(["--model", str(folder), "--format", "json", "--no-progress",
+                     "--device", "cpu", *wavs]) == 0
+        got = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+        model = IntentModel.from_pretrained(folder).eval()
+        for w, r in zip(wavs, got):
+            x = torch.from_numpy(sf.read(w, dtype="float32")[0])[None]
+            with torch.no_grad():  # one unpadded file through the saved model
+                ref = model.predict(model(x).logits)[0]
+            assert {k: r[k] for k in ("intent", "scenario", "action")} == ref, w
