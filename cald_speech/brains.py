@@ -11,7 +11,7 @@ mode every epoch): it is held by the Brain, kept in eval mode and run without
 gradients — except in trajectory guidance, where it is fine-tuned alongside the
 student by its own optimiser (its parameters and optimiser state are checkpointed).
 
-Subclasses supply the task: :class:`CTCBrain` here, the intent Brain in
+Subclasses supply the task: :class:`cald_speech.asr.CTCBrain` and the intent Brain in
 :mod:`cald_speech.intent`.
 
 Batches carry ``id``, ``sig`` (padded waveforms with relative lengths) and ``ok``
@@ -26,10 +26,15 @@ import time
 
 import speechbrain as sb
 import torch
-import torch.nn.functional as F
 
 from cald_speech.distill.guidance import Guidance
 from cald_speech.distill.losses import logit_kd_loss, masked_layer_loss
+from cald_speech.distill.optim import (
+    average_gradients,
+    make_optimizer,
+    stochastic_in_training,
+    trainable,
+)
 from cald_speech.errors import ConfigError
 from cald_speech.features import (
     base_model,
@@ -55,48 +60,21 @@ DISTILL_DEFAULTS = {
     "teacher_loader": None,
     "encoder_lr_schedule": None,
     "head_lr_schedule": None,
-    "teacher_lr_schedule": None,
-    "teacher_opt_class": None,
+    "teacher_encoder_opt_class": None,
+    "teacher_head_opt_class": None,
+    "teacher_encoder_lr_schedule": None,
+    "teacher_head_lr_schedule": None,
 }
 
+#: Keys of older configs and what replaced them.
+RENAMED = {
+    "teacher_opt_class": "teacher_encoder_opt_class and teacher_head_opt_class",
+    "teacher_lr_schedule": "teacher_encoder_lr_schedule and teacher_head_lr_schedule",
+}
 
 def unwrap(module):
     """The module inside a DDP/DP wrapper (or the module itself)."""
     return getattr(module, "module", module)
-
-
-def average_gradients(params):
-    """Averages the gradients of ``params`` over the processes of a DDP run, in place.
-
-    For modules that DDP does not wrap (the co-trained teacher of trajectory
-    guidance), so that every process applies the same update. A parameter without a
-    gradient in one process counts as zero there (LayerDrop may skip different layers
-    in different processes). Does nothing outside a process group.
-
-    Example
-    -------
-    >>> p = torch.nn.Parameter(torch.ones(2))
-    >>> p.grad = torch.full((2,), 3.0)
-    >>> average_gradients([p])  # a single process: unchanged
-    >>> p.grad
-    tensor([3., 3.])
-    """
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return
-    params = [p for p in params if p.requires_grad]
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    flat = torch.cat([p.grad.reshape(-1) for p in params])
-    dist.all_reduce(flat)
-    flat /= dist.get_world_size()
-    offset = 0
-    for p in params:
-        n = p.numel()
-        p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
-        offset += n
 
 
 #: Checkpoint meta key holding :meth:`DistillBrain.checkpoint_rank`.
@@ -122,6 +100,10 @@ class DistillBrain(sb.Brain):
 
     def __init__(self, modules=None, hparams=None, teacher=None, **kwargs):
         hparams = dict(hparams or {})
+        for old, new in RENAMED.items():
+            if hparams.get(old) is not None:
+                raise ConfigError(f"hparams key '{old}' was replaced by {new}; rename it "
+                                  "(see recipes/*/hparams/cald.yaml)")
         for k, v in DISTILL_DEFAULTS.items():
             hparams.setdefault(k, v)
         guidance = hparams.get("guidance")
@@ -140,7 +122,10 @@ class DistillBrain(sb.Brain):
             if teacher is None:
                 raise ConfigError(f"guidance '{guidance.mode}' needs a teacher model")
             self._set_teacher(teacher, trainable=guidance.mode == "trajectory")
-        self.bad_items = 0
+        self.bad_items = 0  # this epoch
+        self.bad_items_total = 0
+        self._teacher_has_grads = False
+        self.teacher_optimizers = {}
         self._terms = {}
         config = getattr(unwrap(self.modules.model), "config", None)
         if guidance is not None and guidance.mode != "unguided" and config is not None:
@@ -181,6 +166,9 @@ class DistillBrain(sb.Brain):
                     p.requires_grad_(True)
         teacher.eval()
         self.teacher = teacher
+        # A deterministic teacher gives its distillation targets and its own training
+        # loss from one forward pass (see compute_forward).
+        self._teacher_reuses_pass = trainable and not stochastic_in_training(teacher)
 
     def _ensure_waypoint_teacher(self):
         idx = self.guidance.waypoint_index(self.optimizer_step)
@@ -267,8 +255,18 @@ class DistillBrain(sb.Brain):
             if g.mode == "waypoint":
                 self._ensure_waypoint_teacher()
             t_inputs, t_amask = self.teacher_inputs(batch, inputs, amask)
-            with torch.no_grad():
+            if self._teacher_due(stage) and self._teacher_reuses_pass:
+                # Train and eval mode give the same outputs: one pass serves as the
+                # student's targets (detached) and as the teacher's own training loss.
+                self.teacher.train()
                 t_hid, t_logits = self.run_model(self.teacher, t_inputs, t_amask, need_hid)
+                self.teacher.eval()
+                out["t_train"] = (t_logits, t_amask)
+                t_logits = t_logits.detach()
+                t_hid = None if t_hid is None else tuple(h.detach() for h in t_hid)
+            else:
+                with torch.no_grad():
+                    t_hid, t_logits = self.run_model(self.teacher, t_inputs, t_amask, need_hid)
             out["t_hid"], out["t_logits"] = t_hid, t_logits
         return out
 
@@ -278,6 +276,7 @@ class DistillBrain(sb.Brain):
         bad = int((~mask.any(dim=1)).sum())
         if stage == sb.Stage.TRAIN and bad:
             self.bad_items += bad
+            self.bad_items_total += bad
         loss = self.task_loss(predictions["logits"], mask, batch, stage)
         terms = {"task": loss.detach()}
         if "t_logits" in predictions:
@@ -315,56 +314,118 @@ class DistillBrain(sb.Brain):
         return loader
 
     def fit_batch(self, batch):
-        """One student update (and, in trajectory guidance, a teacher update when due)."""
-        step = self.optimizer_step
-        loss = super().fit_batch(batch)
-        g = self.guidance
-        if g is not None and g.trains_teacher(step):
-            self._teacher_update(batch)
-        return loss
+        """One micro-batch: forward, backward, and an optimiser step when one is due.
 
-    def _teacher_update(self, batch):
-        batch = batch.to(self.device)
-        self.teacher.train()
-        inputs, amask = self.model_inputs(batch, self.teacher)
-        _, logits = self.run_model(self.teacher, inputs, amask, False)
+        SpeechBrain's loop, plus the co-trained teacher of trajectory guidance: on a
+        student step that is due for a teacher update, every micro-batch adds the
+        teacher's task loss (under the same autocast and loss scaling, divided by the
+        accumulation factor) and the teacher steps once, with the student.
+        """
+        should_step = (self.step % self.grad_accumulation_factor) == 0
+        self.on_fit_batch_start(batch, should_step)
+        with self.no_sync(not should_step):
+            with self.training_ctx:
+                outputs = self.compute_forward(batch, sb.Stage.TRAIN)
+                loss = self.compute_objectives(outputs, batch, sb.Stage.TRAIN)
+                t_loss = self._teacher_loss(batch, outputs)
+            scaled = self.scaler.scale(loss / self.grad_accumulation_factor)
+            self.check_loss_isfinite(scaled)
+            if t_loss is not None:  # the graphs are disjoint: one backward serves both
+                scaled = scaled + self.scaler.scale(t_loss / self.grad_accumulation_factor)
+                self._teacher_has_grads = True
+            scaled.backward()
+        if should_step:
+            self.optimizers_step()
+        self.on_fit_batch_end(batch, outputs, loss, should_step)
+        return loss.detach().cpu()
+
+    def _teacher_due(self, stage=sb.Stage.TRAIN):
+        g = self.guidance
+        return (stage == sb.Stage.TRAIN and g is not None
+                and g.trains_teacher(self.optimizer_step))
+
+    def _teacher_loss(self, batch, outputs):
+        """The co-trained teacher's task loss on this batch (None when no update is due)."""
+        if not self._teacher_due():
+            return None
+        if "t_train" in outputs:
+            logits, amask = outputs["t_train"]
+        else:
+            inputs, amask = self.teacher_inputs(batch, outputs["inputs"], outputs["amask"])
+            self.teacher.train()
+            _, logits = self.run_model(self.teacher, inputs, amask, False)
+            self.teacher.eval()
         mask = self.frame_mask(self.teacher, amask, batch)
         loss = self.task_loss(logits, mask, batch, sb.Stage.TRAIN)
-        self.teacher_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        params = [p for p in self.teacher.parameters() if p.requires_grad]
-        average_gradients(params)  # DDP: one teacher, the same in every process
-        torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
-        self.teacher_optimizer.step()
-        if self.hparams.teacher_lr_schedule is not None:
-            self.hparams.teacher_lr_schedule(self.teacher_optimizer)
-        self.teacher.eval()
         self._accumulate(sb.Stage.TRAIN, {"teacher_task": loss.detach()})
+        return loss
+
+    def optimizers_step(self):
+        """Steps every optimiser once (the teacher's too, when it has gradients).
+
+        As SpeechBrain's, except that the gradient norm is clipped over all parameter
+        groups of an optimiser (SpeechBrain clips only the first group).
+        """
+        opts = list(self.freeze_optimizers(self.optimizers_dict).values())
+        teacher = self._teacher_has_grads
+        if teacher:  # DDP: one teacher, the same in every process
+            average_gradients([p for o in self.teacher_optimizers.values() for p in trainable(o)])
+            opts += list(self.teacher_optimizers.values())
+        for opt in opts:
+            self.scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(trainable(opt), self.max_grad_norm)
+        if not self.scaler.is_enabled() and self.skip_nonfinite_grads:
+            self.check_gradients()
+        for opt in opts:
+            self.scaler.step(opt)
+        self.scaler.update()
+        for opt in opts:
+            opt.zero_grad(set_to_none=True)
+        self.optimizer_step += 1
+        if teacher:
+            self._teacher_has_grads = False
+            for name, opt in self.teacher_optimizers.items():
+                schedule = getattr(self.hparams, f"teacher_{name}_lr_schedule")
+                if schedule is not None:
+                    schedule(opt)
+
+    def _task_optimizers(self, model, prefix, encoder_opt_class, head_opt_class):
+        """{"encoder", "head"} optimisers of ``model`` with weight-decay groups."""
+        head = self.head_module(model)
+        opts = {
+            "encoder": make_optimizer(encoder_opt_class, model, f"{prefix}encoder",
+                                      exclude=head.parameters()),
+            "head": make_optimizer(head_opt_class, head, f"{prefix}head"),
+        }
+        return {k: v for k, v in opts.items() if v is not None}
 
     def init_optimizers(self):
-        """Two optimisers (encoder, head); a third for the trajectory teacher."""
-        model = unwrap(self.modules.model)
-        head = [p for p in self.head_module(model).parameters() if p.requires_grad]
-        head_ids = {id(p) for p in head}
-        enc = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
-        self.optimizers_dict = {}
-        if enc:
-            self.encoder_optimizer = self.hparams.encoder_opt_class(enc)
-            self.optimizers_dict["encoder"] = self.encoder_optimizer
-        if head:
-            self.head_optimizer = self.hparams.head_opt_class(head)
-            self.optimizers_dict["head"] = self.head_optimizer
+        """Encoder and head optimisers; the same pair for a co-trained teacher.
+
+        Each optimiser has two parameter groups: weight decay for matrices, none for
+        biases, norm weights and parameters marked ``_no_weight_decay`` (the SSM's
+        ``A_log``, ``dt_bias``, ``D``).
+        """
+        hp = self.hparams
+        self.optimizers_dict = self._task_optimizers(
+            unwrap(self.modules.model), "", hp.encoder_opt_class, hp.head_opt_class)
+        self.encoder_optimizer = self.optimizers_dict.get("encoder")
+        self.head_optimizer = self.optimizers_dict.get("head")
         if self.guidance is not None and self.guidance.mode == "trajectory":
-            opt_class = self.hparams.teacher_opt_class or self.hparams.encoder_opt_class
-            self.teacher_optimizer = opt_class(
-                [p for p in self.teacher.parameters() if p.requires_grad]
-            )
+            self.teacher_optimizers = self._task_optimizers(
+                self.teacher, "teacher ", hp.teacher_encoder_opt_class or hp.encoder_opt_class,
+                hp.teacher_head_opt_class or hp.head_opt_class)
         if self.checkpointer is not None:
             for name, opt in self.optimizers_dict.items():
                 self.checkpointer.add_recoverable(f"{name}_optimizer", opt)
-            if self.guidance is not None and self.guidance.mode == "trajectory":
+            if self.teacher_optimizers:
                 self.checkpointer.add_recoverable("teacher", self.teacher)
-                self.checkpointer.add_recoverable("teacher_optimizer", self.teacher_optimizer)
+                for name, opt in self.teacher_optimizers.items():
+                    self.checkpointer.add_recoverable(f"teacher_{name}_optimizer", opt)
+                    schedule = getattr(hp, f"teacher_{name}_lr_schedule")
+                    if schedule is not None:
+                        self.checkpointer.add_recoverable(f"teacher_{name}_lr_schedule",
+                                                          schedule)
 
     def on_fit_batch_end(self, batch, outputs, loss, should_step):
         """LR schedules, per-step log lines and teacher waypoints."""
@@ -420,7 +481,9 @@ class DistillBrain(sb.Brain):
                 f.write(json.dumps(rec) + "\n")
 
     def on_stage_start(self, stage, epoch=None):
-        """Resets the per-stage loss terms."""
+        """Resets the per-stage loss terms (and, for training, the bad-item count)."""
+        if stage == sb.Stage.TRAIN:
+            self.bad_items = 0
         self._terms.pop(stage, None)
         self._terms.pop(("window", stage), None)
 
@@ -475,109 +538,3 @@ class DistillBrain(sb.Brain):
             )
         if sb.utils.distributed.if_main_process():
             self.write_stage_files(split, stats)
-
-
-class CTCBrain(DistillBrain):
-    """CTC speech recognition (character or SentencePiece units, greedy decoding).
-
-    The model is a HF ``*ForCTC`` model (teacher) or its converted student; its
-    ``lm_head`` is the task head. Extra hparams: ``tokenizer`` (with ``decode_ctc``
-    and a blank at index 0), ``wer_file`` pattern (``{split}`` filled in).
-    Batches carry ``tokens`` (padded ids) and ``words`` (reference text).
-    """
-
-    def run_model(self, model, input_values, attention_mask, hidden_states):
-        """Returns (hidden states or None, frame logits)."""
-        out = model(
-            input_values, attention_mask=attention_mask, output_hidden_states=hidden_states
-        )
-        return (out.hidden_states if hidden_states else None), out.logits
-
-    def head_module(self, model):
-        """The CTC output projection."""
-        return model.lm_head
-
-    def task_loss(self, logits, frame_mask, batch, stage):
-        """CTC loss over valid frames, mean over the items whose audio was readable."""
-        tokens, tok_rel = batch.tokens
-        tok_len = (tok_rel * tokens.shape[1]).round().long()
-        in_len = frame_mask.sum(dim=1)
-        keep = in_len > 0
-        log_probs = F.log_softmax(logits.float(), dim=-1)
-        if keep.any():
-            loss = F.ctc_loss(
-                log_probs[keep].transpose(0, 1), tokens[keep], in_len[keep], tok_len[keep],
-                blank=0, reduction="mean", zero_infinity=True,
-            )
-        else:
-            loss = logits.sum() * 0.0
-        if stage != sb.Stage.TRAIN:
-            self._score(log_probs, in_len, batch)
-        return loss
-
-    def _score(self, log_probs, in_len, batch):
-        tok = self.hparams.tokenizer
-        best = log_probs.argmax(dim=-1).cpu()
-        hyps = [tok.decode_ctc(best[i, : int(n)].tolist()).split() for i, n in enumerate(in_len)]
-        refs = [w.split() for w in batch.words]
-        self.wer_metric.append(batch.id, hyps, refs)
-        self.cer_metric.append(batch.id, [list(" ".join(h)) for h in hyps],
-                               [list(" ".join(r)) for r in refs])
-
-    def on_stage_start(self, stage, epoch=None):
-        """Fresh error-rate trackers for valid/test."""
-        super().on_stage_start(stage, epoch)
-        if stage != sb.Stage.TRAIN:
-            self.wer_metric = sb.utils.metric_stats.ErrorRateStats()
-            self.cer_metric = sb.utils.metric_stats.ErrorRateStats()
-
-    def stage_metrics(self):
-        """WER and CER of the stage."""
-        return {
-            "WER": self.wer_metric.summarize("error_rate"),
-            "CER": self.cer_metric.summarize("error_rate"),
-        }
-
-    def best_metric(self):
-        """Checkpoints are ranked by ``best_metric`` (``WER``, the default, or ``CER``)."""
-        return getattr(self.hparams, "best_metric", "WER"), "min"
-
-    def checkpoint_rank(self, stats):
-        """The best metric capped at 100 %, ties broken by the other error rate.
-
-        Above 100 % WER a model is no better than one that outputs nothing, and
-        early in training every checkpoint may be there: ranking raw WER would keep
-        the checkpoint that emits nothing (exactly 100 %) over one that has started
-        to spell (101 % WER, far lower CER). The cap makes those a tie for CER. Where
-        WER stays near 100 % (a weak model), ``best_metric: CER`` ranks by CER.
-
-        Example
-        -------
-        >>> brain = CTCBrain.__new__(CTCBrain)
-        >>> brain.hparams = type("H", (), {})()
-        >>> rank = brain.checkpoint_rank
-        >>> rank({"WER": 100.0, "CER": 60.0}) < rank({"WER": 100.0, "CER": 90.0})
-        True
-        >>> rank({"WER": 99.75, "CER": 99.0}) < rank({"WER": 100.0, "CER": 0.0})
-        True
-        >>> rank({"WER": 101.0, "CER": 77.0}) < rank({"WER": 100.0, "CER": 99.0})
-        True
-        >>> brain.hparams.best_metric = "CER"
-        >>> rank({"WER": 100.0, "CER": 67.8}) < rank({"WER": 99.75, "CER": 71.5})
-        True
-        """
-        best = self.best_metric()[0]
-        other = "CER" if best == "WER" else "WER"
-        return min(stats[best], 100.0) + 1e-4 * min(stats[other], 100.0)
-
-    def write_stage_files(self, split, stats):
-        """``wer_file`` (alignments, SpeechBrain format) and its ``.json`` summary."""
-        pattern = getattr(self.hparams, "wer_file", None)
-        if not pattern:
-            return
-        path = pattern.format(split=split)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w", encoding="utf-8") as w:
-            self.wer_metric.write_stats(w)
-        with open(os.path.splitext(path)[0] + ".json", "w", encoding="utf-8") as w:
-            json.dump({k: float(v) for k, v in stats.items()}, w, indent=2)

@@ -1038,7 +1038,7 @@ def run_intent(argv):
         package_model(
             brain.modules.model, folder,
             info={"mode": hp["mode"], "updates": brain.optimizer_step, "results": results,
-                  "bad_items": brain.bad_items, "skipped_in_preparation": skipped,
+                  "bad_items": brain.bad_items_total, "skipped_in_preparation": skipped,
                   "best_metric": best},
         )
         logger.info("packaged model: %s", folder)

@@ -19,7 +19,8 @@ import speechbrain as sb
 import yaml
 from hyperpyyaml import load_hyperpyyaml
 
-from cald_speech.brains import RANK_KEY, CTCBrain
+from cald_speech.asr import CTCBrain
+from cald_speech.brains import RANK_KEY
 from cald_speech.data.pipeline import (
     add_ctc_targets,
     audio_dataset,
@@ -48,8 +49,10 @@ ASR_KEYS = {
     "feature_cache_folder", "best_metric",
     "number_of_epochs", "batch_size", "dynamic_batching", "max_batch_seconds",
     "num_buckets", "sorting", "max_duration", "min_duration", "num_workers",
-    "encoder_opt_class", "head_opt_class", "teacher_opt_class", "encoder_lr_schedule",
-    "head_lr_schedule", "teacher_lr_schedule", "epoch_counter", "train_logger",
+    "encoder_opt_class", "head_opt_class", "teacher_encoder_opt_class",
+    "teacher_head_opt_class", "teacher_encoder_lr_schedule", "teacher_head_lr_schedule",
+    "encoder_lr_schedule", "lr_teacher_encoder", "lr_teacher_head",
+    "head_lr_schedule", "epoch_counter", "train_logger",
     "checkpointer", "step_log", "log_every", "wer_file", "alpha_layer", "alpha_logit",
     "kd_temperature", "layer_indices", "layer_weights", "mixer", "init",
     "keep_attention", "switch_step", "logit_kd_after_switch", "teacher_update_every",
@@ -287,7 +290,7 @@ def run_asr(argv):
         package_model(
             brain.modules.model, folder, tokenizer,
             info={"mode": hp["mode"], "updates": brain.optimizer_step, "results": results,
-                  "bad_items": brain.bad_items},
+                  "bad_items": brain.bad_items_total},
         )
         logger.info("packaged model: %s", folder)
     return results

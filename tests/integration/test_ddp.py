@@ -105,7 +105,7 @@ def _average_in_process(rank, port, out):
     import torch
     import torch.distributed as dist
 
-    from cald_speech.brains import average_gradients
+    from cald_speech.distill.optim import average_gradients
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=2)
