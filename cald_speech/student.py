@@ -51,9 +51,15 @@ from pathlib import Path
 import torch
 import transformers
 from torch import nn
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface
-from transformers.modeling_utils import AttentionInterface
+try:
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import AttentionMaskInterface
+    from transformers.modeling_utils import AttentionInterface
+except ImportError as exc:  # pragma: no cover - depends on the installed release
+    raise ImportError(
+        f"cald-speech needs transformers 5.24 (found {transformers.__version__}): "
+        f"{exc}; fix: pip install 'transformers>=5.24,<5.25'"
+    ) from exc
 
 from cald_speech.errors import ConfigError, DataError
 from cald_speech.mixers import Mixer, build_saved_mixer
