@@ -51,6 +51,7 @@ from pathlib import Path
 import torch
 import transformers
 from torch import nn
+
 try:
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
     from transformers.masking_utils import AttentionMaskInterface
