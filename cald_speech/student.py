@@ -446,8 +446,8 @@ class Student(nn.Module):
 def _load_weights(model, weights, device):
     from safetensors.torch import load_file
 
-    try:
-        state = load_file(str(weights), device=str(device))
+    try:  # read on the CPU: a device problem must not look like a bad file
+        state = load_file(str(weights), device="cpu")
     except Exception as exc:  # safetensors raises its own error types
         raise DataError(weights, f"cannot read the weights ({exc})", "re-save the model") from exc
     dtypes = {v.dtype for v in state.values() if v.is_floating_point()}
@@ -461,7 +461,24 @@ def _load_weights(model, weights, device):
             f"unexpected {sorted(unexpected)[:5]}",
             "save the model again with Student.save_pretrained",
         )
-    model.to(device)
+    to_device(model, device)
+
+
+def to_device(model, device):
+    """Moves ``model`` to ``device``, with a clear error when that device is unusable.
+
+    Example
+    -------
+    >>> to_device(nn.Linear(2, 2), "cpu").weight.device.type
+    'cpu'
+    """
+    try:
+        return model.to(device)
+    except (RuntimeError, AssertionError, ValueError) as exc:
+        raise ConfigError(
+            f"device '{device}' cannot be used here ({str(exc).splitlines()[0]}); "
+            "fix: choose --device cpu, or a GPU that torch.cuda.is_available() sees"
+        ) from exc
 
 
 def read_config(directory):
@@ -559,4 +576,4 @@ def load_model(directory, device="cpu"):
     _weights_file(directory, ("model.safetensors", "model.safetensors.index.json",
                               "pytorch_model.bin", "pytorch_model.bin.index.json"))
     model = model_cls.from_pretrained(str(directory), local_files_only=True)
-    return model.to(device).eval()
+    return to_device(model, device).eval()

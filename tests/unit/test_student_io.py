@@ -307,3 +307,13 @@ def test_public_shapes_are_the_documented_ones():
     assert set(PUBLIC_SHAPES) == {
         "wav2vec2-base", "wav2vec2-large-lv60", "hubert-large-ll60k", "wavlm-base-plus"
     }
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a usable GPU")
+def test_unusable_device_is_named_not_blamed_on_the_weights(tmp_path):
+    convert(tiny_teacher()).save_pretrained(tmp_path / "s")
+    tiny_teacher().save_pretrained(tmp_path / "t")
+    for folder in ("s", "t"):
+        with pytest.raises(ConfigError, match="device 'cuda' cannot be used") as err:
+            load_model(tmp_path / folder, device="cuda")
+        assert "--device cpu" in str(err.value) and "weights" not in str(err.value)
