@@ -1048,12 +1048,11 @@ def model_task(config):
     return "encoder"
 
 
-def _is_linear(model):
-    """True for a student whose every layer is a linear-time mixer."""
+def _length_limits(model):
+    """(every layer linear-time, longest input in frames or None) of a model."""
     if not isinstance(model, Student):
-        return False
-    kinds = model.layer_kinds()
-    return all(k.startswith("mixer:") and k != "mixer:attention" for k in kinds)
+        return False, None
+    return model.is_linear_time(), model.max_frames()
 
 
 class Transcriber:
@@ -1150,7 +1149,7 @@ class Transcriber:
         self.norm_window_s = float(norm_window_s) if norm_window_s else None
         self.norm_blocks = (None if self.norm_window_s is None else
                             max(1, round(self.norm_window_s / cnn_block_s)))
-        self.linear = _is_linear(model)
+        self.linear, self.max_frames = _length_limits(model)
         self.dtype = next(model.parameters()).dtype
         enable_feature_input(self.model)
 
@@ -1211,16 +1210,31 @@ class Transcriber:
     def default_mode(self, num_samples):
         """``"one-pass"`` for linear students, else ``"plain"`` within one window or
         ``"windowed"`` beyond it."""
-        if self.linear:
+        if self.linear and self._fits(int(frame_lengths(self.model, num_samples))):
             return "one-pass"
         if num_samples <= self.window_s * SAMPLE_RATE:
             return "plain"
         return "windowed"
 
+    def _fits(self, frames):
+        return self.max_frames is None or frames <= self.max_frames
+
     def _resolve(self, mode, num_samples):
         if mode not in MODES:
             raise ConfigError(f"unknown mode '{mode}'; use one of {', '.join(MODES)}")
-        return self.default_mode(num_samples) if mode == "auto" else mode
+        mode = self.default_mode(num_samples) if mode == "auto" else mode
+        frames = int(frame_lengths(self.model, num_samples))
+        if mode == "windowed":
+            frames = min(frames, self.window_frames)  # a window's context included
+        if not self._fits(frames):
+            limit_s = self.max_frames * self.stride / SAMPLE_RATE
+            fix = f"use --mode windowed with --chunk-s at most {limit_s:.1f}"
+            raise ConfigError(
+                f"this model's layers take at most {self.max_frames} frames "
+                f"({limit_s:.1f} s of audio) in one pass; {mode} mode would give them "
+                f"{frames} frames; fix: {fix}, or convert with a larger max_len"
+            )
+        return mode
 
     # ------------------------------------------------------------------ posteriors
     def _logits(self, inputs, attention_mask=None):

@@ -376,6 +376,20 @@ class Student(nn.Module):
                 kinds.append("attention")
         return kinds
 
+    def mixers(self):
+        """Per encoder layer: its mixer, or ``None`` where softmax attention was kept."""
+        return [layer.attention.mixer if isinstance(layer.attention, MixerAttention) else None
+                for layer in encoder_layers(self.model)]
+
+    def is_linear_time(self):
+        """True when every layer is a mixer that declares itself linear-time."""
+        return all(m is not None and m.linear_time for m in self.mixers())
+
+    def max_frames(self):
+        """The longest input (encoder frames) every layer accepts; ``None``: unbounded."""
+        limits = [m.max_frames for m in self.mixers() if m is not None and m.max_frames]
+        return min(limits) if limits else None
+
     def save_pretrained(self, directory, extra_files_from=None):
         """Writes ``config.json`` (source config + ``"cald"`` record), weights, extra files.
 

@@ -117,6 +117,7 @@ class SDPAttention(QKVOMixer):
     """
 
     name = "attention"
+    linear_time = False
 
     def __init__(self, hidden_size, num_heads, bias=True, dropout=0.0):
         super().__init__(hidden_size, num_heads, bias=bias)

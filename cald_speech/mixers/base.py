@@ -42,6 +42,13 @@ class Mixer(nn.Module):
     #: computes: they are left out of :meth:`mixer_config`, so a saved model runs on
     #: whatever kernels the machine that loads it has.
     execution_options = ()
+    #: Whether cost grows linearly with the input length (softmax attention: no).
+    linear_time = True
+
+    @property
+    def max_frames(self):
+        """The longest input this mixer accepts, in frames (``None``: unbounded)."""
+        return None
 
     def __init__(self, hidden_size, num_heads):
         super().__init__()

@@ -63,6 +63,11 @@ class Linformer(QKVOMixer):
 
     name = "linformer"
 
+    @property
+    def max_frames(self):
+        """Inputs longer than ``max_len`` frames do not fit ``E`` and ``F``."""
+        return self.max_len
+
     def __init__(self, hidden_size, num_heads, k=256, max_len=4096, share_kv=False, bias=True,
                  dropout=0.0):
         super().__init__(hidden_size, num_heads, bias=bias)

@@ -522,3 +522,23 @@ def test_cli_classifies_with_an_intent_folder(tmp_path, intent_folder, capsys):
     assert rec["intent"] == f"{rec['scenario']}_{rec['action']}"
     assert rec["scenario"] in {"alarm", "play"} and rec["action"] in {"set", "music", "query"}
     assert main([str(good), "--model", str(intent_folder[0]), "--format", "srt"]) == 2
+
+
+def test_length_bounded_students_get_windows_past_their_limit(teachers):
+    tok = CharTokenizer()
+    lin = convert(teachers["group"], mixer="linformer", k=16, max_len=600).eval()  # 0.75 s
+    asr = Transcriber(lin, tok, window_s=0.5, overlap_s=0.05)
+    assert (asr.linear, asr.max_frames) == (True, 600)
+    assert asr.default_mode(SR // 2) == "one-pass" and asr.default_mode(SR * 2) == "windowed"
+    wav = _wav(2.0, seed=4)
+    auto = asr.log_probs(wav)
+    assert auto.shape == (int(frame_lengths(lin, wav.numel())), 29)
+    assert torch.equal(auto, asr.log_probs(wav, mode="windowed"))
+    for mode in ("one-pass", "plain"):
+        with pytest.raises(ConfigError, match=r"at most 600 frames \(0\.8 s.*--chunk-s at most"):
+            asr.log_probs(wav, mode=mode)
+    wide = Transcriber(lin, tok, window_s=1.0, overlap_s=0.05)
+    with pytest.raises(ConfigError, match="windowed mode would give them 799 frames"):
+        wide.log_probs(wav, mode="windowed")
+    # softmax attention kept (or put back as a "mixer") is not linear-time
+    assert Transcriber(convert(teachers["group"], mixer="attention"), tok).linear is False
