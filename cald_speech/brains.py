@@ -442,6 +442,19 @@ class DistillBrain(sb.Brain):
         if hp.waypoint_every and step % hp.waypoint_every == 0:
             self.save_waypoint(step)
 
+    def on_fit_start(self):
+        """SpeechBrain's start (optimisers, recovery); then the step-0 waypoint.
+
+        With ``waypoint_every`` set, a run that starts from scratch saves its starting
+        point as ``step-0``: waypoint guidance then gives the student the head the
+        teacher trajectory started from.
+        """
+        super().on_fit_start()
+        hp = self.hparams
+        if hp.waypoint_every and self.optimizer_step == 0 and hp.waypoint_dir is not None:
+            if not os.path.isdir(os.path.join(hp.waypoint_dir, "step-0")):
+                self.save_waypoint(0)
+
     def save_waypoint(self, step):
         """Saves the current model as waypoint ``step-<N>`` (for waypoint guidance)."""
         if self.hparams.waypoint_dir is None:

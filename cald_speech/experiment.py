@@ -81,11 +81,10 @@ def load_ctc_model(source, vocab_size, pad_token_id=0):
     (randomly initialised) — the usual start of a fine-tuning run.
     """
     source = _check_folder(source, "model")
-    cfg = read_config(source)
-    arch = (cfg.get("architectures") or [""])[0]
-    if "cald" in cfg or (arch.endswith("ForCTC") and cfg.get("vocab_size") == vocab_size):
+    if has_ctc_head(source, vocab_size):
         model = load_model(source)
     else:
+        arch = (read_config(source).get("architectures") or [""])[0]
         cls = supported_class(arch)
         prefix = cls.__name__.replace("ForCTC", "").replace("ForSequenceClassification", "")
         prefix = prefix.replace("Model", "")
@@ -102,6 +101,13 @@ def load_ctc_model(source, vocab_size, pad_token_id=0):
             f"tokenizer has {vocab_size} units; use the tokenizer the model was trained with"
         )
     return model.train()
+
+
+def has_ctc_head(source, vocab_size):
+    """Whether the model folder ``source`` holds a CTC head with ``vocab_size`` outputs."""
+    cfg = read_config(source)
+    arch = (cfg.get("architectures") or [""])[0]
+    return "cald" in cfg or (arch.endswith("ForCTC") and cfg.get("vocab_size") == vocab_size)
 
 
 def ctc_model_from_config(config, vocab_size, family="wav2vec2"):
@@ -138,7 +144,7 @@ def build_models(hp, load_task_model):
     mixer_name = mixer.pop("name", "bimamba2")
 
     def make_student(source):
-        base = load_task_model(source)
+        base = load_task_model(source) if isinstance(source, (str, os.PathLike)) else source
         if isinstance(base, Student):
             return base
         return convert(
@@ -158,8 +164,10 @@ def build_models(hp, load_task_model):
             kwargs["logit_kd_after_switch"] = hp.get("logit_kd_after_switch", True)
     elif mode == "trajectory":
         src = _require(hp, "pretrained_source", mode)
-        model = make_student(hp.get("student_source") or src)
         teacher = load_task_model(src)
+        # The student converts the very teacher it follows: a head drawn at load time
+        # (a self-supervised checkpoint has none) is drawn once and shared.
+        model = make_student(hp.get("student_source") or teacher)
         kwargs["teacher_update_every"] = hp.get("teacher_update_every", 1)
     else:  # waypoint
         src = hp.get("student_source") or _require(hp, "pretrained_source", mode)

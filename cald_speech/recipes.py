@@ -32,6 +32,7 @@ from cald_speech.experiment import (
     build_models,
     check_hparams_keys,
     ctc_model_from_config,
+    has_ctc_head,
     load_ctc_model,
     package_model,
 )
@@ -239,6 +240,27 @@ def asr_main(argv=None):
     return recipe_entry(run_asr, argv)
 
 
+def share_start_head(model, hp, guidance, load_task, vocab_size):
+    """Waypoint mode: a student whose source has no CTC head takes the trajectory's own.
+
+    The fine-tuning run saved its starting point as waypoint ``step-0``; its head is
+    the one the teacher trajectory started from. Without that waypoint the student
+    keeps its newly drawn head, and the log says why that matters.
+    """
+    src = hp.get("student_source") or hp.get("pretrained_source")
+    if has_ctc_head(src, vocab_size):
+        return
+    start = dict(guidance.waypoints).get(0)
+    if start is None:
+        logger.warning(
+            "waypoint: %s has no CTC head and %s no step-0 waypoint: the student's new "
+            "head is not the one the teachers started from (fine-tune with waypoint_every "
+            "set to save step-0)", src, hp.get("waypoint_dir"))
+        return
+    model.lm_head.load_state_dict(load_task(start).lm_head.state_dict())
+    logger.info("waypoint: the student's CTC head is the trajectory's start (%s)", start)
+
+
 def run_asr(argv):
     """Runs the LibriSpeech-style CTC recipe (teacher fine-tuning or CALD).
 
@@ -257,6 +279,8 @@ def run_asr(argv):
     vocab = len(tokenizer)
     load_task = partial(load_ctc_model, vocab_size=vocab)
     model, teacher, guidance, loader = build_models(hp, load_task)
+    if guidance is not None and guidance.mode == "waypoint":
+        share_start_head(model, hp, guidance, load_task, vocab)
     if model is None:  # finetune: the transformer itself
         if hp.get("model_source"):
             model = load_task(hp["model_source"])

@@ -80,7 +80,7 @@ def test_finetune_writes_model_waypoints_and_wer(teacher):
     assert set(results) == {"test-clean"} and 0 <= results["test-clean"]["WER"]
     assert (out / "model" / "config.json").exists()
     assert (out / "model" / "tokenizer.json").exists()
-    assert sorted(os.listdir(out / "waypoints")) == ["step-1", "step-2"]
+    assert sorted(os.listdir(out / "waypoints")) == ["step-0", "step-1", "step-2"]
     assert (out / "wer_test-clean.txt").exists()
     steps = [json.loads(x) for x in (out / "steps.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps] == [1, 2] and "task" in steps[0]
@@ -194,3 +194,33 @@ def test_console_scripts_on_each_family(teacher, tmp_path, capsys):
         for w in wavs:
             uid = Path(w).stem
             assert (outdir / f"{uid}.txt").read_text().strip() == utts[uid][key]
+
+
+def test_students_start_from_the_head_the_teacher_trajectory_started_from(teacher, tmp_path):
+    """From a self-supervised folder (no CTC head) a new head is drawn once and shared."""
+    from functools import partial
+
+    import torch
+
+    from cald_speech.experiment import build_models, load_ctc_model
+    from cald_speech.recipes import share_start_head
+    from cald_speech.student import load_model
+
+    t_out, _ = teacher
+    step0 = load_model(t_out / "waypoints" / "step-0")
+    step1 = load_model(t_out / "waypoints" / "step-1")
+    assert not torch.equal(step0.lm_head.weight, step1.lm_head.weight)  # the start, saved
+    enc = tmp_path / "ssl"
+    step0.base_model.save_pretrained(enc)  # encoder only, as a pretrained checkpoint
+    vocab = step0.lm_head.out_features
+    load = partial(load_ctc_model, vocab_size=vocab)
+    model, t, _, _ = build_models({"mode": "trajectory", "pretrained_source": str(enc)}, load)
+    assert torch.equal(model.lm_head.weight, t.lm_head.weight)
+    assert torch.equal(model.lm_head.bias, t.lm_head.bias)
+    hp = {"mode": "waypoint", "pretrained_source": str(enc),
+          "waypoint_dir": str(t_out / "waypoints")}
+    model, _, g, _ = build_models(hp, load)
+    assert not torch.equal(model.lm_head.weight, step0.lm_head.weight)  # drawn at load time
+    share_start_head(model, hp, g, load, vocab)
+    assert torch.equal(model.lm_head.weight, step0.lm_head.weight)
+    assert g.waypoint_index(0) == 1  # step-0 is the start, never a teacher

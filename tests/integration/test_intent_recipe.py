@@ -126,7 +126,7 @@ def test_finetune_writes_model_metrics_and_counts(teacher):
     assert type(model.encoder).__name__ == FAMILIES[start["_shape"]]
     info = json.loads((out / "model" / "cald_info.json").read_text())
     assert info["skipped_in_preparation"]["test"] == {"missing_recording": 1}
-    assert sorted(os.listdir(out / "waypoints")) == ["step-1", "step-2"]
+    assert sorted(os.listdir(out / "waypoints")) == ["step-0", "step-1", "step-2"]
     assert (out / "initial" / "intent_head.json").exists()
     assert [s["step"] for s in steps(out)] == [1, 2] and "task" in steps(out)[0]
 
@@ -234,7 +234,7 @@ def test_students_start_with_a_copy_of_the_right_head(teacher):
     model, t, g, loader = build_intent_models(
         {**base, "mode": "waypoint", "pretrained_source": str(t_out / "initial"),
          "waypoint_dir": str(t_out / "waypoints")}, labels)
-    assert t is None and [s for s, _ in g.waypoints] == [1, 2]
+    assert t is None and [s for s, _ in g.waypoints] == [0, 1, 2]
     assert isinstance(loader(g.waypoints[0][1]), IntentModel)
 
 
