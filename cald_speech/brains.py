@@ -19,6 +19,7 @@ Batches carry ``id``, ``sig`` (padded waveforms with relative lengths) and ``ok`
 and counted).
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -41,6 +42,9 @@ from cald_speech.features import (
     enable_feature_input,
     frame_lengths,
     freeze_feature_encoder,
+    record_time_masks,
+    spec_augment_disabled,
+    time_mask,
 )
 
 logger = logging.getLogger(__name__)
@@ -60,11 +64,18 @@ DISTILL_DEFAULTS = {
     "teacher_loader": None,
     "encoder_lr_schedule": None,
     "head_lr_schedule": None,
+    "spec_augment_layer_loss": "all_frames",
     "teacher_encoder_opt_class": None,
     "teacher_head_opt_class": None,
     "teacher_encoder_lr_schedule": None,
     "teacher_head_lr_schedule": None,
 }
+
+#: What the student's SpecAugment time masking does while the layer loss is on (the
+#: teacher always sees clean input): ``all_frames`` (masked frames are aligned too: the
+#: student infers the teacher's clean states there), ``unmasked_frames`` (masked frames
+#: left out of the layer loss) or ``off`` (no masking while the layer loss is on).
+SPEC_AUGMENT_LAYER_LOSS = ("all_frames", "unmasked_frames", "off")
 
 #: Keys of older configs and what replaced them.
 RENAMED = {
@@ -141,6 +152,12 @@ class DistillBrain(sb.Brain):
                             config.layerdrop)
             self.find_unused_parameters = True
         enable_feature_input(unwrap(self.modules.model))
+        if self.hparams.spec_augment_layer_loss not in SPEC_AUGMENT_LAYER_LOSS:
+            raise ConfigError(
+                f"spec_augment_layer_loss '{self.hparams.spec_augment_layer_loss}' is not "
+                f"one of {list(SPEC_AUGMENT_LAYER_LOSS)}")
+        if self.hparams.spec_augment_layer_loss == "unmasked_frames":
+            record_time_masks(unwrap(self.modules.model))
         if self.hparams.train_feature_encoder:
             # Training from scratch: the CNN learns too, so its output cannot be cached.
             if self.hparams.feature_cache is not None:
@@ -248,8 +265,12 @@ class DistillBrain(sb.Brain):
         use_teacher = stage == sb.Stage.TRAIN and g is not None and g.uses_teacher(step)
         need_hid = use_teacher and g.layer_weight(step) > 0
         inputs, amask = self.model_inputs(batch, model)
-        hid, logits = self.run_model(model, inputs, amask, need_hid)
+        off = need_hid and self.hparams.spec_augment_layer_loss == "off"
+        with spec_augment_disabled(unwrap(model)) if off else contextlib.nullcontext():
+            hid, logits = self.run_model(model, inputs, amask, need_hid)
         out = {"hid": hid, "logits": logits, "inputs": inputs, "amask": amask}
+        if need_hid and self.hparams.spec_augment_layer_loss == "unmasked_frames":
+            out["time_mask"] = time_mask(unwrap(model))
         out["mask"] = self.frame_mask(model, amask, batch)
         if use_teacher:
             if g.mode == "waypoint":
@@ -284,8 +305,11 @@ class DistillBrain(sb.Brain):
             w_layer = self.hparams.alpha_layer * self.guidance.layer_weight(step)
             w_logit = self.hparams.alpha_logit * self.guidance.logit_weight(step)
             if w_layer > 0:
+                layer_mask = mask
+                if predictions.get("time_mask") is not None:
+                    layer_mask = mask & ~predictions["time_mask"]
                 layer = masked_layer_loss(
-                    predictions["hid"], predictions["t_hid"], mask,
+                    predictions["hid"], predictions["t_hid"], layer_mask,
                     self.hparams.layer_indices, self.hparams.layer_weights,
                 )
                 loss = loss + w_layer * layer

@@ -31,8 +31,10 @@ Example
 True
 """
 
+import contextlib
 import hashlib
 import os
+import sys
 import weakref
 
 import torch
@@ -68,6 +70,77 @@ def freeze_feature_encoder(model):
     False
     """
     base_model(model).feature_extractor._freeze_parameters()
+
+
+def record_time_masks(model):
+    """Makes ``model`` keep the SpecAugment time mask of its last forward pass.
+
+    After a training-mode forward, ``time_mask(model)`` is the (B, T') bool mask of the
+    frames transformers replaced by its learned mask embedding (``None`` when nothing
+    was masked). The mask is drawn by transformers' own ``_compute_mask_indices`` with
+    the model's config, from the same NumPy random stream as without this wrapper, so
+    the masks (and the training run) are unchanged. Idempotent.
+
+    Example
+    -------
+    >>> import numpy as np
+    >>> from cald_speech.convert import tiny_teacher
+    >>> m = tiny_teacher(mask_time_prob=0.5, mask_time_length=2).train()
+    >>> record_time_masks(m)
+    >>> np.random.seed(0); _ = m(torch.randn(1, 4000))
+    >>> time_mask(m).shape, bool(time_mask(m).any())
+    (torch.Size([1, 199]), True)
+    """
+    base = base_model(model)
+    if getattr(base, "_cald_mask_hidden_states", None) is not None:
+        return
+    original = base._mask_hidden_states
+    compute = sys.modules[type(base).__module__]._compute_mask_indices
+
+    def masking(hidden_states, mask_time_indices=None, attention_mask=None):
+        cfg = base.config
+        if (mask_time_indices is None and base.training and cfg.mask_time_prob > 0
+                and getattr(cfg, "apply_spec_augment", True)):
+            mask_time_indices = torch.tensor(
+                compute(tuple(hidden_states.shape[:2]), mask_prob=cfg.mask_time_prob,
+                        mask_length=cfg.mask_time_length, attention_mask=attention_mask,
+                        min_masks=cfg.mask_time_min_masks),
+                device=hidden_states.device, dtype=torch.bool)
+        base._cald_time_mask = (mask_time_indices if getattr(cfg, "apply_spec_augment", True)
+                                else None)
+        return original(hidden_states, mask_time_indices=mask_time_indices,
+                        attention_mask=attention_mask)
+
+    base._cald_mask_hidden_states = original
+    base._mask_hidden_states = masking
+
+
+def time_mask(model):
+    """The time mask of ``model``'s last forward (see :func:`record_time_masks`)."""
+    return getattr(base_model(model), "_cald_time_mask", None)
+
+
+@contextlib.contextmanager
+def spec_augment_disabled(model):
+    """Turns transformers' SpecAugment masking of ``model`` off inside the block.
+
+    Example
+    -------
+    >>> from cald_speech.convert import tiny_teacher
+    >>> m = tiny_teacher(mask_time_prob=0.5)
+    >>> with spec_augment_disabled(m):
+    ...     m.config.apply_spec_augment
+    False
+    >>> m.config.apply_spec_augment
+    True
+    """
+    cfg = base_model(model).config
+    before = getattr(cfg, "apply_spec_augment", True)
+    cfg.apply_spec_augment = False
+    try:
+        yield
+    finally:
+        cfg.apply_spec_augment = before
 
 
 def cnn_fingerprint(model):

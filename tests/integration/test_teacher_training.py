@@ -189,3 +189,70 @@ def test_trajectory_resume_restores_teacher_optimisers_and_schedules(tmp_path, c
 def test_renamed_teacher_keys_fail_with_the_new_names(tmp_path, corpus):
     with pytest.raises(ConfigError, match="teacher_encoder_opt_class"):
         trajectory_brain(tmp_path, corpus, teacher_opt_class=torch.optim.AdamW)
+
+
+def masking_ctc(seed):
+    """tiny_ctc with SpecAugment time masking (its mask embedding exists only then)."""
+    from transformers import Wav2Vec2ForCTC
+
+    cfg = tiny_ctc(seed).config
+    cfg.mask_time_prob, cfg.mask_time_length = 0.3, 2
+    torch.manual_seed(seed)
+    return Wav2Vec2ForCTC(cfg)
+
+
+def one_batch(brain, ds):
+    return next(iter(brain.make_dataloader(ds, sb.Stage.VALID, batch_size=3)))
+
+
+@pytest.mark.parametrize("policy", ["all_frames", "unmasked_frames", "off"])
+def test_spec_augment_policy_of_the_layer_loss(tmp_path, corpus, policy):
+    import numpy as np
+
+    from cald_speech.distill.losses import masked_layer_loss
+    from cald_speech.features import record_time_masks, time_mask
+
+    student = masking_ctc(1)
+    record_time_masks(student)
+    brain, ds, _ = make_brain(tmp_path, student, corpus, tiny_ctc(0), Guidance("target"),
+                              spec_augment_layer_loss=policy)
+    student.train()
+    batch = one_batch(brain, ds)
+    np.random.seed(0)
+    out = brain.compute_forward(batch, sb.Stage.TRAIN)
+    brain.compute_objectives(out, batch, sb.Stage.TRAIN)
+    layer = brain.stage_terms(sb.Stage.TRAIN)["layer"]
+    tm = time_mask(student)
+    if policy == "off":
+        assert tm is None
+        return
+    assert tm is not None and bool((tm & out["mask"]).any())
+    keep = out["mask"] & ~tm if policy == "unmasked_frames" else out["mask"]
+    want = masked_layer_loss(out["hid"], out["t_hid"], keep)
+    assert layer == pytest.approx(float(want), rel=1e-6)
+    other = out["mask"] if policy == "unmasked_frames" else out["mask"] & ~tm
+    assert layer != pytest.approx(float(masked_layer_loss(out["hid"], out["t_hid"], other)))
+
+
+def test_recording_time_masks_leaves_the_masks_unchanged():
+    import copy
+
+    import numpy as np
+
+    from cald_speech.features import record_time_masks, time_mask
+
+    plain = masking_ctc(2)
+    wrapped = copy.deepcopy(plain)
+    record_time_masks(wrapped)
+    x = torch.randn(2, 6000)
+    amask = torch.ones(2, 6000, dtype=torch.long)
+    amask[1, 4000:] = 0
+    outs = []
+    for m in (plain, wrapped):
+        m.train()
+        np.random.seed(3)
+        outs.append(m(x, attention_mask=amask).logits)
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+    tm = time_mask(wrapped)
+    frames = wrapped.wav2vec2._get_feature_vector_attention_mask(tm.shape[1], amask)
+    assert bool(tm.any()) and not bool((tm & ~frames).any())  # never on padding
