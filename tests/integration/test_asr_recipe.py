@@ -224,3 +224,23 @@ def test_students_start_from_the_head_the_teacher_trajectory_started_from(teache
     share_start_head(model, hp, g, load, vocab)
     assert torch.equal(model.lm_head.weight, step0.lm_head.weight)
     assert g.waypoint_index(0) == 1  # step-0 is the start, never a teacher
+
+
+def test_speed_and_longform_benchmarks_on_each_family(teacher, tmp_path):
+    from cald_speech import convert
+    from cald_speech.bench import cli
+
+    t_out, _ = teacher
+    model, student = t_out / "model", tmp_path / "student"
+    assert convert.main([str(model), str(student)]) == 0
+    assert cli.main(["speed", "--model", str(model), str(student), "--minutes", "0.01",
+                     "--in-process", "--no-plot", "--out-dir", str(tmp_path / "speed")]) == 0
+    runs = json.loads((tmp_path / "speed" / "speed.json").read_text())["results"]
+    assert {r["status"] for r in runs} == {"ok"} and len(runs) >= 3
+    csv = sorted(t_out.rglob("test-clean.csv"))[0]
+    assert cli.main(["longform", "--teacher", str(model), "--student", str(student),
+                     "--csv", str(csv), "--minutes", "0.02", "--in-process",
+                     "--out-dir", str(tmp_path / "long")]) == 0
+    runs = json.loads((tmp_path / "long" / "longform.json").read_text())["results"]
+    assert {r["status"] for r in runs} == {"ok"}
+    assert {r["system"] for r in runs} >= {"teacher-windowed", "student-onepass"}
