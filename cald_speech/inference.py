@@ -85,7 +85,7 @@ import soundfile as sf
 import torch
 from torch import nn
 
-from cald_speech.data.audio import SAMPLE_RATE, audio_info, resample
+from cald_speech.data.audio import SAMPLE_RATE, audio_info, check_finite, resample
 from cald_speech.errors import AudioError, CaldError, ConfigError, DataError
 from cald_speech.features import base_model, enable_feature_input, frame_lengths
 from cald_speech.mixers.bimamba2 import BiMamba2, BiMamba2Shared
@@ -226,6 +226,7 @@ def read_mono(path, target_sr=SAMPLE_RATE):
         ) from None
     if n == 0:
         raise AudioError(path, "contains no audio samples", "check the file")
+    check_finite(path, out[:n])
     wav = torch.from_numpy(out[:n])
     if orig_sr != target_sr:
         wav = resample(wav, orig_sr, target_sr)
@@ -1337,6 +1338,7 @@ class Transcriber:
         elif wav.dim() != 1:
             raise ConfigError(f"expected a (samples,) or (channels, samples) waveform, got "
                               f"shape {tuple(wav.shape)}")
+        check_finite("<waveform>", wav.numpy())
         if sample_rate != SAMPLE_RATE:
             wav = resample(wav, sample_rate, SAMPLE_RATE)
         return wav, {"sample_rate": int(sample_rate), "channels": channels}

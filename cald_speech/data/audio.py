@@ -75,6 +75,29 @@ def resample(wav, orig_sr, target_sr=SAMPLE_RATE):
     return AF.resample(wav, orig_sr, target_sr)
 
 
+def check_finite(path, samples, offset=0):
+    """Raises :class:`AudioError` when ``samples`` hold a NaN or an infinity.
+
+    ``samples`` is (frames,) or (frames, channels), starting at frame ``offset`` of the
+    file. A float WAV can store them; a model fed one returns garbage (or an empty text), and
+    one NaN in a training batch poisons every later update.
+
+    Example
+    -------
+    >>> check_finite("a.wav", np.array([0.0, np.nan, 0.1], dtype="float32"))
+    Traceback (most recent call last):
+      ...
+    cald_speech.errors.AudioError: a.wav: holds 1 non-finite sample(s) (NaN or Inf), the first at sample 1 ...
+    """
+    bad = ~np.isfinite(np.asarray(samples))
+    if bad.any():
+        first = offset + int(np.flatnonzero(bad.reshape(bad.shape[0], -1).any(axis=1))[0])
+        raise AudioError(
+            path, f"holds {int(bad.sum())} non-finite sample(s) (NaN or Inf), the first at "
+            f"sample {first}", "re-export the recording from its source, or leave it "
+            "out of the manifest")
+
+
 def load_audio(path, target_sr=SAMPLE_RATE, start=0, stop=None):
     """Loads an audio file as a mono float32 tensor at ``target_sr``.
 
@@ -106,6 +129,7 @@ def load_audio(path, target_sr=SAMPLE_RATE, start=0, stop=None):
         ) from None
     if data.size == 0:
         raise AudioError(path, "contains no audio samples", "remove it from the corpus")
+    check_finite(path, data)
     wav = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
     if target_sr is not None and orig_sr != target_sr:
         wav = resample(wav, orig_sr, target_sr)

@@ -29,7 +29,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from cald_speech.data.audio import audio_info
+from cald_speech.data.audio import audio_info, check_finite
 from cald_speech.errors import AudioError, DataError
 
 logger = logging.getLogger(__name__)
@@ -541,6 +541,7 @@ def _probe(path, check):
                     data = f.read(block, dtype="float32", always_2d=True)
                     if len(data) == 0:
                         break
+                    check_finite(path, data, offset=read)
                     read += len(data)
             if read < frames:
                 raise AudioError(
