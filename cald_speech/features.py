@@ -212,19 +212,29 @@ class FeatureCache:
 
     @torch.no_grad()
     def features(self, model, utt_id, wav):
-        """CNN features (C, T') of one unpadded waveform (N,), from cache or computed."""
+        """CNN features (C, T') of one unpadded waveform (N,), from cache or computed.
+
+        An entry is used only when it was computed from the same CNN and the same
+        samples (a digest of the waveform is stored with it): a corpus re-synthesised
+        or repaired under the same IDs gets fresh features.
+        """
         fp = self.fingerprint(model)
         safe = str(utt_id).replace(os.sep, "_")
         path = None if self.folder is None else os.path.join(self.folder, fp, safe + ".pt")
-        key = (fp, safe)
+        audio = hashlib.blake2b(wav.detach().cpu().contiguous().numpy().tobytes(),
+                                digest_size=16).hexdigest()
+        key = (fp, safe, audio)
         if path is None and key in self._mem:
             self.hits += 1
             return self._mem[key]
         if path is not None and os.path.exists(path):
-            feats = torch.load(path, map_location="cpu")
-            if feats.shape[-1] == int(frame_lengths(model, wav.shape[-1])):
+            try:
+                entry = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception:  # a damaged or foreign file: computed again below
+                entry = None
+            if isinstance(entry, dict) and entry.get("audio") == audio:
                 self.hits += 1
-                return feats
+                return entry["features"]
         self.misses += 1
         fe = base_model(model).feature_extractor
         run = getattr(fe, "_cald_cnn_forward", fe.forward)
@@ -235,7 +245,7 @@ class FeatureCache:
         else:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             tmp = f"{path}.tmp{os.getpid()}"
-            torch.save(feats, tmp)
+            torch.save({"features": feats, "audio": audio}, tmp)
             os.replace(tmp, path)
         return feats
 
