@@ -33,8 +33,8 @@ from cald_speech.distill.losses import logit_kd_loss, masked_layer_loss
 from cald_speech.distill.optim import (
     average_gradients,
     make_optimizer,
+    optimizer_params,
     stochastic_in_training,
-    trainable,
 )
 from cald_speech.errors import ConfigError
 from cald_speech.features import (
@@ -391,13 +391,14 @@ class DistillBrain(sb.Brain):
         groups of an optimiser (SpeechBrain clips only the first group).
         """
         opts = list(self.freeze_optimizers(self.optimizers_dict).values())
-        teacher = self._teacher_has_grads
-        if teacher:  # DDP: one teacher, the same in every process
-            average_gradients([p for o in self.teacher_optimizers.values() for p in trainable(o)])
-            opts += list(self.teacher_optimizers.values())
+        step_teacher = self._teacher_has_grads
+        if step_teacher:  # DDP: one teacher, the same in every process
+            teacher_opts = list(self.teacher_optimizers.values())
+            average_gradients([p for o in teacher_opts for p in optimizer_params(o)])
+            opts += teacher_opts
         for opt in opts:
             self.scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(trainable(opt), self.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(optimizer_params(opt), self.max_grad_norm)
         if not self.scaler.is_enabled() and self.skip_nonfinite_grads:
             self.check_gradients()
         for opt in opts:
@@ -406,7 +407,7 @@ class DistillBrain(sb.Brain):
         for opt in opts:
             opt.zero_grad(set_to_none=True)
         self.optimizer_step += 1
-        if teacher:
+        if step_teacher:
             self._teacher_has_grads = False
             for name, opt in self.teacher_optimizers.items():
                 schedule = getattr(self.hparams, f"teacher_{name}_lr_schedule")

@@ -217,6 +217,7 @@ def read_mono(path, target_sr=SAMPLE_RATE):
         with sf.SoundFile(path) as fh:
             for block in fh.blocks(blocksize=READ_BLOCK, dtype="float32", always_2d=True):
                 k = min(block.shape[0], frames - n)
+                check_finite(path, block[:k], offset=n)
                 out[n:n + k] = block[:k].mean(axis=1) if block.shape[1] > 1 else block[:k, 0]
                 n += k
     except Exception as exc:  # libsndfile raises its own error types
@@ -226,7 +227,6 @@ def read_mono(path, target_sr=SAMPLE_RATE):
         ) from None
     if n == 0:
         raise AudioError(path, "contains no audio samples", "check the file")
-    check_finite(path, out[:n])
     wav = torch.from_numpy(out[:n])
     if orig_sr != target_sr:
         wav = resample(wav, orig_sr, target_sr)

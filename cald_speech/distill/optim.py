@@ -103,14 +103,14 @@ def make_optimizer(opt_class, module, name, exclude=()):
     return opt
 
 
-def trainable(optimizer):
+def optimizer_params(optimizer):
     """Every parameter of every group of ``optimizer`` (for gradient clipping).
 
     Example
     -------
     >>> import torch
     >>> opt = torch.optim.SGD(decay_groups(nn.Linear(2, 2)), lr=0.1)
-    >>> len(trainable(opt))
+    >>> len(optimizer_params(opt))
     2
     """
     return [p for g in optimizer.param_groups for p in g["params"]]
