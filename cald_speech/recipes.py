@@ -156,8 +156,17 @@ def prepare_manifests(hp):
                 "recording": hp.get("slurp_recording", "all"),
             },
         )
+    elif fmt == "csv":
+        csvs = {s: os.path.join(hp["data_folder"], f"{s}.csv") for s in splits}
+        missing = [p for p in csvs.values() if not os.path.isfile(p)]
+        if missing:
+            raise ConfigError(
+                f"data_format csv reads <data_folder>/<split>.csv, but {missing} do not "
+                "exist; write them with cald-prepare (merge several with cald-prepare merge)"
+            )
+        return csvs
     else:
-        raise ConfigError(f"unknown data_format '{fmt}'; use librispeech or slurp")
+        raise ConfigError(f"unknown data_format '{fmt}'; use librispeech, slurp or csv")
     return {s: os.path.join(folder, f"{s}.csv") for s in splits}
 
 

@@ -1,37 +1,99 @@
 #!/usr/bin/env bash
-# Builds the offline "pretrained" starting model, in two steps:
-#  1. a small wav2vec2 (hparams/models/tiny_wav2vec2.yaml) whose CNN front end is fitted
-#     to log-mel filterbank features (python -m cald_speech.frontend); a frozen random
-#     CNN makes the transformer above it learn about ten times slower;
-#  2. character CTC training of that model (CNN frozen) on a synthetic corpus of SLURP
-#     sentences, spoken by the voice identities that the LibriSpeech-format corpus uses
-#     for training (its held-out dev and test voices are never heard).
+# Builds the offline "pretrained" starting model (models/pretrained-offline). Seeded and
+# resumable: run it again after an interruption and every finished stage is kept.
+#   bash tools/make_pretrained.sh [OUT]            (default data/pretrain)
+#   STAGES=corpora,frontend bash tools/make_pretrained.sh    (a subset of the stages)
+#   HOLDOUT_ENGINE=festival bash tools/make_pretrained.sh data/pretrain_no_festival
+#       the same build without any festival voice in training, tested on festival voices
+# Stages:
+#  corpora   three synthetic corpora: the demo's own (its dev/test sentences are kept out
+#            of everything below), LJ Speech sentences in the LibriSpeech layout (train
+#            voices = the demo's train voices; its dev/test voices = the demo's dev/test
+#            voices), and SLURP sentences (tools/make_slurp_corpus.sh);
+#  frontend  the CNN of hparams/models/tiny_wav2vec2.yaml fitted to log-mel filterbank
+#            features (python -m cald_speech.frontend); a frozen random CNN makes the
+#            transformer above it learn about ten times slower;
+#  manifests one training manifest from both corpora's train splits, shuffled by the recipe
+#            every epoch (data_format csv);
+#  ctc       character CTC training of that model, CNN frozen (features cached), dynamic
+#            batches, checkpoints ranked by CER on the held-out dev voices.
 # It stands in for a self-supervised checkpoint, which cannot be downloaded here; it is
 # not one.
-#   bash tools/make_pretrained.sh [OUT] [EPOCHS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-data/pretrain}
-EPOCHS=${2:-8}
 PY=${PY:-.venv/bin/python}
-bash tools/make_slurp_corpus.sh "$OUT/slurp_corpus"
-if [ ! -f "$OUT/frontend/front_end_fit.json" ]; then   # a finished fit is kept
-    $PY -m cald_speech.data.prepare slurp "$OUT/slurp_corpus" "$OUT/frontend_manifests" \
+JOBS=${JOBS:-$(nproc)}
+STAGES=${STAGES:-corpora,frontend,manifests,ctc}
+EPOCHS=${EPOCHS:-10}
+LJ_TRAIN=${LJ_TRAIN:-7000}
+HOLDOUT_ENGINE=${HOLDOUT_ENGINE:-}
+DATA=${CALD_SPEECH_DATA:-../shared/data}
+DEMO=${DEMO_DATA:-data/demo}          # where `make demo` keeps its corpus
+CORPORA=${CORPORA:-data/pretrain}     # the corpora are shared by every build
+want() { [[ ",$STAGES," == *",$1,"* ]]; }
+mkdir -p "$OUT"
+
+if want corpora; then
+    $PY -m cald_speech.demo --scale small --data "$DEMO" --stages corpus
+    # Sentences no split of the LJ corpus may use: the evaluation-only ones and the
+    # demo's dev and test sentences.
+    mkdir -p "$CORPORA"
+    { cat "$DATA/eval/text/lj_heldout.tsv"
+      cat "$DEMO"/corpus/LibriSpeech/{dev-clean,test-clean}/*/*/*.trans.txt \
+        | awk '{id=$1; $1=""; sub(/^ /, ""); print "demo-" id "\t" $0}'
+    } > "$CORPORA/keep_out.tsv"
+    # seed 1 and the default voice options: the demo's voice split
+    $PY -m cald_speech.data.synth librispeech "$CORPORA/lj_corpus" \
+        --train "$LJ_TRAIN" --dev 200 --test 200 --seed 1 --jobs "$JOBS" \
+        --eval-text "$CORPORA/keep_out.tsv" --quiet
+    bash tools/make_slurp_corpus.sh "$CORPORA/slurp_corpus"
+fi
+if want frontend && [ ! -f "$OUT/frontend/front_end_fit.json" ]; then  # a finished fit is kept
+    $PY -m cald_speech.data.prepare slurp "$CORPORA/slurp_corpus" "$OUT/frontend_manifests" \
         --recording all --splits train devel
     $PY -m cald_speech.frontend --config hparams/models/tiny_wav2vec2.yaml \
         --train-csv "$OUT/frontend_manifests/train.csv" \
         --valid-csv "$OUT/frontend_manifests/devel.csv" \
         --out "$OUT/frontend" --steps 2000 --seed 7
 fi
-# 3,879 training utterances in batches of 8: 485 updates per epoch. WER stays near
-# 100 % at this scale, so checkpoints are ranked by CER.
-$PY recipes/LibriSpeech/ASR/train.py recipes/LibriSpeech/ASR/hparams/finetune.yaml \
-    --data_folder "$OUT/slurp_corpus" --data_format slurp \
-    --train_splits "[train]" --valid_splits "[devel]" --test_splits "[test]" \
-    --text_column transcript --normalize_text true --seed 7 \
-    --model_source "$OUT/frontend" \
-    --output_folder "$OUT/run" --feature_cache_folder "$OUT/feature_cache" \
-    --number_of_epochs "$EPOCHS" --batch_size 8 --lr_encoder 0.001 --lr_head 0.001 \
-    --warmup_updates 300 --total_updates $((EPOCHS * 485)) --waypoint_every null \
-    --sorting random --best_metric CER
-echo "pretrained model: $OUT/run/model (the demo reads models/pretrained-offline: cp -r it there)"
+
+M=$OUT/manifests
+TABLES=(--voice-tables "$CORPORA/lj_corpus" "$CORPORA/slurp_corpus")
+DROP=()
+[ -n "$HOLDOUT_ENGINE" ] && DROP=(--drop-voices "$HOLDOUT_ENGINE" "${TABLES[@]}")
+ENGINES=(espeak festival flite)
+if want manifests; then
+    $PY -m cald_speech.data.prepare librispeech "$CORPORA/lj_corpus" "$M/lj"
+    $PY -m cald_speech.data.prepare slurp "$CORPORA/slurp_corpus" "$M/slurp" --recording all
+    $PY -m cald_speech.data.prepare librispeech "$DEMO/corpus" "$M/demo" \
+        --splits dev-clean test-clean
+    merge() { $PY -m cald_speech.data.prepare merge "$@"; }
+    merge "$M/train.csv" "$M/lj/train-clean-100.csv" "$M/slurp/train.csv" "${DROP[@]}"
+    merge "$M/dev.csv" "$M/lj/dev-clean.csv" "${DROP[@]}"
+    merge "$M/test.csv" "$M/lj/test-clean.csv"
+    for e in "${ENGINES[@]}"; do      # the test voices of each engine
+        merge "$M/test_$e.csv" "$M/lj/test-clean.csv" --keep-voices "$e" "${TABLES[@]}"
+    done
+    merge "$M/slurp_test.csv" "$M/slurp/test.csv"
+    merge "$M/demo_test.csv" "$M/demo/test-clean.csv"
+fi
+
+if want ctc; then
+    # Dynamic batches of up to 60 s of audio: about 1.1 x (train hours x 60) updates per
+    # epoch; the learning-rate schedule spans all epochs.
+    UPDATES=$($PY -c "import csv,sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+print(round(1.1 * sum(float(r['duration']) for r in rows) / 60 * int(sys.argv[2])))" \
+        "$M/train.csv" "$EPOCHS")
+    $PY recipes/LibriSpeech/ASR/train.py recipes/LibriSpeech/ASR/hparams/finetune.yaml \
+        --data_folder "$M" --data_format csv --seed 7 \
+        --train_splits "[train]" --valid_splits "[dev]" \
+        --test_splits "[test,test_espeak,test_festival,test_flite,slurp_test,demo_test]" --normalize_text true \
+        --model_source "$OUT/frontend" \
+        --output_folder "$OUT/run" --feature_cache_folder "$OUT/feature_cache" \
+        --number_of_epochs "$EPOCHS" --dynamic_batching true --max_batch_seconds 60 \
+        --lr_encoder 0.001 --lr_head 0.001 --warmup_updates 500 --total_updates "$UPDATES" \
+        --waypoint_every null --best_metric CER
+    echo "pretrained model: $OUT/run/model (the demo reads models/pretrained-offline: cp -r it there)"
+fi

@@ -5,6 +5,7 @@ Usage::
     cald-prepare librispeech DATA_FOLDER SAVE_FOLDER [--splits dev-clean test-clean]
     cald-prepare slurp DATA_FOLDER SAVE_FOLDER [--recording headset] [--use-synthetic]
     cald-prepare tokenizer CSV OUT.json [--kind char|unigram|bpe] [--column wrd]
+    cald-prepare merge OUT.csv A.csv B.csv [--rename transcript=wrd] [--prefix-ids]
 
 It prints a summary table (rows kept, items skipped by reason, hours per split). Bad
 input ends with a one-line error naming the file and the fix, and exit status 1.
@@ -47,7 +48,7 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="cald-prepare",
         description="Write SpeechBrain CSV manifests for LibriSpeech- or SLURP-layout "
-                    "corpora, or build a CTC tokenizer from a manifest.",
+                    "corpora, merge manifests, or build a CTC tokenizer from a manifest.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every step")
     sub = parser.add_subparsers(dest="corpus", required=True)
@@ -84,6 +85,22 @@ def build_parser():
                    help="char kind: use the default set (blank, |, A-Z, ') instead of the "
                         "characters found in the CSV")
     p.add_argument("--unk", action="store_true", help="char kind: add <unk> for unknown chars")
+
+    p = sub.add_parser("merge", help="several manifests -> one (train on several corpora)")
+    p.add_argument("out", help="merged .csv to write")
+    p.add_argument("inputs", nargs="+", help="manifests to merge, in order")
+    p.add_argument("--columns", default="ID,duration,wav,wrd",
+                   help="comma-separated columns of the merged manifest (default: %(default)s)")
+    p.add_argument("--rename", nargs="*", default=["transcript=wrd"], metavar="OLD=NEW",
+                   help="column renames applied to inputs that have OLD (default: %(default)s)")
+    p.add_argument("--prefix-ids", action="store_true",
+                   help="prefix every ID with its input's number (for colliding IDs)")
+    p.add_argument("--keep-voices", default=None, metavar="NAMES",
+                   help="comma-separated voices or engines: keep only their rows")
+    p.add_argument("--drop-voices", default=None, metavar="NAMES",
+                   help="comma-separated voices or engines: drop their rows")
+    p.add_argument("--voice-tables", nargs="*", default=[], metavar="CORPUS",
+                   help="synthetic corpus folders (their utterances.tsv names the voices)")
     return parser
 
 
@@ -97,6 +114,8 @@ def main(argv=None):
     try:
         if args.corpus == "tokenizer":
             return _tokenizer(args)
+        if args.corpus == "merge":
+            return _merge(args)
         common = dict(
             sorting=args.sorting, min_duration=args.min_duration,
             max_duration=args.max_duration, check_audio=args.check_audio,
@@ -145,6 +164,27 @@ def _tokenizer(args):
         )
     path = tok.save(args.out)
     print(f"{tok!r} written to {path}")
+    return 0
+
+
+def _merge(args):
+    from cald_speech.data.merge import merge_manifests
+    from cald_speech.errors import ConfigError
+
+    rename = {}
+    for item in args.rename:
+        old, sep, new = item.partition("=")
+        if not (sep and old and new):
+            raise ConfigError(f"--rename {item!r}: write OLD=NEW, e.g. transcript=wrd")
+        rename[old] = new
+    columns = [c for c in args.columns.split(",") if c]
+    def names(value):
+        return [v for v in (value or "").split(",") if v] or None
+
+    n = merge_manifests(args.out, args.inputs, columns=columns, rename=rename,
+                        prefix_ids=args.prefix_ids, keep_voices=names(args.keep_voices),
+                        drop_voices=names(args.drop_voices), voice_tables=args.voice_tables)
+    print(f"{n} rows from {len(args.inputs)} manifest(s) written to {args.out}")
     return 0
 
 
