@@ -30,6 +30,7 @@ import transformers
 from cald_speech.convert import convert
 from cald_speech.distill.guidance import MODES, Guidance, discover_waypoints
 from cald_speech.errors import ConfigError, DataError
+from cald_speech.model_files import load_strict
 from cald_speech.student import Student, load_model, read_config, supported_class
 
 logger = logging.getLogger(__name__)
@@ -90,10 +91,8 @@ def load_ctc_model(source, vocab_size, pad_token_id=0):
         prefix = prefix.replace("Model", "")
         ctc_cls = getattr(transformers, f"{prefix}ForCTC")
         logger.info("%s: new CTC head with %d outputs on %s", source, vocab_size, arch)
-        model = ctc_cls.from_pretrained(
-            source, vocab_size=vocab_size, pad_token_id=pad_token_id,
-            ignore_mismatched_sizes=True, local_files_only=True,
-        )
+        model = load_strict(ctc_cls, source, allow_new=("lm_head.*",), vocab_size=vocab_size,
+                            pad_token_id=pad_token_id, ignore_mismatched_sizes=True)
     head = getattr(model, "lm_head", None)
     if head is None or head.out_features != vocab_size:
         raise ConfigError(

@@ -1040,7 +1040,8 @@ def model_task(config):
     >>> model_task({"cald": {"source_class": "HubertForSequenceClassification"}})
     'classification'
     """
-    arch = (config.get("cald") or {}).get("source_class") or (
+    cald = config.get("cald") if isinstance(config.get("cald"), dict) else {}
+    arch = cald.get("source_class") or (
         config.get("architectures") or [""])[0]
     if arch.endswith("ForCTC"):
         return "ctc"
@@ -1186,8 +1187,9 @@ class Transcriber:
         task = model_task(config)
         if task != "ctc":
             raise ConfigError(
-                f"{folder} holds a {task} model; Transcriber needs a CTC model "
-                "(intent models are served by Classifier)"
+                f"{folder} holds {'an' if task[0] in 'aeiou' else 'a'} {task} model "
+                "(no CTC head); Transcriber needs a CTC model: fine-tune it first "
+                "(recipes/LibriSpeech/ASR), or classify with an intent model"
             )
         if not (folder / "tokenizer.json").is_file():
             raise DataError(folder, "no tokenizer.json in the model folder",

@@ -64,6 +64,13 @@ except ImportError as exc:  # pragma: no cover - depends on the installed releas
 
 from cald_speech.errors import ConfigError, DataError
 from cald_speech.mixers import Mixer, build_saved_mixer
+from cald_speech.model_files import (  # noqa: F401 (read_config: part of this module's API)
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    load_strict,
+    read_config,
+    weights_file,
+)
 
 #: Model families that can be converted, with the transformers classes of each.
 FAMILIES = {
@@ -109,8 +116,6 @@ EXTRA_FILES = (
 #: Glob patterns of further files that travel with a model folder (sentencepiece models).
 EXTRA_PATTERNS = ("*.model",)
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 CALD_FORMAT_VERSION = 1
 
 
@@ -439,20 +444,31 @@ class Student(nn.Module):
                 f"{directory} holds a plain transformers model, not a student; load it with "
                 "cald_speech.student.load_model() or convert it with cald_speech.convert.convert()"
             )
-        weights = _weights_file(directory, (WEIGHTS_NAME,))
+        weights = weights_file(directory, (WEIGHTS_NAME,))
         cald = config_dict.pop("cald")
+        path = directory / CONFIG_NAME
+        missing = [k for k in ("source_class", "mixers")
+                   if not isinstance(cald, dict) or k not in cald]
+        if missing:
+            raise DataError(path, f"the 'cald' section lacks {missing}",
+                            "copy the config.json saved with the student, or convert again")
         version = cald.get("format_version", CALD_FORMAT_VERSION)
         if version > CALD_FORMAT_VERSION:
             raise ConfigError(
-                f"{directory / CONFIG_NAME}: student format {version} is newer than this "
+                f"{path}: student format {version} is newer than this "
                 f"cald-speech reads ({CALD_FORMAT_VERSION}); upgrade cald-speech"
             )
         model_cls = supported_class(cald["source_class"])
-        config = transformers.AutoConfig.for_model(**config_dict)
-        config._attn_implementation = cald.get("attn_implementation")
-        model = model_cls(config)
-        mixers = [None if c is None else build_saved_mixer(c) for c in cald["mixers"]]
-        install_mixers(model, mixers)
+        try:
+            config = transformers.AutoConfig.for_model(**config_dict)
+            config._attn_implementation = cald.get("attn_implementation")
+            model = model_cls(config)
+            mixers = [None if c is None else build_saved_mixer(c) for c in cald["mixers"]]
+            install_mixers(model, mixers)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise DataError(path, f"does not describe a student ({type(exc).__name__}: {exc})",
+                            "copy the config.json saved with the student, or convert "
+                            "again") from exc
         _load_weights(model, weights, device)
         return cls(model, cald, source_path=str(directory)).eval()
 
@@ -493,33 +509,6 @@ def to_device(model, device):
             f"device '{device}' cannot be used here ({str(exc).splitlines()[0]}); "
             "fix: choose --device cpu, or a GPU that torch.cuda.is_available() sees"
         ) from exc
-
-
-def read_config(directory):
-    """Reads ``config.json`` of a model folder, with clear errors for missing files."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise DataError(directory, "no such model folder", "give the folder of a saved model")
-    path = directory / CONFIG_NAME
-    if not path.is_file():
-        raise DataError(
-            directory, f"no {CONFIG_NAME} in the folder", "give a folder written by save_pretrained"
-        )
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(path, f"not valid JSON ({exc})", "re-save the model") from exc
-
-
-def _weights_file(directory, names):
-    for name in names:
-        if (Path(directory) / name).is_file():
-            return Path(directory) / name
-    raise DataError(
-        directory,
-        f"no weights file ({' or '.join(names)}) in the folder",
-        "give a folder written by save_pretrained",
-    )
 
 
 def copy_extra_files(source, destination):
@@ -587,7 +576,5 @@ def load_model(directory, device="cpu"):
             f"add \"architectures\": [one of {', '.join(SUPPORTED_CLASSES)}]"
         )
     model_cls = supported_class(architectures[0])
-    _weights_file(directory, ("model.safetensors", "model.safetensors.index.json",
-                              "pytorch_model.bin", "pytorch_model.bin.index.json"))
-    model = model_cls.from_pretrained(str(directory), local_files_only=True)
+    model = load_strict(model_cls, directory)
     return to_device(model, device).eval()

@@ -1,0 +1,158 @@
+"""Model folders on disk: ``config.json``, weights files, and strict loading.
+
+A transformers model folder that is incomplete must never load: ``from_pretrained``
+initialises missing tensors at random and only prints a report, so a truncated copy or
+a config from another model gives a confident wrong transcript. Everything here raises
+a :class:`~cald_speech.errors.DataError` naming the file and the fix instead.
+
+Example
+-------
+>>> import json, os, tempfile
+>>> d = tempfile.mkdtemp()
+>>> _ = open(os.path.join(d, "config.json"), "w").write("[1, 2]")
+>>> read_config(d)
+Traceback (most recent call last):
+  ...
+cald_speech.errors.DataError: ...config.json: holds a list, not a model configuration...
+"""
+
+import json
+import logging
+from fnmatch import fnmatch
+from pathlib import Path
+
+from cald_speech.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+#: Weights files transformers reads, in the order it prefers them.
+HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+              "pytorch_model.bin.index.json")
+
+
+def read_config(directory):
+    """Reads ``config.json`` of a model folder, with clear errors for missing files."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DataError(directory, "no such model folder", "give the folder of a saved model")
+    path = directory / CONFIG_NAME
+    if not path.is_file():
+        raise DataError(
+            directory, f"no {CONFIG_NAME} in the folder", "give a folder written by save_pretrained"
+        )
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(path, f"not valid JSON ({exc})", "re-save the model") from exc
+    if not isinstance(config, dict):
+        raise DataError(path, f"holds a {type(config).__name__}, not a model configuration "
+                        "(a JSON object of sizes and options)",
+                        "copy the config.json that was saved with these weights")
+    return config
+
+
+def weights_file(directory, names=HF_WEIGHTS):
+    """The first of ``names`` present in ``directory``; DataError when there is none."""
+    for name in names:
+        if (Path(directory) / name).is_file():
+            return Path(directory) / name
+    raise DataError(
+        directory,
+        f"no weights file ({' or '.join(names)}) in the folder",
+        "give a folder written by save_pretrained",
+    )
+
+
+def check_safetensors(path):
+    """Opens a ``.safetensors`` file's header and reads every tensor: damage is a DataError."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                f.get_slice(key)[:]  # a truncated file fails here, not on first use
+    except Exception as exc:  # safetensors raises its own error types
+        raise DataError(path, f"is damaged or truncated ({str(exc).splitlines()[0]})",
+                        "copy the model folder again, or re-save the model") from exc
+
+
+def load_strict(model_cls, directory, allow_new=(), **kwargs):
+    """``model_cls.from_pretrained(directory)`` that refuses to invent weights.
+
+    Arguments
+    ---------
+    model_cls : type
+        A transformers model class.
+    directory : str or os.PathLike
+        A local model folder.
+    allow_new : sequence of str
+        ``fnmatch`` patterns of parameters that may be missing from (or have another
+        shape than in) the folder and are then initialised, e.g. ``("lm_head.*",)`` for
+        the new head of a fine-tuning run.
+    **kwargs
+        More ``from_pretrained`` options (``ignore_mismatched_sizes``, ``vocab_size``, ...).
+
+    Returns
+    -------
+    transformers.PreTrainedModel
+
+    Raises
+    ------
+    DataError
+        Damaged or truncated weights, weights that do not fit the config, or tensors
+        missing from the folder (all name the weights file).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> from transformers import Wav2Vec2ForCTC
+    >>> from cald_speech.convert import tiny_teacher
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     tiny_teacher().save_pretrained(folder)      # an encoder without a CTC head
+    ...     model = load_strict(Wav2Vec2ForCTC, folder, allow_new=("lm_head.*",))
+    ...     load_strict(Wav2Vec2ForCTC, folder)
+    Traceback (most recent call last):
+      ...
+    cald_speech.errors.DataError: ...lacks 2 tensor(s) the model needs (lm_head.bias, ...
+    """
+    directory = Path(directory)
+    weights = weights_file(directory)
+    if weights.suffix == ".safetensors":
+        check_safetensors(weights)
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its load report: what is wrong is raised below
+    try:
+        model, info = model_cls.from_pretrained(
+            str(directory), local_files_only=True, output_loading_info=True, **kwargs
+        )
+    except (RuntimeError, ValueError, OSError, TypeError) as exc:
+        text = str(exc)
+        if "ignore_mismatched_sizes" in text:
+            text = "its tensors have other shapes than the config asks for"
+        first = next((line for line in text.splitlines() if line.strip()), repr(exc))
+        raise DataError(weights, f"cannot be loaded as {model_cls.__name__} with "
+                        f"{directory / CONFIG_NAME} ({first})",
+                        "use the config.json saved with these weights") from exc
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+    def invented(keys):
+        return sorted(k for k in keys if not any(fnmatch(k, p) for p in allow_new))
+
+    missing = invented(info.get("missing_keys", ()))
+    mismatched = invented(k[0] if isinstance(k, (tuple, list)) else k
+                          for k in info.get("mismatched_keys", ()))
+    if missing:
+        raise DataError(weights, f"lacks {len(missing)} tensor(s) the model needs "
+                        f"({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}); "
+                        "they would be initialised at random",
+                        "copy the complete model folder, or re-save the model")
+    if mismatched:
+        raise DataError(weights, f"has {len(mismatched)} tensor(s) of another shape than "
+                        f"{directory / CONFIG_NAME} asks for ({', '.join(mismatched[:4])})",
+                        "use the config.json saved with these weights")
+    return model
