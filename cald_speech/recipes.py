@@ -15,6 +15,7 @@ import sys
 from functools import partial
 
 import numpy as np
+import ruamel.yaml
 import speechbrain as sb
 import yaml
 from hyperpyyaml import load_hyperpyyaml
@@ -37,6 +38,7 @@ from cald_speech.experiment import (
     package_model,
 )
 from cald_speech.features import FeatureCache
+from cald_speech.hparams_check import check_types, yaml_error
 
 logger = logging.getLogger(__name__)
 
@@ -70,11 +72,15 @@ def load_recipe_hparams(argv, known_keys):
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
     if not os.path.isfile(hparams_file):
         raise ConfigError(f"{hparams_file}: hparams file not found")
+    given = _override_values(overrides)
+    check_types(given, "command line", command_line=set(given))  # before anything is built
     # Under torchrun: join the process group (no-op in a single process).
     sb.utils.distributed.ddp_init_group(run_opts)
     with open(hparams_file, encoding="utf-8") as f:
         try:
             hp = load_hyperpyyaml(f, overrides)
+        except ruamel.yaml.YAMLError as exc:
+            raise yaml_error(exc, hparams_file) from None
         except KeyError as exc:  # an override naming a key the file does not have
             with open(hparams_file, encoding="utf-8") as g:
                 file_keys = set(yaml.safe_load(_strip_tags(g.read())) or {})
@@ -82,7 +88,11 @@ def load_recipe_hparams(argv, known_keys):
             for key in sorted(given - file_keys):
                 check_hparams_keys({key: None}, known_keys | file_keys, "command line")
             raise ConfigError(f"{hparams_file}: {exc.args[0]}") from None
+    if not isinstance(hp, dict):
+        raise ConfigError(f"{hparams_file}: expected a mapping of options, got "
+                          f"{type(hp).__name__}")
     check_hparams_keys(hp, known_keys, hparams_file)
+    check_types(hp, hparams_file, command_line=set(given))
     seed_host_generators(hp.get("seed"))
     base = os.path.dirname(os.path.abspath(hparams_file))
     for key in ("model_config", "mixer"):
@@ -93,6 +103,15 @@ def load_recipe_hparams(argv, known_keys):
         overrides=overrides,
     )
     return hp, run_opts
+
+
+def _override_values(overrides):
+    """The command-line overrides as plain values (those with YAML tags left out)."""
+    try:
+        given = yaml.safe_load(overrides) if overrides else None
+    except yaml.YAMLError:  # tags (!ref ...) or a syntax error, reported by the full load
+        return {}
+    return given if isinstance(given, dict) else {}
 
 
 def seed_host_generators(seed):
