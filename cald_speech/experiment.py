@@ -30,7 +30,7 @@ import transformers
 from cald_speech.convert import convert
 from cald_speech.distill.guidance import MODES, Guidance, discover_waypoints
 from cald_speech.errors import ConfigError, DataError
-from cald_speech.model_files import load_strict
+from cald_speech.model_files import load_strict, respect_umask
 from cald_speech.student import Student, load_model, read_config, supported_class
 
 logger = logging.getLogger(__name__)
@@ -193,4 +193,5 @@ def package_model(model, folder, tokenizer=None, info=None):
         tokenizer.save(str(folder / "tokenizer.json"))
     meta = {"torch": torch.__version__, **(info or {})}
     (folder / "cald_info.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    respect_umask(folder)
     return str(folder)

@@ -1714,6 +1714,15 @@ def main(argv=None):
         return int(exc.code or 0)
     files = args.files
     cap = 255
+    if args.output_dir:
+        out = Path(args.output_dir)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file of that name, or no permission
+            problem = "is a file, not a folder" if out.is_file() else f"cannot be created ({exc})"
+            print(f"cald-transcribe: error: --output-dir {out} {problem}; fix: name a folder",
+                  file=sys.stderr)
+            return 2
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # transformers' own "Loading weights" bar
@@ -1730,8 +1739,6 @@ def main(argv=None):
         print(f"cald-transcribe: error: cannot load the model: {exc}", file=sys.stderr)
         return min(len(files), cap)
     out_dir = Path(args.output_dir) if args.output_dir else None
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
     used = set()
     failed = 0
     many = len(files) > 1

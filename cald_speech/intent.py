@@ -60,6 +60,7 @@ from cald_speech.distill.losses import logit_kd_loss
 from cald_speech.errors import ConfigError, DataError
 from cald_speech.experiment import build_models, package_model
 from cald_speech.features import FeatureCache, base_model
+from cald_speech.model_files import respect_umask
 from cald_speech.recipes import (
     ASR_KEYS,
     _loader_opts,
@@ -529,6 +530,7 @@ class IntentModel(nn.Module):
         cfg = {"format_version": FORMAT_VERSION, "encoder": ENCODER_DIR, **self.head.config()}
         (directory / HEAD_CONFIG).write_text(json.dumps(cfg, indent=2) + "\n")
         (directory / LABELS_FILE).write_text(json.dumps(self.labels.to_dict(), indent=2) + "\n")
+        respect_umask(directory)
 
     @classmethod
     def from_pretrained(cls, directory, device="cpu"):

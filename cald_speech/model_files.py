@@ -18,6 +18,7 @@ cald_speech.errors.DataError: ...config.json: holds a list, not a model configur
 
 import json
 import logging
+import os
 from fnmatch import fnmatch
 from pathlib import Path
 
@@ -30,6 +31,19 @@ WEIGHTS_NAME = "model.safetensors"
 #: Weights files transformers reads, in the order it prefers them.
 HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
               "pytorch_model.bin.index.json")
+
+
+def respect_umask(folder):
+    """Gives the files of a saved model folder the mode ``open`` would (0666 less the umask).
+
+    safetensors writes weights as 0600, which makes a model shared on a group folder
+    unreadable to everyone but its owner.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in Path(folder).rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(0o666 & ~umask)
 
 
 def read_config(directory):

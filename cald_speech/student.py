@@ -69,6 +69,7 @@ from cald_speech.model_files import (  # noqa: F401 (read_config: part of this m
     WEIGHTS_NAME,
     load_strict,
     read_config,
+    respect_umask,
     weights_file,
 )
 
@@ -420,6 +421,7 @@ class Student(nn.Module):
         source = extra_files_from if extra_files_from is not None else self.source_path
         if source:
             copy_extra_files(source, directory)
+        respect_umask(directory)
 
     @classmethod
     def from_pretrained(cls, directory, device="cpu"):

@@ -83,16 +83,31 @@ def write_csv_atomic(path, fieldnames, rows):
     >>> open(path).read().splitlines()[1]
     '1,"say ""hi"", ok"'
     """
+    def write(f):
+        writer = csv.DictWriter(f, fieldnames=fieldnames)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(row)
+
+    _write_atomic(path, write, newline="")
+
+
+def _write_atomic(path, write, **open_kwargs):
+    """Calls ``write(f)`` on a temporary file, then renames it over ``path``.
+
+    The file gets the mode a plain ``open`` would give it (0666 less the umask), not
+    the private 0600 of a temporary file, so shared manifests stay readable.
+    """
     path = os.path.abspath(os.fspath(path))
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
     try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=fieldnames)
-            writer.writeheader()
-            for row in rows:
-                writer.writerow(row)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
+        with os.fdopen(fd, "w", encoding="utf-8", **open_kwargs) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -104,19 +119,11 @@ def write_csv_atomic(path, fieldnames, rows):
 
 def write_json_atomic(path, obj):
     """Writes a JSON file completely or not at all (see :func:`write_csv_atomic`)."""
-    path = os.path.abspath(os.fspath(path))
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    def write(f):
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+    _write_atomic(path, write)
 
 
 def read_manifest(path, required=("ID", "duration")):

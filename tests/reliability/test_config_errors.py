@@ -77,3 +77,15 @@ def test_shipped_hparams_pass_the_checks():
             hp = load_hyperpyyaml(f, {"data_folder": "x"})
         assert len(set(hp) & set(OPTION_KINDS)) >= 20, path
         check_types(hp, str(path))
+
+
+def test_transcribe_output_dir_that_is_a_file_fails_before_loading(tmp_path, capsys):
+    from cald_speech.inference import main
+
+    target = tmp_path / "taken"
+    target.write_text("x")
+    assert main(["--model", str(tmp_path / "no-model"), "--output-dir", str(target),
+                 "--no-progress", str(tmp_path / "a.wav")]) == 2
+    err = capsys.readouterr().err
+    assert f"--output-dir {target} is a file, not a folder" in err and "Traceback" not in err
+    assert target.read_text() == "x"

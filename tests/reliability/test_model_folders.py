@@ -5,8 +5,10 @@ or a converted student), then loaded by the library and by the console scripts.
 """
 
 import json
+import os
 import re
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -145,3 +147,27 @@ def test_truncated_student_weights(tmp_path):
     truncate(folder)
     with pytest.raises(DataError, match="model.safetensors"):
         load_model(folder)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_saved_models_and_manifests_respect_the_umask(tmp_path, umask):
+    from cald_speech.data.manifest import write_csv_atomic, write_json_atomic
+    from cald_speech.intent import IntentHead, IntentModel, LabelMaps
+
+    old = os.umask(umask)
+    try:
+        package_model(tiny_teacher(head="ctc", vocab_size=29).eval(),
+                      tmp_path / "teacher", CharTokenizer())
+        package_model(convert(tiny_teacher(head="ctc", vocab_size=29)).eval(),
+                      tmp_path / "student", CharTokenizer())
+        labels = LabelMaps({"alarm_set": ("alarm", "set")})
+        head = IntentHead(tiny_teacher().config.hidden_size, {"intent": 1})
+        IntentModel(tiny_teacher(), head, labels).save_pretrained(tmp_path / "intent")
+        write_csv_atomic(tmp_path / "m" / "train.csv", ["ID"], [{"ID": "u"}])
+        write_json_atomic(tmp_path / "m" / "state.json", {"a": 1})
+    finally:
+        os.umask(old)
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(files) >= 12
+    for path in files:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
