@@ -255,8 +255,9 @@ def prepare_slurp(
             data_folder,
             f"not a SLURP layout: expected {_LAYOUT}; annotation folder {ann} not found; "
             f"found: {list_entries(data_folder)}",
-            "point data_folder at the SLURP root, or pass annotation_folder= and "
-            "real_audio_folder=",
+            "point the data folder at the SLURP root, or give the folders: "
+            "cald-prepare --annotation-folder/--real-audio (Python: annotation_folder=, "
+            "real_audio_folder=)",
         )
 
     # Which annotation files and audio folder make up each split.
@@ -277,15 +278,17 @@ def prepare_slurp(
                     jsonl,
                     f"annotation file for split '{name}' not found; {ann} holds "
                     f"{found or 'no .jsonl file'}",
-                    "choose splits that exist, or pass annotation_folder=",
+                    "choose splits that exist (--splits), or give the folder of the .jsonl "
+                    "files (cald-prepare --annotation-folder; Python: annotation_folder=)",
                 )
             if not os.path.isdir(audio_dir):
-                which = "synth_audio_folder" if audio_dir == synth else "real_audio_folder"
+                which = ("--synth-audio (Python: synth_audio_folder=)" if audio_dir == synth
+                         else "--real-audio (Python: real_audio_folder=)")
                 raise DataError(
                     audio_dir,
                     f"not a SLURP layout: audio folder for split '{name}' not found "
                     f"(expected {_LAYOUT}); {data_folder} holds: {list_entries(data_folder)}",
-                    f"pass {which}= or put the recordings there",
+                    f"put the recordings there, or give their folder: cald-prepare {which}",
                 )
             resolved.append((jsonl, audio_dir, selection, prefix))
         sources[split] = resolved
@@ -368,8 +371,8 @@ def prepare_slurp(
         )
         if not rows:
             hint = (
-                f"{not_selected} recording(s) were left out by recording='{recording}'; "
-                "try recording='all'"
+                f"{not_selected} recording(s) were left out by --recording {recording}; "
+                "try --recording all (recipes: slurp_recording: all)"
                 if not_selected
                 else f"check that the recordings listed in {parts[0][0]} are in {parts[0][1]}"
             )

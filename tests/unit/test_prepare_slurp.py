@@ -234,7 +234,7 @@ def test_empty_selection_suggests_other_recording(slurp, tmp_path):
     rec = make_record(7, "far only", "general", "quirky", ["audio-701.flac"])
     write_jsonl(slurp / "dataset" / "slurp" / "devel.jsonl", [rec])
     write_tone(str(slurp / "slurp_real" / "audio-701.flac"))
-    with pytest.raises(DataError, match="recording='headset'; try recording='all'"):
+    with pytest.raises(DataError, match="left out by --recording headset; try --recording all"):
         prepare_slurp(slurp, tmp_path / "s", splits=["devel"])
     assert prepare_slurp(slurp, tmp_path / "s", splits=["devel"], recording="all").kept == 1
 
