@@ -28,6 +28,7 @@ import time
 import speechbrain as sb
 import torch
 
+from cald_speech.distill.faults import FaultGuard, all_finite
 from cald_speech.distill.guidance import Guidance
 from cald_speech.distill.losses import logit_kd_loss, masked_layer_loss
 from cald_speech.distill.optim import (
@@ -133,8 +134,14 @@ class DistillBrain(sb.Brain):
             if teacher is None:
                 raise ConfigError(f"guidance '{guidance.mode}' needs a teacher model")
             self._set_teacher(teacher, trainable=guidance.mode == "trajectory")
-        self.bad_items = 0  # this epoch
-        self.bad_items_total = 0
+        hp = self.hparams
+        self.faults = FaultGuard(
+            max_bad_fraction=getattr(hp, "max_bad_fraction", 0.05),
+            max_nonfinite_steps=getattr(hp, "max_nonfinite_steps", 5),
+            bad_items_file=getattr(hp, "bad_items_file", None),
+        )
+        self._poisoned = False  # a micro-batch of this step had a non-finite loss
+        self._batch_ids, self._batch_terms = [], {}
         self._teacher_has_grads = False
         self.teacher_optimizers = {}
         self._terms = {}
@@ -294,10 +301,9 @@ class DistillBrain(sb.Brain):
     def compute_objectives(self, predictions, batch, stage):
         """Task loss plus the distillation terms the guidance asks for at this step."""
         mask = predictions["mask"]
-        bad = int((~mask.any(dim=1)).sum())
-        if stage == sb.Stage.TRAIN and bad:
-            self.bad_items += bad
-            self.bad_items_total += bad
+        if stage == sb.Stage.TRAIN:
+            self.faults.batch(list(batch.id), (~mask.any(dim=1)).tolist(),
+                              getattr(batch, "wav", None))
         loss = self.task_loss(predictions["logits"], mask, batch, stage)
         terms = {"task": loss.detach()}
         if "t_logits" in predictions:
@@ -319,7 +325,9 @@ class DistillBrain(sb.Brain):
                 loss = loss + w_logit * kd
                 terms["kd"] = kd.detach()
         terms["total"] = loss.detach()
-        self._accumulate(stage, terms)
+        self._batch_terms = terms
+        if stage != sb.Stage.TRAIN or all_finite(loss):  # a skipped step is not averaged
+            self._accumulate(stage, terms)
         return loss
 
     # ------------------------------------------------------------ training
@@ -346,22 +354,35 @@ class DistillBrain(sb.Brain):
         accumulation factor) and the teacher steps once, with the student.
         """
         should_step = (self.step % self.grad_accumulation_factor) == 0
+        self._batch_ids = list(getattr(batch, "id", []))
         self.on_fit_batch_start(batch, should_step)
         with self.no_sync(not should_step):
             with self.training_ctx:
                 outputs = self.compute_forward(batch, sb.Stage.TRAIN)
                 loss = self.compute_objectives(outputs, batch, sb.Stage.TRAIN)
                 t_loss = self._teacher_loss(batch, outputs)
-            scaled = self.scaler.scale(loss / self.grad_accumulation_factor)
-            self.check_loss_isfinite(scaled)
-            if t_loss is not None:  # the graphs are disjoint: one backward serves both
-                scaled = scaled + self.scaler.scale(t_loss / self.grad_accumulation_factor)
-                self._teacher_has_grads = True
-            scaled.backward()
-        if should_step:
-            self.optimizers_step()
-        self.on_fit_batch_end(batch, outputs, loss, should_step)
+            if all_finite(loss, t_loss):
+                scaled = self.scaler.scale(loss / self.grad_accumulation_factor)
+                if t_loss is not None:  # the graphs are disjoint: one backward serves both
+                    scaled = scaled + self.scaler.scale(t_loss / self.grad_accumulation_factor)
+                    self._teacher_has_grads = True
+                scaled.backward()
+            else:  # the whole step is skipped: no parameter moves
+                self._poisoned = True
+                self._batch_terms = {**self._batch_terms, "total": loss.detach()}
+        stepped = should_step and self.optimizers_step()
+        self.on_fit_batch_end(batch, outputs, loss, stepped)
         return loss.detach().cpu()
+
+    @property
+    def bad_items(self):
+        """Training items with unreadable audio in the current epoch."""
+        return self.faults.bad_items
+
+    @property
+    def bad_items_total(self):
+        """Training items with unreadable audio since the run (re)started."""
+        return self.faults.bad_items_total
 
     def _teacher_due(self, stage=sb.Stage.TRAIN):
         g = self.guidance
@@ -388,7 +409,14 @@ class DistillBrain(sb.Brain):
         """Steps every optimiser once (the teacher's too, when it has gradients).
 
         As SpeechBrain's, except that the gradient norm is clipped over all parameter
-        groups of an optimiser (SpeechBrain clips only the first group).
+        groups of an optimiser (SpeechBrain clips only the first group), and that a
+        non-finite loss or gradient skips the whole step (:mod:`cald_speech.distill.faults`;
+        under fp16 the loss scaler skips steps with overflowing gradients itself).
+
+        Returns
+        -------
+        bool
+            Whether the parameters were updated.
         """
         opts = list(self.freeze_optimizers(self.optimizers_dict).values())
         step_teacher = self._teacher_has_grads
@@ -396,11 +424,20 @@ class DistillBrain(sb.Brain):
             teacher_opts = list(self.teacher_optimizers.values())
             average_gradients([p for o in teacher_opts for p in optimizer_params(o)])
             opts += teacher_opts
+        norms = []
         for opt in opts:
             self.scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(optimizer_params(opt), self.max_grad_norm)
-        if not self.scaler.is_enabled() and self.skip_nonfinite_grads:
-            self.check_gradients()
+            norms.append(torch.nn.utils.clip_grad_norm_(optimizer_params(opt),
+                                                        self.max_grad_norm))
+        if self._poisoned or (not self.scaler.is_enabled() and not all_finite(*norms)):
+            for opt in opts:
+                opt.zero_grad(set_to_none=True)
+            self.scaler.update()
+            self._poisoned = self._teacher_has_grads = False
+            ids = getattr(self, "_batch_ids", [])
+            self.faults.skipped_step(self.optimizer_step, ids, self._batch_terms)
+            return False
+        self.faults.good_step()
         for opt in opts:
             self.scaler.step(opt)
         self.scaler.update()
@@ -413,6 +450,7 @@ class DistillBrain(sb.Brain):
                 schedule = getattr(self.hparams, f"teacher_{name}_lr_schedule")
                 if schedule is not None:
                     schedule(opt)
+        return True
 
     def _task_optimizers(self, model, prefix, encoder_opt_class, head_opt_class):
         """{"encoder", "head"} optimisers of ``model`` with weight-decay groups."""
@@ -521,7 +559,7 @@ class DistillBrain(sb.Brain):
     def on_stage_start(self, stage, epoch=None):
         """Resets the per-stage loss terms (and, for training, the bad-item count)."""
         if stage == sb.Stage.TRAIN:
-            self.bad_items = 0
+            self.faults.start_epoch(epoch)
         self._terms.pop(stage, None)
         self._terms.pop(("window", stage), None)
 
@@ -547,7 +585,9 @@ class DistillBrain(sb.Brain):
         """Logs every loss term and metric, keeps the best checkpoint, writes results."""
         stats = {"loss": stage_loss, **self.stage_terms(stage)}
         if stage == sb.Stage.TRAIN:
-            stats["bad_items"] = self.bad_items
+            stats["bad_items"] = self.faults.bad_items
+            stats["skipped_steps"] = self.faults.nonfinite_total
+            self.faults.check_fraction()
             self.train_stats = stats
             return
         stats.update(self.stage_metrics())

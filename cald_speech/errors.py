@@ -49,3 +49,7 @@ class ConfigError(CaldError, ValueError):
 
 class ToolError(CaldError, RuntimeError):
     """A required external program is missing or failed."""
+
+
+class NumericalError(CaldError, RuntimeError):
+    """Training cannot go on: the loss or the gradients stay non-finite."""

@@ -831,7 +831,7 @@ def intent_dataset(csv_path, labels, sorting="ascending", max_duration=None, min
         return torch.LongTensor([labels.index(t, v) for t, v in zip(LABEL_COLUMNS, values)])
 
     ds.add_dynamic_item(label_pipeline)
-    ds.set_output_keys(["id", "sig", "ok", "duration", *LABEL_COLUMNS, "label_ids"])
+    ds.set_output_keys(["id", "sig", "ok", "wav", "duration", *LABEL_COLUMNS, "label_ids"])
     report["unknown"] = count_unknown((ds.data[i] for i in ds.data_ids), labels)
     return ds, report
 

@@ -63,7 +63,7 @@ ASR_KEYS = {
     "package_folder", "max_grad_norm", "precision", "optimizer_step_limit",
     "ckpt_interval_minutes", "ckpt_interval_steps", "find_unused_parameters",
     "device", "distributed_backend", "lr_encoder", "lr_head", "warmup_updates",
-    "total_updates", "lr_decay",
+    "total_updates", "lr_decay", "max_bad_fraction", "bad_items_file", "max_nonfinite_steps",
 }
 
 

@@ -141,7 +141,7 @@ def audio_dataset(csv_path, required=(), sorting="ascending", max_duration=None,
     elif sorting not in ("random", "none"):
         raise DataError(csv_path, f"unknown sorting '{sorting}'",
                         "use ascending, descending, random or none")
-    ds.set_output_keys(["id", "sig", "ok", "duration", *required])
+    ds.set_output_keys(["id", "sig", "ok", "wav", "duration", *required])
     report = {"kept": len(data), "skipped": len(bad), "filtered": filtered, "bad": bad}
     return ds, report
 

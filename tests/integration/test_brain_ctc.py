@@ -228,13 +228,16 @@ def test_resume_mid_epoch_gives_the_same_continuation(tmp_path, corpus, shuffle_
 
 def test_unreadable_audio_is_masked_and_counted(tmp_path, corpus):
     # Truncate one file after the header check: it fails only when read.
-    brain, ds, counter = make_brain(tmp_path, tiny_ctc(0), corpus, cache=False, epochs=2)
+    listed = tmp_path / "bad_items.tsv"
+    brain, ds, counter = make_brain(tmp_path, tiny_ctc(0), corpus, cache=False, epochs=2,
+                                    max_bad_fraction=0.5, bad_items_file=str(listed))
     victim = tmp_path / "u5.flac"
     victim.write_bytes(victim.read_bytes()[:60])
     fit(brain, ds, counter)
-    # counted per epoch (the log line of each epoch), and for the run
+    # counted per epoch (the log line of each epoch), and for the run; listed in a file
     assert brain.train_stats["bad_items"] == 1 and brain.bad_items_total == 2
     assert np.isfinite(brain.train_stats["loss"])
+    assert listed.read_text().splitlines() == [f"1\tu5\t{victim}", f"2\tu5\t{victim}"]
 
 
 def test_evaluate_writes_wer(tmp_path, corpus):

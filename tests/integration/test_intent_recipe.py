@@ -256,7 +256,8 @@ def test_unreadable_audio_is_masked_counted_and_scored_wrong(teacher, tmp_path):
     victim.write_bytes(victim.read_bytes()[:60])  # passes the header check, fails on read
     hp = {"encoder_opt_class": lambda p: torch.optim.SGD(p, lr=0.0),
           "head_opt_class": lambda p: torch.optim.SGD(p, lr=0.0),
-          "guidance": None, "metrics_file": str(tmp_path / "intent_{split}.txt")}
+          "guidance": None, "metrics_file": str(tmp_path / "intent_{split}.txt"),
+          "max_bad_fraction": 0.5}
     brain = IntentBrain(modules={"model": model}, hparams=hp, run_opts={"device": "cpu"})
     brain.fit(sb.utils.epoch_loop.EpochCounter(1), ds,
               train_loader_kwargs={"batch_size": 3}, progressbar=False)
