@@ -28,6 +28,7 @@ import time
 import speechbrain as sb
 import torch
 
+from cald_speech.distill.checkpoints import RandomState
 from cald_speech.distill.faults import FaultGuard, all_finite
 from cald_speech.distill.guidance import Guidance
 from cald_speech.distill.losses import logit_kd_loss, masked_layer_loss
@@ -479,6 +480,8 @@ class DistillBrain(sb.Brain):
                 self.teacher, "teacher ", hp.teacher_encoder_opt_class or hp.encoder_opt_class,
                 hp.teacher_head_opt_class or hp.head_opt_class)
         if self.checkpointer is not None:
+            if "random_state" not in self.checkpointer.recoverables:
+                self.checkpointer.add_recoverable("random_state", RandomState())
             for name, opt in self.optimizers_dict.items():
                 self.checkpointer.add_recoverable(f"{name}_optimizer", opt)
             if self.teacher_optimizers:

@@ -17,6 +17,7 @@ from functools import partial
 import numpy as np
 import ruamel.yaml
 import speechbrain as sb
+import torch
 import yaml
 from hyperpyyaml import load_hyperpyyaml
 
@@ -227,7 +228,10 @@ def _loader_opts(hp, dataset, train):
     continues with the same batches); ``dynamic_batching`` shuffles its duration
     buckets the same way. Any other sorting keeps the dataset's order.
     """
-    opts = {"num_workers": hp.get("num_workers", 0)}
+    # A loader of its own generator: creating its iterator (SpeechBrain does so again
+    # after a resume) must not draw from the global one, or dropout draws would shift.
+    opts = {"num_workers": hp.get("num_workers", 0),
+            "generator": torch.Generator().manual_seed(int(hp.get("seed") or 0))}
     if train and hp.get("dynamic_batching", False):
         return {**opts, **dynamic_batching(
             dataset, hp["max_batch_seconds"], hp.get("num_buckets", 20), seed=hp["seed"]

@@ -1,6 +1,7 @@
 """What a training run does about bad items and numerical faults.
 
-Two promises, kept by :class:`FaultGuard` for the distillation Brain:
+Two promises, kept by :class:`FaultGuard` for the distillation Brain (resuming after
+an interruption is :mod:`cald_speech.distill.checkpoints`):
 
 - **bad items** (audio that could not be read at training time) are skipped: counted per
   epoch, listed in a file (``epoch<TAB>ID<TAB>audio``), and the run stops with a message
@@ -124,3 +125,4 @@ def all_finite(*values):
     import torch
 
     return all(v is None or bool(torch.isfinite(torch.as_tensor(v)).all()) for v in values)
+
