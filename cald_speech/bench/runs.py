@@ -107,6 +107,66 @@ def trained_updates(path):
     return found
 
 
+def valid_curve(path):
+    """Held-out metrics per epoch from a recipe's ``train_log.txt``: a list of dicts.
+
+    Each has ``epoch``, ``updates`` and every ``valid <metric>`` of that epoch's line.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> p = os.path.join(tempfile.mkdtemp(), "train_log.txt")
+    >>> _ = open(p, "w").write(
+    ...     "epoch: 1, updates: 38 - train loss: 2.4 - valid loss: 2.1, valid CER: 80.5\\n"
+    ...     "epoch: 2, updates: 76 - train loss: 2.3 - valid loss: 1.9, valid CER: 61\\n")
+    >>> [(r["updates"], r["CER"]) for r in valid_curve(p)]
+    [(38, 80.5), (76, 61.0)]
+    """
+    points = []
+    if not os.path.isfile(path):
+        return points
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            m = re.match(r"epoch: (\d+), updates: (\d+)", line)
+            if not m:
+                continue
+            point = {"epoch": int(m.group(1)), "updates": int(m.group(2))}
+            for key, value in re.findall(r"valid ([A-Za-z_]+): ([-+0-9.eE]+)", line):
+                if key != "loss":
+                    point[key] = float(value)
+            points.append(point)
+    return points
+
+
+def plot_learning_curves(runs, path, metrics=("CER", "WER")):
+    """Held-out metric vs updates, one panel per metric, one line per run (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = {run["name"]: valid_curve(Path(run["folder"]) / "train_log.txt") for run in runs}
+    metrics = [m for m in metrics if any(m in p for c in curves.values() for p in c)]
+    if not metrics:
+        return None
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.6), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for i, (name, points) in enumerate(curves.items()):
+            pts = [(p["updates"], p[metric]) for p in points if metric in p]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", color=f"C{i % 10}", label=name)
+        ax.set_title(f"held-out {metric} (%)")
+        ax.set_xlabel("update")
+        ax.grid(alpha=0.3)
+        ax.set_ylim(bottom=0)
+    axes[0][0].legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
 def summarize_run(folder, name=None):
     """One run's results: metrics per evaluated split, updates, wall time, parameters.
 
@@ -136,6 +196,7 @@ def summarize_run(folder, name=None):
     times = [r["time"] for r in steps if "time" in r]
     out["wall_s"] = (max(times) - min(times)) if len(times) > 1 else None
     out["parameters"] = count_parameters(folder / "model")
+    out["valid_curve"] = valid_curve(folder / "train_log.txt")
     return out
 
 
@@ -270,8 +331,8 @@ def build_parser():
     """The ``cald-bench runs`` argument parser."""
     p = argparse.ArgumentParser(
         prog="cald-bench runs",
-        description="Result table (metrics per split, updates, wall time, parameters) and "
-                    "training curves of finished recipe runs.",
+        description="Result table (metrics per split, updates, wall time, parameters), "
+                    "training curves and held-out learning curves of recipe runs.",
     )
     p.add_argument("folders", nargs="+", help="run folders (output_folder of a recipe)")
     p.add_argument("--names", default=None, help="comma-separated names (default: folders)")
@@ -303,6 +364,7 @@ def main(argv=None):
     (out / "runs.md").parent.mkdir(parents=True, exist_ok=True)
     (out / "runs.md").write_text(markdown_table(rows) + "\n")
     plot_training_curves(runs, out / "training_curves.png")
+    plot_learning_curves(runs, out / "learning_curves.png")
     plot_metric_bars(runs, out / f"{args.metrics.split(',')[0].lower()}.png",
                      args.metrics.split(",")[0])
     print(f"wrote {out}/runs.json, runs.md and plots")

@@ -43,3 +43,21 @@ def test_ctc_and_intent_runs_are_summarized(tmp_path):
     rows = runs.results_rows(summaries, ["WER", "intent_acc", "sa_acc"])
     assert rows[0]["WER test-clean"] == 12.5 and "intent_acc test" not in rows[0]
     assert rows[1]["intent_acc test"] == 50.0 and rows[1]["sa_acc test"] == 60.0
+
+
+def test_learning_curve_is_read_per_epoch_and_plotted(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train_log.txt").write_text(
+        "epoch: 1, updates: 938, lr_encoder: 1.00e-03 - train loss: 2.2, bad_items: 0 - "
+        "valid loss: 1.5, valid CER: 41.25, valid WER: 88.0\n"
+        "epoch: 2, updates: 1876, lr_encoder: 9.00e-04 - train loss: 1.2 - valid loss: 0.9, "
+        "valid CER: 2.10e+01, valid WER: 60.5\n"
+        "split: test, updates: 1876 - test loss: 1.0, test CER: 22.0\n")
+    summary = runs.summarize_run(run)
+    assert summary["valid_curve"] == [
+        {"epoch": 1, "updates": 938, "CER": 41.25, "WER": 88.0},
+        {"epoch": 2, "updates": 1876, "CER": 21.0, "WER": 60.5}]
+    png = runs.plot_learning_curves([summary], tmp_path / "curve.png")
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert runs.plot_learning_curves([runs.summarize_run(tmp_path)], tmp_path / "x.png") is None
