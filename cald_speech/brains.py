@@ -36,6 +36,7 @@ from cald_speech.distill.optim import (
     average_gradients,
     make_optimizer,
     optimizer_params,
+    rank_mean,
     stochastic_in_training,
 )
 from cald_speech.errors import ConfigError
@@ -542,7 +543,8 @@ class DistillBrain(sb.Brain):
     def stage_terms(self, stage, window=False):
         """Mean of every loss term over the stage (or the window since the last log)."""
         d = self._terms.get(("window", stage) if window else stage, {})
-        return {k: s / max(n, 1) for k, (s, n) in d.items()}
+        terms = {k: s / max(n, 1) for k, (s, n) in d.items()}
+        return rank_mean(terms) if stage == sb.Stage.TRAIN else terms
 
     def _write_step_log(self, step):
         terms = self.stage_terms(sb.Stage.TRAIN, window=True)
@@ -586,7 +588,7 @@ class DistillBrain(sb.Brain):
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         """Logs every loss term and metric, keeps the best checkpoint, writes results."""
-        stats = {"loss": stage_loss, **self.stage_terms(stage)}
+        stats = {**rank_mean({"loss": stage_loss}), **self.stage_terms(stage)}
         if stage == sb.Stage.TRAIN:
             stats["bad_items"] = self.faults.bad_items
             stats["skipped_steps"] = self.faults.nonfinite_total

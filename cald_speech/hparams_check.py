@@ -92,7 +92,21 @@ def check_types(hp, where, kinds=None, command_line=()):
         value = hp[key]
         if not test(value):
             name = f"command line: --{key}" if key in command_line else f"{where}: {key}"
-            raise ConfigError(f"{name} must be {what}, got {value!r} ({type(value).__name__})")
+            hint = ""
+            if isinstance(value, str) and test(_as_number(value)):
+                hint = (f"; YAML reads {value} as text: write it with a decimal point "
+                        f"and a signed exponent, e.g. {float(value):.1e}")
+            raise ConfigError(
+                f"{name} must be {what}, got {value!r} ({type(value).__name__}){hint}"
+            )
+
+
+def _as_number(text):
+    """``text`` as a float when it reads as one (``1e-5``), else ``text``."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def yaml_error(exc, hparams_file):

@@ -46,14 +46,17 @@ class AtomicCheckpointer(Checkpointer):
         """Saves into a hidden folder, then renames it into place (one atomic step)."""
         saved = super().save_checkpoint(meta, end_of_epoch, name, verbosity)
         ddp_barrier()  # every process has written its files
-        if saved is None or not if_main_process():
-            return saved
-        final = saved.path.with_name(saved.path.name[len(PARTIAL):])
-        if final.exists():  # a custom name saved again
-            shutil.rmtree(final)
-        os.replace(saved.path, final)
-        return Checkpoint(final, saved.meta,
-                          {k: final / p.name for k, p in saved.paramfiles.items()})
+        if saved is not None and if_main_process():
+            final = saved.path.with_name(saved.path.name[len(PARTIAL):])
+            if final.exists():  # a custom name saved again
+                shutil.rmtree(final)
+            os.replace(saved.path, final)
+            saved = Checkpoint(final, saved.meta,
+                               {k: final / p.name for k, p in saved.paramfiles.items()})
+        # Every process must see the renamed folder before anyone lists checkpoints
+        # (SpeechBrain's clean-up makes one collective call per deleted checkpoint).
+        ddp_barrier()
+        return saved
 
     def recover_if_possible(self, *args, **kwargs):
         """SpeechBrain's recovery, after removing folders of saves that never finished."""

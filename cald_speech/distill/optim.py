@@ -182,3 +182,26 @@ def average_gradients(params):
         n = p.numel()
         p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
         offset += n
+
+
+def rank_mean(values):
+    """The mean of each float over the processes of a distributed run (unchanged alone).
+
+    Every process must call it with the same keys (a collective operation); ``None``
+    values are passed through.
+
+    Example
+    -------
+    >>> rank_mean({"loss": 2.0, "skipped": None})
+    {'loss': 2.0, 'skipped': None}
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return dict(values)
+    keys = sorted(k for k, v in values.items() if v is not None)
+    device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"
+    flat = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    return {**values, **dict(zip(keys, flat.tolist()))}

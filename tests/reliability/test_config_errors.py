@@ -56,6 +56,11 @@ def test_override_of_the_wrong_type_fails_before_the_model_loads(tmp_path, no_co
     assert f"command line: --{option} must be {kind}, got" in msg
 
 
+def test_a_number_that_yaml_reads_as_text_gets_the_spelling_that_works(tmp_path, no_compute):
+    msg = run(tmp_path, RECIPE / "hparams" / "finetune.yaml", "--lr_encoder", "3e-5")
+    assert "got '3e-5' (str); YAML reads 3e-5 as text" in msg and "e.g. 3.0e-05" in msg
+
+
 def test_wrong_type_in_the_file_names_the_file(tmp_path, no_compute):
     text = (RECIPE / "hparams" / "finetune.yaml").read_text()
     bad = tmp_path / "finetune.yaml"
