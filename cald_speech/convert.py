@@ -37,10 +37,10 @@ import sys
 from pathlib import Path
 
 import torch
-import transformers
 from torch import nn
 
 from cald_speech.errors import CaldError, ConfigError, DataError
+from cald_speech.families import HEADS, family_class, family_config_class
 from cald_speech.mixers import available_mixers, build_mixer, get_mixer_class
 from cald_speech.mixers.ops.fused import IMPL_ENV
 from cald_speech.student import (
@@ -102,10 +102,6 @@ TINY = dict(
     max_bucket_distance=64, vocab_size=12, num_labels=3, classifier_proj_size=16,
 )
 
-_HEADS = {"model": "Model", "ctc": "ForCTC", "classification": "ForSequenceClassification"}
-_CONFIGS = {"wav2vec2": "Wav2Vec2Config", "hubert": "HubertConfig", "wavlm": "WavLMConfig"}
-_PREFIX = {"wav2vec2": "Wav2Vec2", "hubert": "Hubert", "wavlm": "WavLM"}
-
 
 def public_config(shape, tiny=False, **overrides):
     """A transformers config shaped like a public checkpoint, optionally shrunk.
@@ -133,7 +129,7 @@ def public_config(shape, tiny=False, **overrides):
     if family != "wavlm":
         values.pop("num_buckets", None)
         values.pop("max_bucket_distance", None)
-    return getattr(transformers, _CONFIGS[family])(**values)
+    return family_config_class(family)(**values)
 
 
 def tiny_teacher(shape="wav2vec2-base", head="model", seed=0, **overrides):
@@ -155,10 +151,10 @@ def tiny_teacher(shape="wav2vec2-base", head="model", seed=0, **overrides):
     >>> type(tiny_teacher("hubert-large-ll60k", head="ctc")).__name__
     'HubertForCTC'
     """
-    if head not in _HEADS:
-        raise ConfigError(f"unknown head '{head}'; known: {', '.join(_HEADS)}")
+    if head not in HEADS:
+        raise ConfigError(f"unknown head '{head}'; known: {', '.join(HEADS)}")
     config = public_config(shape, tiny=True, **overrides)
-    model_cls = getattr(transformers, _PREFIX[config.model_type] + _HEADS[head])
+    model_cls = family_class(config.model_type, head)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = model_cls(config)
@@ -480,7 +476,7 @@ def public_parameter_counts(mixer="bimamba2", init="attention", shapes=None, **m
     result = {}
     for shape in shapes or PUBLIC_SHAPES:
         config = public_config(shape)
-        model_cls = getattr(transformers, _PREFIX[config.model_type] + "Model")
+        model_cls = family_class(config.model_type)
         teacher = model_cls(config).eval()
         student = convert(teacher, mixer=mixer, init=init, **mixer_cfg)
         rows = parameter_table(teacher, student)

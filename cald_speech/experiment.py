@@ -25,11 +25,11 @@ import os
 from pathlib import Path
 
 import torch
-import transformers
 
 from cald_speech.convert import convert
 from cald_speech.distill.guidance import MODES, Guidance, discover_waypoints
 from cald_speech.errors import ConfigError, DataError
+from cald_speech.families import family_class, family_config_class, family_of_class
 from cald_speech.model_files import load_strict, respect_umask
 from cald_speech.student import Student, load_model, read_config, supported_class
 
@@ -86,10 +86,8 @@ def load_ctc_model(source, vocab_size, pad_token_id=0):
         model = load_model(source)
     else:
         arch = (read_config(source).get("architectures") or [""])[0]
-        cls = supported_class(arch)
-        prefix = cls.__name__.replace("ForCTC", "").replace("ForSequenceClassification", "")
-        prefix = prefix.replace("Model", "")
-        ctc_cls = getattr(transformers, f"{prefix}ForCTC")
+        supported_class(arch)
+        ctc_cls = family_class(family_of_class(arch), "ctc")
         logger.info("%s: new CTC head with %d outputs on %s", source, vocab_size, arch)
         model = load_strict(ctc_cls, source, allow_new=("lm_head.*",), vocab_size=vocab_size,
                             pad_token_id=pad_token_id, ignore_mismatched_sizes=True)
@@ -111,13 +109,10 @@ def has_ctc_head(source, vocab_size):
 
 def ctc_model_from_config(config, vocab_size, family="wav2vec2"):
     """A randomly initialised CTC transformer from a dict of config values."""
-    prefix = {"wav2vec2": "Wav2Vec2", "hubert": "Hubert", "wavlm": "WavLM"}.get(family)
-    if prefix is None:
-        raise ConfigError(f"unknown model family '{family}'; use wav2vec2, hubert or wavlm")
-    cfg = getattr(transformers, f"{prefix}Config")(
+    cfg = family_config_class(family)(
         **{**dict(config), "vocab_size": vocab_size, "pad_token_id": 0}
     )
-    return getattr(transformers, f"{prefix}ForCTC")(cfg)
+    return family_class(family, "ctc")(cfg)
 
 
 def build_models(hp, load_task_model):

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from cald_speech.errors import CaldError, ConfigError, DataError
+from cald_speech.families import PREFIXES
 from cald_speech.features import base_model
 from cald_speech.inference import cnn_geometry
 
@@ -242,7 +243,7 @@ def main(argv=None):
         description="Build a wav2vec2-style model from a config and fit its CNN front end "
                     "to log-mel features; write it as a model folder for --model_source.")
     p.add_argument("--config", required=True, help="YAML/JSON of HF config values")
-    p.add_argument("--family", default="wav2vec2", choices=("wav2vec2", "hubert", "wavlm"))
+    p.add_argument("--family", default="wav2vec2", choices=tuple(PREFIXES))
     p.add_argument("--train-csv", required=True, help="manifest with a 'wav' column")
     p.add_argument("--valid-csv", help="held-out manifest for the reported error")
     p.add_argument("--out", required=True, help="output model folder")

@@ -50,7 +50,6 @@ from pathlib import Path
 import speechbrain as sb
 import torch
 import torch.nn.functional as F
-import transformers
 from torch import nn
 from transformers.utils import ModelOutput
 
@@ -59,6 +58,7 @@ from cald_speech.data.pipeline import audio_dataset, read_manifest
 from cald_speech.distill.losses import logit_kd_loss
 from cald_speech.errors import ConfigError, DataError
 from cald_speech.experiment import build_models, package_model
+from cald_speech.families import family_class, family_config_class
 from cald_speech.features import FeatureCache, base_model
 from cald_speech.model_files import respect_umask
 from cald_speech.recipes import (
@@ -68,7 +68,7 @@ from cald_speech.recipes import (
     prepare_manifests,
     recipe_entry,
 )
-from cald_speech.student import FAMILIES, Student, load_model, supported_class
+from cald_speech.student import Student, load_model, supported_class
 
 logger = logging.getLogger(__name__)
 
@@ -599,10 +599,7 @@ def load_encoder(source):
 
 def encoder_from_config(config, family="wav2vec2"):
     """A randomly initialised bare encoder from a mapping of config values."""
-    if family not in FAMILIES:
-        raise ConfigError(f"unknown model family '{family}'; use one of {list(FAMILIES)}")
-    cfg = transformers.AutoConfig.for_model(family, **dict(config))
-    return transformers.AutoModel.from_config(cfg)
+    return family_class(family)(family_config_class(family)(**dict(config)))
 
 
 # ---------------------------------------------------------------------------- loss

@@ -63,6 +63,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed releas
     ) from exc
 
 from cald_speech.errors import ConfigError, DataError
+from cald_speech.families import FAMILIES, SUPPORTED_CLASSES
 from cald_speech.mixers import Mixer, build_saved_mixer
 from cald_speech.model_files import (  # noqa: F401 (read_config: part of this module's API)
     CONFIG_NAME,
@@ -72,28 +73,6 @@ from cald_speech.model_files import (  # noqa: F401 (read_config: part of this m
     respect_umask,
     weights_file,
 )
-
-#: Model families that can be converted, with the transformers classes of each.
-FAMILIES = {
-    "wav2vec2": (
-        "Wav2Vec2Model",
-        "Wav2Vec2ForCTC",
-        "Wav2Vec2ForSequenceClassification",
-        "Wav2Vec2ForAudioFrameClassification",
-        "Wav2Vec2ForXVector",
-    ),
-    "hubert": ("HubertModel", "HubertForCTC", "HubertForSequenceClassification"),
-    "wavlm": (
-        "WavLMModel",
-        "WavLMForCTC",
-        "WavLMForSequenceClassification",
-        "WavLMForAudioFrameClassification",
-        "WavLMForXVector",
-    ),
-}
-
-#: Names of the transformers classes a student can be made from.
-SUPPORTED_CLASSES = tuple(name for names in FAMILIES.values() for name in names)
 
 #: Attention implementation of students without softmax layers: the mask is (B, T).
 FRAME_MASK_IMPLEMENTATION = "cald_frames"
