@@ -196,8 +196,7 @@ class FeatureCache:
         self.dtype = dtype
         self._mem = {}
         self._fp = weakref.WeakKeyDictionary()
-        self.hits = 0
-        self.misses = 0
+        self.hits = 0  # features served without running the CNN
 
     def fingerprint(self, model):
         """The CNN fingerprint of ``model``, computed once per CNN module."""
@@ -205,10 +204,6 @@ class FeatureCache:
         if fe not in self._fp:
             self._fp[fe] = cnn_fingerprint(model)
         return self._fp[fe]
-
-    def forget(self, model):
-        """Drops the remembered fingerprint of ``model`` (call after changing its CNN)."""
-        self._fp.pop(base_model(model).feature_extractor, None)
 
     @torch.no_grad()
     def features(self, model, utt_id, wav):
@@ -235,7 +230,6 @@ class FeatureCache:
             if isinstance(entry, dict) and entry.get("audio") == audio:
                 self.hits += 1
                 return entry["features"]
-        self.misses += 1
         fe = base_model(model).feature_extractor
         run = getattr(fe, "_cald_cnn_forward", fe.forward)
         dev = next(fe.parameters()).device

@@ -1205,11 +1205,6 @@ class Transcriber:
         return cls(model, tokenizer, device=device, info=info, **kwargs)
 
     # ------------------------------------------------------------------ modes
-    @property
-    def is_student(self):
-        """True when the model is a converted student."""
-        return isinstance(self.model, Student)
-
     def default_mode(self, num_samples):
         """``"one-pass"`` for linear students, else ``"plain"`` within one window or
         ``"windowed"`` beyond it."""
@@ -1500,7 +1495,6 @@ class Classifier:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         enable_feature_input(self.model.encoder)
-        enable_feature_input(self.model.encoder)
 
     @classmethod
     def from_pretrained(cls, folder, device="cpu"):
@@ -1513,13 +1507,13 @@ class Classifier:
         DataError
             Missing or unreadable files.
         """
-        from cald_speech.intent import is_intent_model, load_intent_model
+        from cald_speech.intent import IntentModel, is_intent_model
 
         folder = Path(folder)
         if not is_intent_model(folder) and (folder / "config.json").is_file():
             raise ConfigError(f"{folder} holds a {model_task(read_config(folder))} model, "
                               "not an intent model; use Transcriber for CTC models")
-        return cls(load_intent_model(folder, device=device), device=device)
+        return cls(IntentModel.from_pretrained(folder, device=device), device=device)
 
     @torch.inference_mode()
     def _classify(self, waveforms):

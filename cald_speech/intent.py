@@ -576,11 +576,6 @@ def load_head(directory, device="cpu"):
     return head.to(device), labels
 
 
-def load_intent_model(directory, device="cpu"):
-    """Loads a saved :class:`IntentModel` (see :meth:`IntentModel.from_pretrained`)."""
-    return IntentModel.from_pretrained(directory, device=device)
-
-
 def load_encoder(source):
     """The bare encoder of a model folder: intent model, student or transformers model.
 

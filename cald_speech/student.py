@@ -510,18 +510,6 @@ def copy_extra_files(source, destination):
     return sorted(p.name for p in found)
 
 
-def is_student(model):
-    """True for a :class:`Student`, False for anything else (e.g. a transformers teacher).
-
-    Example
-    -------
-    >>> from cald_speech.convert import tiny_teacher
-    >>> is_student(tiny_teacher())
-    False
-    """
-    return isinstance(model, Student)
-
-
 def load_model(directory, device="cpu"):
     """Loads a student folder as a :class:`Student`, or a transformers folder as its model.
 
