@@ -16,7 +16,15 @@
 #  manifests one training manifest from both corpora's train splits, shuffled by the recipe
 #            every epoch (data_format csv);
 #  ctc       character CTC training of that model, CNN frozen (features cached), dynamic
-#            batches, checkpoints ranked by CER on the held-out dev voices.
+#            batches, checkpoints ranked by CER on the held-out dev voices (the SpeechBrain
+#            recipe; about 3 h on 2 CPU cores: how models/pretrained-offline was made);
+#  fast      the same training with python -m cald_speech.pretrain instead (writes
+#            $OUT/fast/model): the corpus held in memory, length-bucketed batches of
+#            BATCH_S seconds, speed/noise/gain augmentation, bf16 on CUDA. Meant for a GPU
+#            (DEVICE=cuda): UPDATES=20000 or MINUTES=20;
+#  pack      (for training on another machine) the training and dev manifests' audio in
+#            Opus shards at KBPS kbit/s (python -m cald_speech.data.pack): $OUT/pack holds
+#            train.csv/dev.csv pointing into them; give those to `fast` there.
 # It stands in for a self-supervised checkpoint, which cannot be downloaded here; it is
 # not one.
 set -euo pipefail
@@ -28,6 +36,9 @@ STAGES=${STAGES:-corpora,frontend,manifests,ctc}
 EPOCHS=${EPOCHS:-10}
 LJ_TRAIN=${LJ_TRAIN:-7000}
 HOLDOUT_ENGINE=${HOLDOUT_ENGINE:-}
+DEVICE=${DEVICE:-cpu}
+BATCH_S=${BATCH_S:-240}
+KBPS=${KBPS:-16}
 DATA=${CALD_SPEECH_DATA:-../shared/data}
 DEMO=${DEMO_DATA:-data/demo}          # where `make demo` keeps its corpus
 CORPORA=${CORPORA:-data/pretrain}     # the corpora are shared by every build
@@ -96,4 +107,20 @@ print(round(1.1 * sum(float(r['duration']) for r in rows) / 60 * int(sys.argv[2]
         --lr_encoder 0.001 --lr_head 0.001 --warmup_updates 500 --total_updates "$UPDATES" \
         --waypoint_every null --best_metric CER
     echo "pretrained model: $OUT/run/model (the demo reads models/pretrained-offline: cp -r it there)"
+fi
+
+TESTS=()   # evaluated at the end (not where TRAIN_CSV points to a pack on another machine)
+[ -z "${TRAIN_CSV:-}" ] && for t in test test_espeak test_festival test_flite slurp_test \
+    demo_test; do TESTS+=("$t=$M/$t.csv"); done
+if want fast; then
+    if [ -n "${MINUTES:-}" ]; then LENGTH=(--minutes "$MINUTES"); else LENGTH=(--updates "${UPDATES:-20000}"); fi
+    # the CNN of the front end; everything above it trained from a seeded initialisation
+    $PY -m cald_speech.pretrain --init "$OUT/frontend" --train-csv "${TRAIN_CSV:-$M/train.csv}" \
+        --dev-csv "${DEV_CSV:-$M/dev.csv}" --out "$OUT/fast" --device "$DEVICE" --seed 7 \
+        --batch-seconds "$BATCH_S" --noise-dir "$DATA/noise" "${LENGTH[@]}" \
+        ${TESTS[@]:+--test-csv "${TESTS[@]}"}
+fi
+
+if want pack; then
+    $PY -m cald_speech.data.pack "$OUT/pack" "$M/train.csv" "$M/dev.csv" --kbps "$KBPS"
 fi

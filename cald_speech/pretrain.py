@@ -1,0 +1,533 @@
+"""Builds the offline starting model: character CTC training with the corpus held in memory.
+
+The recipe in ``recipes/LibriSpeech/ASR`` is the general tool (SpeechBrain Brain,
+checkpoints, feature cache, distillation). This module does one job, the last stage of
+``tools/make_pretrained.sh``: train a wav2vec2 / HuBERT / WavLM CTC model from scratch
+above a given CNN front end, fast enough that an accelerator's minutes go to updates.
+The whole corpus is decoded once into memory (on the device), batches are cut from
+utterances of similar length (little padding), augmentation runs on the device, and
+CUDA runs in bfloat16.
+
+- Model: built from the config of ``--init`` with seed ``--seed``; only the CNN feature
+  encoder is taken from ``--init`` (the front end of ``python -m cald_speech.frontend``,
+  or any model folder of the same family and CNN); ``--keep all`` continues from every
+  weight instead.
+- Augmentation, per batch: speed perturbation (resampling: tempo and pitch move
+  together), additive noise from ``--noise-dir`` at a random SNR, a random gain;
+  SpecAugment time masks from the config (``--mask-time-prob`` while training).
+- Schedule: AdamW, linear warm-up then cosine decay to zero over ``--updates``; with
+  ``--minutes`` instead, the number of updates is derived from the measured speed of
+  the first ``--probe-updates`` (recorded in the output, so that a rerun can give it).
+- Model selection: greedy-decoding CER on ``--dev-csv`` every ``--eval-every`` updates;
+  the best state is written as a model folder (``config.json``, ``model.safetensors``,
+  ``tokenizer.json``, ``cald_info.json``) with the learning curve in ``curve.json``.
+- Resumable: ``state.pt`` in the output folder holds the training state at each
+  evaluation; a rerun with the same arguments continues from it.
+
+Command line (see ``tools/make_pretrained.sh``)::
+
+    python -m cald_speech.pretrain --init data/pretrain/frontend \\
+        --train-csv train.csv --dev-csv dev.csv --out data/pretrain/run --updates 20000
+
+Example
+-------
+>>> import torch
+>>> batches = length_batches([100, 300, 120, 280, 90], max_samples=600,
+...                          generator=torch.Generator().manual_seed(0))
+>>> sorted(sorted(b) for b in batches)
+[[0, 2, 4], [1, 3]]
+>>> speed_perturb(torch.ones(2, 100), torch.tensor([100, 50]), 1.25)[1].tolist()
+[80, 40]
+"""
+
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cald_speech.errors import CaldError, ConfigError, DataError
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+_NO_DECAY = ("bias", "layer_norm", "LayerNorm", "norm.weight", "masked_spec_embed")
+
+
+# --------------------------------------------------------------------------- batches
+def length_batches(lengths, max_samples, generator=None, jitter=0.0):
+    """Batches of indices whose padded size (count x longest) stays within ``max_samples``.
+
+    Indices are sorted by length (with a relative random ``jitter``, so that batches
+    differ between epochs), cut into consecutive batches, and the batches shuffled.
+
+    Example
+    -------
+    >>> length_batches([5, 1, 3], max_samples=6)
+    [[1, 2], [0]]
+    """
+    lengths = torch.as_tensor(lengths, dtype=torch.float64)
+    keys = lengths
+    if jitter:
+        keys = lengths * (1 + jitter * torch.rand(len(lengths), generator=generator,
+                                                  dtype=torch.float64))
+    batches, batch, longest = [], [], 0.0
+    for i in torch.argsort(keys).tolist():
+        longest_if = max(longest, float(lengths[i]))
+        if batch and longest_if * (len(batch) + 1) > max_samples:
+            batches.append(batch)
+            batch, longest_if = [], float(lengths[i])
+        batch.append(i)
+        longest = longest_if
+    if batch:
+        batches.append(batch)
+    if generator is not None:
+        order = torch.randperm(len(batches), generator=generator).tolist()
+        batches = [batches[k] for k in order]
+    return batches
+
+
+def speed_perturb(wavs, lengths, factor):
+    """Plays a padded batch ``factor`` times faster (tempo and pitch together).
+
+    Returns the resampled (B, T / factor) batch and the new lengths.
+    """
+    if factor == 1.0:
+        return wavs, lengths
+    new_t = max(1, int(round(wavs.shape[-1] / factor)))
+    out = F.interpolate(wavs[:, None].float(), size=new_t, mode="linear",
+                        align_corners=False)[:, 0]
+    return out.to(wavs.dtype), torch.clamp((lengths.double() / factor).round().long(), 1, new_t)
+
+
+def add_noise(wavs, lengths, noise, snr_db, generator):
+    """Adds a random excerpt of ``noise`` to each valid signal at ``snr_db`` (B,) dB."""
+    b, t = wavs.shape
+    if len(noise) < t:
+        noise = noise.repeat(t // len(noise) + 1)
+    start = torch.randint(0, len(noise) - t + 1, (b,), generator=generator)
+    idx = start[:, None] + torch.arange(t)[None]
+    n = noise.to(wavs.device)[idx.to(wavs.device)]
+    valid = torch.arange(t, device=wavs.device)[None] < lengths.to(wavs.device)[:, None]
+    ps = (wavs.float() ** 2 * valid).sum(1) / lengths.to(wavs.device)
+    pn = (n ** 2 * valid).sum(1) / lengths.to(wavs.device) + 1e-12
+    scale = torch.sqrt(ps / pn / 10 ** (snr_db.to(wavs.device) / 10))
+    return (wavs + scale[:, None] * n * valid).to(wavs.dtype)
+
+
+# --------------------------------------------------------------------------- corpus
+class Corpus:
+    """Utterances of a manifest held in one flat tensor, with their CTC targets.
+
+    Arguments
+    ---------
+    csv_path : str
+        Manifest with ``ID``, ``wav`` and the text column (packed or not).
+    tokenizer : CharTokenizer
+        Encodes the (normalised) transcripts.
+    text_column : str
+        The transcript column.
+    normalize : bool
+        Normalise transcripts with :func:`cald_speech.data.text.normalize_text`.
+    device : str
+        Where the audio is kept.
+    max_seconds : float or None
+        Leave out longer utterances (counted).
+    """
+
+    def __init__(self, csv_path, tokenizer, text_column="wrd", normalize=True, device="cpu",
+                 max_seconds=None, jobs=None):
+        from cald_speech.data.manifest import read_manifest
+        from cald_speech.data.pack import load_pack_audio
+        from cald_speech.data.text import normalize_text
+
+        rows = read_manifest(csv_path, required=("ID", "wav", text_column))
+        audio = load_pack_audio(csv_path, jobs=jobs)
+        self.ids, self.texts, targets, waves = [], [], [], []
+        self.skipped = {}
+        for r in rows:
+            wav = audio[r["ID"]]
+            text = normalize_text(r[text_column]) if normalize else " ".join(
+                r[text_column].split())
+            reason = None
+            if not np.isfinite(wav).all():
+                reason = "non-finite samples"
+            elif len(wav) < 400:
+                reason = "shorter than 25 ms"
+            elif max_seconds and len(wav) > max_seconds * SAMPLE_RATE:
+                reason = f"longer than {max_seconds} s"
+            elif not text:
+                reason = "empty transcript"
+            if reason:
+                self.skipped[r["ID"]] = reason
+                continue
+            self.ids.append(r["ID"])
+            self.texts.append(text)
+            targets.append(tokenizer.encode(text))
+            waves.append(wav)
+        if not self.ids:
+            raise DataError(csv_path, "no usable utterance", "check the manifest and audio")
+        self.lengths = torch.tensor([len(w) for w in waves])
+        self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), self.lengths.cumsum(0)])
+        self.audio = torch.from_numpy(np.concatenate(waves)).to(device=device,
+                                                                dtype=torch.float16)
+        self.targets = [torch.tensor(t, dtype=torch.long) for t in targets]
+        self.hours = float(self.lengths.sum()) / SAMPLE_RATE / 3600
+
+    def __len__(self):
+        return len(self.ids)
+
+    def batch(self, indices):
+        """Zero-padded (B, T) float32 audio on the corpus device, lengths, targets."""
+        lens = self.lengths[indices]
+        out = torch.zeros(len(indices), int(lens.max()), device=self.audio.device)
+        for row, i in enumerate(indices):
+            a, b = int(self.offsets[i]), int(self.offsets[i + 1])
+            out[row, : b - a] = self.audio[a:b].float()
+        return out, lens, [self.targets[i] for i in indices]
+
+
+# --------------------------------------------------------------------------- model
+def build_model(init, keep="cnn", seed=7):
+    """A CTC model of ``init``'s family and config: the CNN from ``init``, the rest fresh.
+
+    ``keep="all"`` loads every weight of ``init`` instead (continuing a trained model).
+    Returns ``(model, tokenizer)``; the tokenizer is ``init``'s ``tokenizer.json`` or the
+    default character vocabulary.
+    """
+    from cald_speech.data.tokenizer import CharTokenizer, load_tokenizer
+    from cald_speech.families import family_class, family_config_class
+    from cald_speech.features import base_model
+    from cald_speech.model_files import read_config, weights_file
+
+    init = Path(init)
+    config_dict = read_config(init)
+    family = config_dict.get("model_type")
+    tok_path = init / "tokenizer.json"
+    tokenizer = load_tokenizer(tok_path) if tok_path.is_file() else CharTokenizer()
+    config = family_config_class(family)(**{
+        k: v for k, v in config_dict.items() if k not in ("architectures", "transformers_version")})
+    config.vocab_size = len(tokenizer)
+    config.pad_token_id = tokenizer.blank_id
+    torch.manual_seed(seed)
+    model = family_class(family, head="ctc")(config)
+    from safetensors.torch import load_file
+
+    weights = load_file(str(weights_file(init)))
+    if keep == "all":
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        if missing or unexpected:
+            raise DataError(init, f"weights do not fit a {family} CTC model (missing "
+                            f"{missing[:3]}, unexpected {unexpected[:3]})",
+                            "give a CTC model folder, or --keep cnn")
+    elif keep == "cnn":
+        marker = "feature_extractor."
+        cnn_weights = {k.split(marker, 1)[1]: v for k, v in weights.items() if marker in k}
+        if not cnn_weights:
+            raise DataError(init, "holds no CNN feature encoder weights",
+                            "give a model folder of the same family")
+        base_model(model).feature_extractor.load_state_dict(cnn_weights, strict=True)
+    else:
+        raise ConfigError(f"--keep {keep!r}: use 'cnn' or 'all'")
+    return model, tokenizer
+
+
+def _param_groups(model, weight_decay):
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if any(s in name for s in _NO_DECAY) or p.ndim < 2 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_factor(step, warmup, total):
+    """Linear warm-up to 1 over ``warmup`` updates, then cosine decay to 0 at ``total``.
+
+    Example
+    -------
+    >>> [round(lr_factor(s, 10, 110), 3) for s in (0, 5, 10, 60, 110)]
+    [0.0, 0.5, 1.0, 0.5, 0.0]
+    """
+    if step < warmup:
+        return step / max(1, warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+def _errors(refs, hyps):
+    """Corpus CER and WER (%) by edit distance."""
+    from torchaudio.functional import edit_distance
+
+    ce = sum(edit_distance(list(r), list(h)) for r, h in zip(refs, hyps))
+    we = sum(edit_distance(r.split(), h.split()) for r, h in zip(refs, hyps))
+    return (100.0 * ce / max(1, sum(len(r) for r in refs)),
+            100.0 * we / max(1, sum(len(r.split()) for r in refs)))
+
+
+@torch.no_grad()
+def evaluate(model, corpus, tokenizer, max_samples, autocast):
+    """Greedy CTC decoding of ``corpus``; returns ``(CER %, WER %)``."""
+    from cald_speech.data.tokenizer import ctc_collapse
+
+    model.eval()
+    hyps = [None] * len(corpus)
+    for idx in length_batches(corpus.lengths.tolist(), max_samples):
+        wavs, lens, _ = corpus.batch(idx)
+        mask = torch.arange(wavs.shape[1], device=wavs.device)[None] < lens.to(wavs.device)[:, None]
+        with autocast():
+            logits = model(wavs, attention_mask=mask.long()).logits.float()
+        frames = model._get_feat_extract_output_lengths(lens).tolist()
+        best = logits.argmax(-1).cpu()
+        for row, i in enumerate(idx):
+            hyps[i] = tokenizer.decode(ctc_collapse(best[row, : frames[row]].tolist(),
+                                                    tokenizer.blank_id))
+    model.train()
+    return _errors(corpus.texts, [" ".join(h.split()) for h in hyps])
+
+
+# --------------------------------------------------------------------------- training
+def _load_noise(noise_dir):
+    if not noise_dir:
+        return None
+    from cald_speech.data.audio import load_audio
+
+    files = sorted(p for p in Path(noise_dir).glob("*") if p.suffix.lower() in
+                   (".wav", ".flac", ".ogg"))
+    if not files:
+        raise DataError(noise_dir, "no .wav/.flac/.ogg noise files", "give --noise-dir a "
+                        "folder of noise recordings, or leave it out")
+    return torch.cat([load_audio(str(f))[0] for f in files])
+
+
+def train(args):
+    """Runs the training described by the parsed command-line ``args``; returns the info."""
+    from cald_speech.features import base_model, freeze_feature_encoder
+
+    dev = torch.device(args.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda, but no CUDA device is available; use --device cpu")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    model, tokenizer = build_model(args.init, args.keep, args.seed)
+    cfg = model.config
+    saved_masks = (cfg.mask_time_prob, cfg.mask_time_length)
+    cfg.mask_time_prob, cfg.mask_time_length = args.mask_time_prob, args.mask_time_length
+    if not hasattr(base_model(model), "masked_spec_embed"):
+        # the config of --init turns SpecAugment off; its mask embedding does not exist
+        logger.info("SpecAugment off: the config of %s has no mask embedding", args.init)
+        cfg.mask_time_prob = 0.0
+    model.to(dev).train()
+    if not args.train_cnn:
+        freeze_feature_encoder(model)
+    t0 = time.time()
+    train_set = Corpus(args.train_csv, tokenizer, args.text_column, args.normalize, dev,
+                       args.max_seconds, args.jobs)
+    dev_set = Corpus(args.dev_csv, tokenizer, args.text_column, args.normalize, dev,
+                     None, args.jobs)
+    noise = _load_noise(args.noise_dir)
+    logger.info("corpus: %d train utterances (%.2f h, %d skipped), %d dev, read in %.0f s",
+                len(train_set), train_set.hours, len(train_set.skipped), len(dev_set),
+                time.time() - t0)
+    opt = torch.optim.AdamW(_param_groups(model, args.weight_decay), lr=args.lr,
+                            betas=(0.9, 0.98), eps=1e-8)
+    max_samples = int(args.batch_seconds * SAMPLE_RATE)
+    gen = torch.Generator().manual_seed(args.seed)
+
+    def autocast():
+        return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
+
+    state_path = out / "state.pt"
+    step, total, curve, best, info = 0, args.updates, [], None, {}
+    epoch_batches = []
+    dev_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    if state_path.is_file():
+        st = torch.load(state_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        gen.set_state(st["generator"])
+        torch.set_rng_state(st["torch_rng"])
+        step, total, curve, best = st["step"], st["total"], st["curve"], st["best"]
+        epoch_batches = st["epoch_batches"]
+        info = json.loads((out / "curve.json").read_text())
+        info.pop("curve", None)
+        logger.info("resumed at update %d of %d", step, total)
+    speeds = (0.9, 1.0, 1.1) if args.speed_perturb else (1.0,)
+    t_train, losses = time.time(), []
+    probe_at = None if total else args.probe_updates
+    warmup = args.warmup
+    while total is None or step < total:
+        if not epoch_batches:
+            epoch_batches = length_batches(train_set.lengths.tolist(), max_samples, gen,
+                                           jitter=0.05)
+        idx = epoch_batches.pop()
+        wavs, lens, targets = train_set.batch(idx)
+        factor = speeds[int(torch.randint(len(speeds), (1,), generator=gen))]
+        wavs, lens = speed_perturb(wavs, lens, factor)
+        if noise is not None and float(torch.rand(1, generator=gen)) < args.noise_prob:
+            snr = args.snr_low + (args.snr_high - args.snr_low) * torch.rand(len(idx),
+                                                                            generator=gen)
+            wavs = add_noise(wavs, lens, noise, snr, gen)
+        gain_db = (torch.rand(len(idx), 1, generator=gen) * 2 - 1) * args.gain_db
+        wavs = wavs * (10 ** (gain_db / 20)).to(dev)
+        mask = torch.arange(wavs.shape[1], device=dev)[None] < lens.to(dev)[:, None]
+        np.random.seed(int(torch.randint(2**31 - 1, (1,), generator=gen)))  # SpecAugment
+        for g in opt.param_groups:
+            g["lr"] = args.lr * lr_factor(step, warmup, total or 10**9)
+        with autocast():
+            logits = model(wavs, attention_mask=mask.long()).logits
+        logp = F.log_softmax(logits.float(), -1).transpose(0, 1)
+        frames = model._get_feat_extract_output_lengths(lens.to(dev))
+        tgt_lens = torch.tensor([len(t) for t in targets], device=dev)
+        loss = F.ctc_loss(logp, torch.cat(targets).to(dev), frames, tgt_lens,
+                          blank=tokenizer.blank_id, reduction="sum",
+                          zero_infinity=True) / len(idx)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+        if torch.isfinite(norm):
+            opt.step()
+        step += 1
+        losses.append(float(loss.detach()))
+        if probe_at is not None and step == probe_at:
+            rate = step / (time.time() - t_train)
+            budget_s = args.minutes * 60 - (time.time() - t0)
+            total = max(step + 1, int(rate * budget_s * 0.97))
+            logger.info("%.1f updates/s: %d updates fit in %.1f min", rate, total,
+                        args.minutes)
+        if step % args.eval_every == 0 or step == total:
+            cer, wer = evaluate(model, dev_set, tokenizer, max_samples, autocast)
+            curve.append({"updates": step, "train_loss": round(sum(losses) / len(losses), 4),
+                          "dev_CER": round(cer, 3), "dev_WER": round(wer, 3),
+                          "lr": opt.param_groups[0]["lr"],
+                          "seconds": round(time.time() - t_train, 1)})
+            losses = []
+            logger.info("update %d/%s: loss %.3f dev CER %.2f WER %.2f (%.0f s)", step, total,
+                        curve[-1]["train_loss"], cer, wer, time.time() - t_train)
+            if best is None or cer < best["dev_CER"]:
+                best = dict(curve[-1])
+                info = _write_model(model, tokenizer, out, saved_masks, curve, best, {
+                    "device": dev_name, "updates_planned": total,
+                    "train_hours": round(train_set.hours, 3),
+                    "train_utterances": len(train_set), "skipped": train_set.skipped,
+                    "options": {**vars(args), "updates": total}})
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                        "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                        "epoch_batches": epoch_batches, "step": step, "total": total,
+                        "curve": curve, "best": best}, state_path.with_suffix(".tmp"))
+            os.replace(state_path.with_suffix(".tmp"), state_path)
+    info.update(minutes=round((time.time() - t0) / 60, 2))
+    if args.test_csv:
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(out / "model" / "model.safetensors")))
+        results = info.setdefault("results", {})
+        for item in args.test_csv:
+            name, _, path = item.rpartition("=")
+            name = name or Path(path).stem
+            test_set = Corpus(path, tokenizer, args.text_column, args.normalize, dev, None,
+                              args.jobs)
+            cer, wer = evaluate(model, test_set, tokenizer, max_samples, autocast)
+            results[name] = {"CER": round(cer, 3), "WER": round(wer, 3),
+                             "utterances": len(test_set)}
+            logger.info("test %s: CER %.2f WER %.2f (%d utterances)", name, cer, wer,
+                        len(test_set))
+        info_path = out / "model" / "cald_info.json"
+        saved = json.loads(info_path.read_text())
+        saved["results"] = results
+        info_path.write_text(json.dumps(saved, indent=2, default=str) + "\n")
+    (out / "curve.json").write_text(json.dumps({"curve": curve, **info}, indent=2,
+                                               default=str) + "\n")
+    return info
+
+
+def _write_model(model, tokenizer, out, masks, curve, best, extra):
+    """Writes ``out/model`` (the current weights, the config's own SpecAugment settings)."""
+    cfg = model.config
+    training_masks = (cfg.mask_time_prob, cfg.mask_time_length)
+    cfg.mask_time_prob, cfg.mask_time_length = masks
+    info = {"what": "character CTC model trained by python -m cald_speech.pretrain",
+            "torch": torch.__version__, "best_at": best["updates"],
+            "dev": {"CER": best["dev_CER"], "WER": best["dev_WER"]}, **extra}
+    folder = out / "model"
+    tmp = out / "model.tmp"
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save(str(tmp / "tokenizer.json"))
+    (tmp / "cald_info.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+    cfg.mask_time_prob, cfg.mask_time_length = training_masks
+    (out / "curve.json").write_text(json.dumps({"curve": curve, **info}, indent=2,
+                                               default=str) + "\n")
+    return info
+
+
+def build_parser():
+    """The ``python -m cald_speech.pretrain`` argument parser."""
+    p = argparse.ArgumentParser(prog="python -m cald_speech.pretrain",
+                                description=__doc__.split("\n\n")[0])
+    a = p.add_argument
+    a("--init", required=True, help="model folder giving the config and CNN front end")
+    a("--keep", default="cnn", choices=("cnn", "all"), help="weights taken from --init")
+    a("--train-csv", required=True, help="training manifest (packed or not)")
+    a("--dev-csv", required=True, help="held-out manifest for model selection")
+    a("--test-csv", nargs="*", default=[], metavar="[NAME=]CSV",
+      help="manifests the best model is evaluated on at the end (cald_info.json results)")
+    a("--out", required=True, help="output folder (model/, curve.json, state.pt)")
+    a("--text-column", default="wrd")
+    a("--normalize", type=int, default=1, help="normalise transcripts (1) or not (0)")
+    a("--updates", type=int, default=None, help="number of updates")
+    a("--minutes", type=float, default=None,
+      help="instead of --updates: as many updates as fit in this time (measured)")
+    a("--probe-updates", type=int, default=200, help="updates timed for --minutes")
+    a("--batch-seconds", type=float, default=240.0, help="padded audio per batch (s)")
+    a("--lr", type=float, default=2e-3)
+    a("--warmup", type=int, default=500)
+    a("--weight-decay", type=float, default=0.01)
+    a("--clip", type=float, default=5.0)
+    a("--train-cnn", type=int, default=0, help="also train the CNN front end (1)")
+    a("--speed-perturb", type=int, default=1)
+    a("--noise-dir", default=None, help="folder of noise recordings for augmentation")
+    a("--noise-prob", type=float, default=0.5)
+    a("--snr-low", type=float, default=5.0)
+    a("--snr-high", type=float, default=30.0)
+    a("--gain-db", type=float, default=6.0)
+    a("--mask-time-prob", type=float, default=0.05)
+    a("--mask-time-length", type=int, default=10)
+    a("--max-seconds", type=float, default=20.0, help="leave out longer utterances")
+    a("--eval-every", type=int, default=500)
+    a("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    a("--jobs", type=int, default=None, help="decoding threads")
+    a("--seed", type=int, default=7)
+    return p
+
+
+def main(argv=None):
+    """Entry point; 0 on success, 1 on a data or configuration error."""
+    args = build_parser().parse_args(argv)
+    if (args.updates is None) == (args.minutes is None):
+        build_parser().error("give exactly one of --updates and --minutes")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        info = train(args)
+    except CaldError as exc:
+        print(f"python -m cald_speech.pretrain: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {Path(args.out) / 'model'}: dev CER {info['dev']['CER']:.2f} "
+          f"WER {info['dev']['WER']:.2f} at update {info['best_at']} of "
+          f"{info['updates_planned']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""The starting model's build: packed corpora and the in-memory CTC trainer."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from cald_speech import pretrain
+from cald_speech.convert import tiny_teacher
+from cald_speech.data.pack import load_pack_audio, pack_manifests
+from cald_speech.errors import ConfigError, DataError
+from cald_speech.features import base_model
+from cald_speech.student import load_model
+
+WORDS = ["A CAB", "BAD", "DAB A CAD", "ACE"]
+
+
+def _write_corpus(folder, n=8, seed=0):
+    """``n`` chirps of different lengths with short transcripts; returns the manifest."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        samples = 3200 + 1600 * (i % 4) + int(rng.integers(0, 400))
+        t = np.arange(samples) / 16000
+        wav = 0.3 * np.sin(2 * np.pi * (200 + 300 * i) * t * (1 + t)) + 0.01 * rng.standard_normal(
+            samples)
+        path = folder / f"u{i}.flac"
+        sf.write(path, wav.astype(np.float32), 16000)
+        rows.append({"ID": f"u{i}", "duration": samples / 16000, "wav": str(path),
+                     "wrd": WORDS[i % len(WORDS)]})
+    return rows
+
+
+def _write_csv(path, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return str(path)
+
+
+def test_length_batches_cover_every_index_once_within_the_budget():
+    lengths = torch.randint(100, 5000, (300,)).tolist()
+    g = torch.Generator().manual_seed(1)
+    batches = pretrain.length_batches(lengths, max_samples=20000, generator=g, jitter=0.05)
+    assert sorted(i for b in batches for i in b) == list(range(300))
+    for b in batches:
+        assert len(b) * max(lengths[i] for i in b) <= 20000 or len(b) == 1
+    # without jitter, a batch holds neighbours in length order: little padding
+    plain = pretrain.length_batches(lengths, max_samples=20000)
+    assert [lengths[i] for b in plain for i in b] == sorted(lengths)
+
+
+def test_speed_perturbation_moves_pitch_and_length_together():
+    t = torch.arange(16000) / 16000
+    wav = torch.sin(2 * torch.pi * 500 * t)[None]
+    out, lens = pretrain.speed_perturb(wav, torch.tensor([16000]), 1.1)
+    assert int(lens) == out.shape[1] == round(16000 / 1.1)
+    peak = torch.fft.rfft(out[0]).abs().argmax().item() * 16000 / out.shape[1]
+    assert abs(peak - 550) < 5
+
+
+def test_noise_is_added_at_the_requested_snr_and_padding_stays_silent():
+    g = torch.Generator().manual_seed(0)
+    wavs = torch.zeros(2, 8000)
+    wavs[0, :8000] = torch.randn(8000, generator=g)
+    wavs[1, :4000] = 0.1 * torch.randn(4000, generator=g)
+    lens = torch.tensor([8000, 4000])
+    noise = torch.randn(3000, generator=g)
+    out = pretrain.add_noise(wavs, lens, noise, torch.tensor([10.0, 0.0]), g)
+    assert torch.all(out[1, 4000:] == 0)
+    for row, (n, snr) in enumerate(zip((8000, 4000), (10.0, 0.0))):
+        sig = wavs[row, :n]
+        added = out[row, :n] - sig
+        measured = 10 * torch.log10((sig ** 2).mean() / (added ** 2).mean())
+        assert abs(float(measured) - snr) < 0.1
+
+
+def test_pack_round_trip_keeps_lengths_and_content(tmp_path):
+    rows = _write_corpus(tmp_path / "audio")
+    train = _write_csv(tmp_path / "train.csv", rows)
+    subset = _write_csv(tmp_path / "subset.csv", rows[2:5])
+    summary = pack_manifests([train, subset], tmp_path / "pack", shards=3, kbps=64)
+    assert summary["recordings"] == 8 and summary["shards"] == 3
+    packed = load_pack_audio(tmp_path / "pack" / "train.csv")
+    assert set(load_pack_audio(tmp_path / "pack" / "subset.csv")) == {"u2", "u3", "u4"}
+    for row in rows:
+        ref, _ = sf.read(row["wav"], dtype="float32")
+        got = packed[row["ID"]]
+        assert len(got) == len(ref)
+        snr = 10 * np.log10((ref ** 2).sum() / ((got - ref) ** 2).sum())
+        assert snr > 10, (row["ID"], snr)   # lossy, but the right recording, aligned
+    # an unpacked manifest reads the same way (whole files)
+    plain = load_pack_audio(train)
+    assert all(np.array_equal(plain[r["ID"]], sf.read(r["wav"], dtype="float32")[0])
+               for r in rows)
+
+
+def test_pack_refuses_manifests_with_the_same_name(tmp_path):
+    rows = _write_corpus(tmp_path / "audio", n=2)
+    (tmp_path / "b").mkdir()
+    a = _write_csv(tmp_path / "train.csv", rows)
+    b = _write_csv(tmp_path / "b" / "train.csv", rows)
+    with pytest.raises(ConfigError, match="repeat"):
+        pack_manifests([a, b], tmp_path / "pack")
+
+
+def _args(tmp_path, out, *extra):
+    return pretrain.build_parser().parse_args([
+        "--init", str(tmp_path / "init"), "--train-csv", str(tmp_path / "train.csv"),
+        "--dev-csv", str(tmp_path / "dev.csv"), "--out", str(out), "--device", "cpu",
+        "--batch-seconds", "2", "--warmup", "2", "--eval-every", "3", "--updates", "6",
+        "--noise-dir", str(tmp_path / "noise"), *extra])
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    rows = _write_corpus(tmp_path / "audio")
+    _write_csv(tmp_path / "train.csv", rows)
+    _write_csv(tmp_path / "dev.csv", rows[:3])
+    (tmp_path / "noise").mkdir()
+    sf.write(tmp_path / "noise" / "n.wav", np.random.default_rng(1).standard_normal(8000)
+             .astype(np.float32) * 0.1, 16000)
+    teacher = tiny_teacher("wav2vec2-base", head="ctc", mask_time_prob=0.0)
+    teacher.save_pretrained(tmp_path / "init")
+    return tmp_path, teacher
+
+
+def test_training_keeps_the_front_end_and_writes_a_loadable_model(corpus):
+    tmp_path, teacher = corpus
+    info = pretrain.train(_args(tmp_path, tmp_path / "run", "--test-csv",
+                                f"dev={tmp_path / 'dev.csv'}"))
+    model = load_model(tmp_path / "run" / "model")
+    assert type(model).__name__ == "Wav2Vec2ForCTC"
+    assert model.config.vocab_size == 29 and model.config.mask_time_prob == 0.0
+    cnn, ref = (base_model(m).feature_extractor.state_dict() for m in (model, teacher))
+    assert all(torch.equal(cnn[k], ref[k]) for k in ref)          # frozen front end kept
+    assert not torch.equal(model.lm_head.weight, teacher.lm_head.weight)
+    saved = json.loads((tmp_path / "run" / "model" / "cald_info.json").read_text())
+    assert saved["results"]["dev"]["utterances"] == 3
+    curve = json.loads((tmp_path / "run" / "curve.json").read_text())["curve"]
+    assert [c["updates"] for c in curve] == [3, 6]
+    assert saved["dev"]["CER"] == min(c["dev_CER"] for c in curve)
+    assert info["best_at"] in (3, 6)
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(corpus, monkeypatch):
+    tmp_path, _ = corpus
+    # evaluations (and saved states) at updates 2 and 4 fall inside an epoch (3 batches)
+    pretrain.train(_args(tmp_path, tmp_path / "whole", "--eval-every", "2"))
+    real_save = torch.save
+
+    class Stop(Exception):
+        pass
+
+    def save_then_stop(obj, path, *a, **k):
+        real_save(obj, path, *a, **k)
+        if isinstance(obj, dict) and obj.get("step") == 4:
+            assert obj["epoch_batches"]           # stopped in the middle of an epoch
+            raise Stop
+
+    monkeypatch.setattr(pretrain.torch, "save", save_then_stop)
+    with pytest.raises(Stop):
+        pretrain.train(_args(tmp_path, tmp_path / "split", "--eval-every", "2"))
+    monkeypatch.setattr(pretrain.torch, "save", real_save)
+    pretrain.train(_args(tmp_path, tmp_path / "split", "--eval-every", "2"))
+    a = torch.load(tmp_path / "whole" / "state.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "split" / "state.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_folder_without_a_front_end_is_refused(tmp_path):
+    (tmp_path / "init").mkdir()
+    (tmp_path / "init" / "config.json").write_text('{"model_type": "wav2vec2"}')
+    from safetensors.torch import save_file
+
+    save_file({"lm_head.weight": torch.zeros(2, 2)}, str(tmp_path / "init" /
+                                                          "model.safetensors"))
+    with pytest.raises(DataError, match="no CNN"):
+        pretrain.build_model(tmp_path / "init")
