@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cald_speech.cli import add_version, fail, parse
 from cald_speech.errors import CaldError, ConfigError, DataError
 from cald_speech.families import HEADS, family_class, family_config_class
 from cald_speech.mixers import available_mixers, build_mixer, get_mixer_class
@@ -540,7 +541,7 @@ def build_parser():
                         metavar="KEY=VALUE", help="mixer option, repeatable (e.g. d_state=64)")
     parser.add_argument("--overwrite", action="store_true",
                         help="write into DST even if it already holds a model")
-    return parser
+    return add_version(parser)
 
 
 def main(argv=None):
@@ -552,11 +553,9 @@ def main(argv=None):
     usage: cald-convert ...
     0
     """
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
+    args, status = parse(build_parser(), argv)
+    if args is None:
+        return status
     try:
         src, dst = Path(args.src), Path(args.dst)
         config = read_config(src)
@@ -579,8 +578,7 @@ def main(argv=None):
                           keep_attention=args.keep_attention, **mixer_cfg)
         student.save_pretrained(dst, extra_files_from=src)
     except CaldError as exc:
-        print(f"cald-convert: error: {exc}", file=sys.stderr)
-        return 2
+        return fail("cald-convert", exc)
     layers = student.layer_kinds()
     print(f"{type(teacher).__name__} ({len(layers)} layers) -> student in {dst}")
     print(f"mixer {args.mixer}, init {args.init}, kept attention layers: "

@@ -35,11 +35,13 @@ from pathlib import Path
 
 import yaml
 
-from cald_speech.errors import CaldError
+from cald_speech.cli import add_version, fail
+from cald_speech.errors import CaldError, ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "hparams" / "demo.yaml"
 RECIPE = ROOT / "recipes" / "LibriSpeech" / "ASR"
+PROG = "python -m cald_speech.demo"
 STAGES = ("corpus", "manifests", "pretrained", "teacher", "students", "bench", "report")
 STAMP = ".demo-command.json"
 
@@ -56,7 +58,8 @@ def load_scale(scale, config=DEFAULT_CONFIG):
     with open(config, encoding="utf-8") as f:
         scales = yaml.safe_load(f)
     if scale not in scales:
-        raise CaldError(f"{config}: unknown scale '{scale}'; choose one of {sorted(scales)}")
+        raise ConfigError(f"{config}: unknown scale '{scale}'; choose one of "
+                          f"{sorted(scales)}")
     return scales[scale]
 
 
@@ -409,7 +412,7 @@ class Pipeline:
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     p.add_argument("--scale", default="small", help="a scale of hparams/demo.yaml")
     p.add_argument("--data", "--out", dest="data", default=str(ROOT / "data" / "demo"),
                    help="where the corpus and manifests go (default data/demo)")
@@ -421,7 +424,7 @@ def build_parser():
     p.add_argument("--config", default=str(DEFAULT_CONFIG))
     p.add_argument("--stages", default=",".join(STAGES),
                    help=f"comma-separated subset of {','.join(STAGES)}")
-    return p
+    return add_version(p)
 
 
 def main(argv=None):
@@ -434,13 +437,13 @@ def main(argv=None):
         stages = [s for s in args.stages.split(",") if s]
         unknown = sorted(set(stages) - set(STAGES))
         if unknown:
-            raise CaldError(f"unknown stage(s) {unknown}; choose from {list(STAGES)}")
+            raise ConfigError(f"--stages: unknown stage(s) {unknown}; choose from "
+                              f"{list(STAGES)}")
         cfg = load_scale(args.scale, args.config)
         pipe = Pipeline(cfg, args.data, args.results, args.jobs, args.scale, args.seed)
         report = pipe.run(stages)
     except CaldError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return fail(PROG, exc)
     print(f"demo finished in {time.time() - t0:.0f} s")
     if report:
         print(f"report: {report}")

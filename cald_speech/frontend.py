@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from cald_speech.cli import add_version, fail, parse
 from cald_speech.errors import CaldError, ConfigError, DataError
 from cald_speech.families import PREFIXES
 from cald_speech.features import base_model
@@ -254,7 +255,9 @@ def main(argv=None):
     p.add_argument("--max-seconds", type=float, default=4.0,
                    help="use at most this much of each recording")
     p.add_argument("--seed", type=int, default=7)
-    args = p.parse_args(argv)
+    args, status = parse(add_version(p), argv)
+    if args is None:
+        return status
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         import yaml
@@ -287,8 +290,7 @@ def main(argv=None):
         print(f"front end: wrote {out} (normalised MSE {report['mse_before']:.3f} -> "
               f"{report['mse_after']:.3f})")
     except CaldError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return fail(p.prog, exc)
     return 0
 
 

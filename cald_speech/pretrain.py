@@ -54,6 +54,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cald_speech.cli import add_version, fail, parse
 from cald_speech.errors import CaldError, ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -509,20 +510,22 @@ def build_parser():
     a("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a("--jobs", type=int, default=None, help="decoding threads")
     a("--seed", type=int, default=7)
-    return p
+    return add_version(p)
 
 
 def main(argv=None):
-    """Entry point; 0 on success, 1 on a data or configuration error."""
-    args = build_parser().parse_args(argv)
-    if (args.updates is None) == (args.minutes is None):
-        build_parser().error("give exactly one of --updates and --minutes")
+    """Entry point; returns the exit status (:mod:`cald_speech.cli`)."""
+    parser = build_parser()
+    args, status = parse(parser, argv)
+    if args is None:
+        return status
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
+        if (args.updates is None) == (args.minutes is None):
+            raise ConfigError("give exactly one of --updates and --minutes")
         info = train(args)
     except CaldError as exc:
-        print(f"python -m cald_speech.pretrain: error: {exc}", file=sys.stderr)
-        return 1
+        return fail(parser.prog, exc)
     print(f"wrote {Path(args.out) / 'model'}: dev CER {info['dev']['CER']:.2f} "
           f"WER {info['dev']['WER']:.2f} at update {info['best_at']} of "
           f"{info['updates_planned']}")

@@ -17,14 +17,17 @@ Commands:
 ``cald-bench runs FOLDER ...``
     Result table and training curves of finished recipe runs
     (:mod:`cald_speech.bench.runs`).
+``cald-bench mixers --hidden 768 --lengths 250 1000 4000``
+    Time and peak memory of every token mixer against softmax attention as the
+    sequence grows (:mod:`cald_speech.bench.mixers`).
 
-Each writes a JSON file (and the speed benchmark a PNG) under ``--out-dir``, prints a
-table and records the machine.
+Exit status and error lines follow :mod:`cald_speech.cli`. Each writes a JSON file (and
+the speed benchmark a PNG) under ``--out-dir``, prints a table and records the machine.
 
 Example
 -------
 >>> main([])  # doctest: +ELLIPSIS
-usage: cald-bench {wer,speed,longform,compare,runs} ...
+usage: cald-bench {wer,speed,longform,compare,runs,mixers} ...
 ...
 2
 """
@@ -32,12 +35,17 @@ usage: cald-bench {wer,speed,longform,compare,runs} ...
 import importlib
 import sys
 
+from cald_speech import __version__
+from cald_speech.cli import EXIT_OK, EXIT_USAGE, fail
+from cald_speech.errors import ConfigError
+
 COMMANDS = {
     "wer": ("cald_speech.bench.wer", "WER/CER of teacher and student, agreement, diffs"),
     "speed": ("cald_speech.bench.speed", "time, RTF and peak memory vs audio length"),
     "longform": ("cald_speech.bench.longform", "long recording: windowed teacher vs student"),
     "compare": ("cald_speech.bench.compare", "paired bootstrap of two models on one split"),
     "runs": ("cald_speech.bench.runs", "result table and training curves of recipe runs"),
+    "mixers": ("cald_speech.bench.mixers", "token mixers vs attention: time, memory vs length"),
 }
 
 
@@ -54,12 +62,14 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
-        return 0 if argv else 2
+        return EXIT_OK if argv else EXIT_USAGE
+    if argv[0] == "--version":
+        print(f"cald-bench {__version__}")
+        return EXIT_OK
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         print(usage(), file=sys.stderr)
-        print(f"\ncald-bench: error: unknown command '{name}'", file=sys.stderr)
-        return 2
+        return fail("cald-bench", ConfigError(f"unknown command '{name}'"))
     return importlib.import_module(COMMANDS[name][0]).main(rest)
 
 

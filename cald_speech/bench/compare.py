@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from cald_speech.bench.report import format_table, machine_info, write_json
+from cald_speech.cli import add_version, fail, parse
 from cald_speech.errors import CaldError
 
 _HEADER = re.compile(r"^(\S+), %WER ")
@@ -215,17 +216,18 @@ def build_parser():
     p.add_argument("--resamples", type=int, default=10000, help="bootstrap draws")
     p.add_argument("--seed", type=int, default=0, help="seed of the draws")
     p.add_argument("--out-dir", default=None, help="also write compare.json here")
-    return p
+    return add_version(p)
 
 
 def main(argv=None):
     """Entry point of ``cald-bench compare``; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    args, status = parse(build_parser(), argv)
+    if args is None:
+        return status
     try:
         summary = compare(args.a, args.b, args.split, args.resamples, args.seed)
     except CaldError as exc:
-        print(f"cald-bench compare: error: {exc}", file=sys.stderr)
-        return 1
+        return fail("cald-bench compare", exc)
     print(f"A: {', '.join(summary['runs_a'])}\nB: {', '.join(summary['runs_b'])}")
     n = summary["WER"]["utterances"]
     print(f"{args.split}: {n} paired utterances, {args.resamples} bootstrap draws "

@@ -43,6 +43,7 @@ from cald_speech.bench.report import (
     write_json,
 )
 from cald_speech.bench.wer import error_rates, read_items
+from cald_speech.cli import add_version, fail, parse
 from cald_speech.data.audio import SAMPLE_RATE
 from cald_speech.errors import AudioError, CaldError, DataError
 from cald_speech.inference import DEFAULT_NORM_WINDOW_S
@@ -146,15 +147,14 @@ def build_parser():
     p.add_argument("--in-process", action="store_true",
                    help="run the systems in this process (smoke tests only: peak memory is "
                         "then not per system)")
-    return p
+    return add_version(p)
 
 
 def main(argv=None):
-    """Entry point of ``cald-bench longform``; returns the exit status (2 on bad input)."""
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
+    """Entry point of ``cald-bench longform``; returns the exit status (:mod:`cald_speech.cli`)."""
+    args, status = parse(build_parser(), argv)
+    if args is None:
+        return status
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     skipped = {}
@@ -162,8 +162,7 @@ def main(argv=None):
         items = read_items(args.csv, args.text_column, args.data_root, None, args.normalize)
         rec = build_recording(items, out / "longform.wav", args.gap_s, args.minutes, skipped)
     except CaldError as exc:
-        print(f"cald-bench longform: error: {exc}", file=sys.stderr)
-        return 2
+        return fail("cald-bench longform", exc)
     for item_id, msg in skipped.items():
         print(f"cald-bench longform: skipped {item_id}: {msg}", file=sys.stderr)
     (out / "longform_reference.txt").write_text(rec["text"] + "\n", encoding="utf-8")

@@ -1,6 +1,6 @@
 """Time and peak memory of each token mixer versus softmax attention, as T grows.
 
-``python -m cald_speech.bench.mixers`` measures every registered mixer against
+``cald-bench mixers`` measures every registered mixer against
 scaled-dot-product attention for T from 250 to 30,000 frames (5 s to 10 min of audio at
 50 frames/s), hidden sizes 768 and 1024, forward (under ``torch.no_grad``) and
 forward+backward, on CPU and, when present, CUDA (BiMamba2 with the fused kernels and
@@ -53,6 +53,7 @@ from pathlib import Path
 import torch
 
 from cald_speech.bench.report import machine_info, ram_gb, reset_hwm, status_mb
+from cald_speech.cli import add_version
 
 DEFAULT_LENGTHS = [250, 500, 1000, 2000, 4000, 7500, 15000, 30000]
 DEFAULT_MIXERS = ["attention", "bimamba2", "bimamba2_shared", "linear_attention", "linformer"]
@@ -63,7 +64,7 @@ QUICK = dict(lengths=[250, 1000, 4000], hidden=[768], repeats=3, modes=["fwd"])
 def parse_args(argv=None):
     """Command-line options (see ``--help``)."""
     p = argparse.ArgumentParser(
-        prog="python -m cald_speech.bench.mixers",
+        prog="cald-bench mixers",
         description="Time and peak memory of token mixers vs SDPA attention as T grows.",
     )
     p.add_argument("--mixers", nargs="+", default=None,
@@ -95,7 +96,7 @@ def parse_args(argv=None):
                    help="where mixers.json and the PNG plots go")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    args = add_version(p).parse_args(argv)
     preset = QUICK if args.quick else {}
     args.lengths = sorted(args.lengths or preset.get("lengths", DEFAULT_LENGTHS))
     args.hidden = args.hidden or preset.get("hidden", [768, 1024])
@@ -441,9 +442,12 @@ def plot(results, out_dir):
 
 
 def main(argv=None):
-    """Entry point of ``python -m cald_speech.bench.mixers``."""
+    """Entry point of ``cald-bench mixers``; returns the exit status (:mod:`cald_speech.cli`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
     if args.child:
         print(json.dumps(run_one(json.loads(args.child), args)))
         return 0

@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 
 from cald_speech.bench.report import format_table, machine_info, write_json
+from cald_speech.cli import add_version, fail, parse
+from cald_speech.errors import ConfigError, DataError
 
 #: Result files ``<prefix>_<split>.json``: the CTC recipe's ``wer_*``, the intent
 #: recipe's ``intent_*`` (its ``metrics_file``) and ``acc_*``.
@@ -338,24 +340,24 @@ def build_parser():
     p.add_argument("--names", default=None, help="comma-separated names (default: folders)")
     p.add_argument("--metrics", default="WER,CER", help="metrics to tabulate")
     p.add_argument("--out-dir", default="results/runs_summary", help="where results go")
-    return p
+    return add_version(p)
 
 
 def main(argv=None):
-    """Entry point of ``cald-bench runs``."""
-    args = build_parser().parse_args(argv)
+    """Entry point of ``cald-bench runs``; returns the exit status (:mod:`cald_speech.cli`)."""
+    args, status = parse(build_parser(), argv)
+    if args is None:
+        return status
     folders = [f for pattern in args.folders for f in sorted(glob.glob(pattern)) or [pattern]]
     missing = [f for f in folders if not os.path.isdir(f)]
     if missing:
-        print(f"cald-bench runs: error: not a run folder: {', '.join(missing)}",
-              file=sys.stderr)
-        return 2
+        return fail("cald-bench runs", DataError(", ".join(missing), "not a run folder",
+                                                 "give the output folders of recipe runs"))
     names = args.names.split(",") if args.names else [
         os.path.relpath(f).replace(os.sep, "/") for f in folders
     ]
     if len(names) != len(folders):
-        print("cald-bench runs: error: --names needs one name per folder", file=sys.stderr)
-        return 2
+        return fail("cald-bench runs", ConfigError("--names needs one name per folder"))
     runs = [summarize_run(f, n) for f, n in zip(folders, names)]
     rows = results_rows(runs, args.metrics.split(","))
     print(format_table(rows, [(k, k, "s" if k == "model" else ".2f") for k in _columns(rows)]))

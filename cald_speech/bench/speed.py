@@ -66,6 +66,7 @@ from cald_speech.bench.report import (
     run_child,
     write_json,
 )
+from cald_speech.cli import add_version, fail
 from cald_speech.data.audio import SAMPLE_RATE
 from cald_speech.errors import CaldError, ConfigError
 from cald_speech.inference import (
@@ -150,7 +151,7 @@ def build_parser():
                    help="run every configuration in this process (smoke tests only: peak "
                         "memory is then not per configuration)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    return p
+    return add_version(p)
 
 
 def parse_args(argv=None):
@@ -445,8 +446,7 @@ def main(argv=None):
         models = _labelled_models(args, workdir)
         results = run(models, args)
     except CaldError as exc:
-        print(f"cald-bench speed: error: {exc}", file=sys.stderr)
-        return 2
+        return fail("cald-bench speed", exc)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     machine["load_avg_after"] = list(os.getloadavg())

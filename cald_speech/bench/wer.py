@@ -34,6 +34,7 @@ from cald_speech.bench.report import (
     machine_info,
     write_json,
 )
+from cald_speech.cli import EXIT_FAILED, EXIT_OK, add_version, fail, parse
 from cald_speech.errors import AudioError, CaldError, DataError
 
 __all__ = ["error_rates", "evaluate", "main", "norm_text", "read_items", "word_diff"]
@@ -316,17 +317,16 @@ def build_parser():
     p.add_argument("--overlap-s", type=float, default=2.0, help="window context per side (s)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out-dir", default="results/bench_wer", help="where the results go")
-    return p
+    return add_version(p)
 
 
 def main(argv=None):
-    """Entry point of ``cald-bench wer``; returns the exit status (2 on bad input)."""
+    """Entry point of ``cald-bench wer``; returns the exit status (:mod:`cald_speech.cli`)."""
     from cald_speech.inference import Transcriber
 
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
+    args, status = parse(build_parser(), argv)
+    if args is None:
+        return status
     try:
         items = read_items(args.csv, args.text_column, args.data_root, args.limit,
                            args.normalize)
@@ -335,14 +335,11 @@ def main(argv=None):
         student = Transcriber.from_pretrained(args.student, **kw)
         summary, utterances = evaluate(teacher, student, items, args.batch_size, args.mode)
     except CaldError as exc:
-        print(f"cald-bench wer: error: {exc}", file=sys.stderr)
-        return 2
+        return fail("cald-bench wer", exc)
     for item_id, msg in summary["failed"].items():
         print(f"cald-bench wer: skipped {item_id}: {msg}", file=sys.stderr)
     if not summary["items"]:
-        print(f"cald-bench wer: error: {DataError(args.csv, 'no readable item')}",
-              file=sys.stderr)
-        return 2
+        return fail("cald-bench wer", DataError(args.csv, "no readable item"))
     print(table(summary))
     summary.update(csv=str(args.csv), teacher_dir=str(args.teacher),
                    student_dir=str(args.student), machine=machine_info(),
@@ -350,7 +347,7 @@ def main(argv=None):
     out = Path(args.out_dir)
     paths = write_utterances(utterances, out)
     print(f"wrote {write_json(out / 'wer.json', summary)}, {paths[0]}, {paths[1]}")
-    return 0
+    return EXIT_FAILED if summary["failed"] else EXIT_OK
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ import numpy as np
 
 from cald_speech.data.audio import SAMPLE_RATE, load_audio
 from cald_speech.data.manifest import read_manifest, write_csv_atomic, write_json_atomic
+from cald_speech.cli import add_version, fail, parse
 from cald_speech.errors import CaldError, ConfigError, DataError
 
 __all__ = ["pack_manifests", "load_pack_audio", "opus_level", "resolve_wav"]
@@ -212,12 +213,13 @@ def main(argv=None):
     p.add_argument("--shards", type=int, default=16, help="number of Opus files")
     p.add_argument("--kbps", type=float, default=16.0, help="Opus bit rate, kbit/s")
     p.add_argument("--jobs", type=int, default=None, help="threads (default: all cores)")
-    args = p.parse_args(argv)
+    args, status = parse(add_version(p), argv)
+    if args is None:
+        return status
     try:
         s = pack_manifests(args.manifests, args.out, args.shards, args.kbps, args.jobs)
     except CaldError as exc:
-        print(f"{p.prog}: error: {exc}", file=sys.stderr)
-        return 1
+        return fail(p.prog, exc)
     print(f"packed {s['recordings']} recordings ({s['hours']} h) into {s['shards']} shards, "
           f"{s['bytes'] / 2**20:.1f} MiB at {s['kbps']} kbit/s: {', '.join(s['manifests'])}")
     return 0

@@ -21,6 +21,7 @@ import argparse
 import logging
 import sys
 
+from cald_speech.cli import add_version, fail
 from cald_speech.errors import CaldError
 
 
@@ -101,7 +102,7 @@ def build_parser():
                    help="comma-separated voices or engines: drop their rows")
     p.add_argument("--voice-tables", nargs="*", default=[], metavar="CORPUS",
                    help="synthetic corpus folders (their utterances.tsv names the voices)")
-    return parser
+    return add_version(parser)
 
 
 def main(argv=None):
@@ -139,8 +140,7 @@ def main(argv=None):
                 **common,
             )
     except CaldError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return fail("cald-prepare", exc)
     if args.json:
         import json
 

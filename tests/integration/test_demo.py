@@ -189,7 +189,7 @@ def test_missing_pretrained_model_says_how_to_build_it(tmp_path, capsys):
 
 
 def test_unknown_scale_and_stage(tmp_path, capsys):
-    assert demo.main(["--scale", "huge"]) == 1
+    assert demo.main(["--scale", "huge"]) == 2     # a usage error (cald_speech.cli)
     assert "unknown scale 'huge'" in capsys.readouterr().err
-    assert demo.main(["--stages", "corpus,dance"]) == 1
+    assert demo.main(["--stages", "corpus,dance"]) == 2
     assert "unknown stage" in capsys.readouterr().err

@@ -90,7 +90,7 @@ def test_console_scripts_refuse_a_broken_teacher_folder(teacher_folder, tmp_path
     import soundfile as sf
 
     sf.write(wav, torch.zeros(8000).numpy(), 16000)
-    assert convert_main([str(folder), str(tmp_path / "student")]) == 2
+    assert convert_main([str(folder), str(tmp_path / "student")]) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err and message in err and name in err
     assert not (tmp_path / "student").exists()

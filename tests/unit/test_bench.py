@@ -127,7 +127,7 @@ def test_wer_benchmark_on_a_tiny_csv(tmp_path, models, capsys):
     code = cli.main(["wer", "--teacher", models["teacher"], "--student", models["student"],
                      "--csv", str(csv_path), "--out-dir", str(out), "--window-s", "0.25",
                      "--overlap-s", "0.02"])
-    assert code == 0
+    assert code == 1          # results written, but one item failed (cald_speech.cli)
     doc = json.loads((out / "wer.json").read_text())
     assert doc["items"] == 3 and list(doc["failed"]) == ["gone"]
     for key in ("teacher", "student", "agreement"):

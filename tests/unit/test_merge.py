@@ -93,7 +93,7 @@ def test_cli_merges_and_reports_bad_input(tmp_path, capsys):
                                  "transcript": "x"}])
     assert prepare_main(["merge", str(out), str(a), str(b)]) == 0   # transcript=wrd default
     assert "2 rows from 2 manifest(s)" in capsys.readouterr().out
-    assert prepare_main(["merge", str(out), str(a), "--rename", "wrd"]) == 1
+    assert prepare_main(["merge", str(out), str(a), "--rename", "wrd"]) == 2  # usage error
     assert "--rename 'wrd': write OLD=NEW" in capsys.readouterr().err
     assert prepare_main(["merge", str(out), str(tmp_path / "nope.csv")]) == 1
     assert "nope.csv: manifest not found" in capsys.readouterr().err

@@ -343,4 +343,4 @@ def test_cli_prints_summary_and_fails_cleanly(corpus, tmp_path, capsys):
     assert "up to date" in capsys.readouterr().out
     assert main(["librispeech", str(tmp_path / "nope"), str(save)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ") and "nope" in err[0]
+    assert len(err) == 1 and err[0].startswith("cald-prepare: error: ") and "nope" in err[0]
