@@ -179,9 +179,9 @@ class FrontEndFit:
 
 def _read_wavs(csv_path, limit=None, max_seconds=None):
     from cald_speech.data.audio import load_audio
-    from cald_speech.data.pipeline import read_manifest
+    from cald_speech.data.manifest import read_manifest
 
-    rows = read_manifest(csv_path, required=("wav",))
+    rows = read_manifest(csv_path, required=("ID", "duration", "wav"))
     if limit:
         rows = rows[:limit]
     wavs, bad = [], 0

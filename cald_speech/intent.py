@@ -54,7 +54,8 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from cald_speech.brains import RANK_KEY, DistillBrain, unwrap
-from cald_speech.data.pipeline import audio_dataset, read_manifest
+from cald_speech.data.manifest import read_manifest
+from cald_speech.data.pipeline import audio_dataset
 from cald_speech.distill.losses import logit_kd_loss
 from cald_speech.errors import ConfigError, DataError
 from cald_speech.experiment import build_models, package_model
@@ -978,7 +979,8 @@ def run_intent(argv):
         if counts:
             logger.warning("%s: recordings skipped in preparation: %s", split, counts)
     train_csv = csvs[hp["train_splits"][0]]
-    train_labels = LabelMaps.from_rows(read_manifest(train_csv, LABEL_COLUMNS), train_csv)
+    train_labels = LabelMaps.from_rows(
+        read_manifest(train_csv, ("ID", "duration", "wav", *LABEL_COLUMNS)), train_csv)
     model, teacher, guidance, loader = build_intent_models(hp, train_labels)
     _check_labels(model, teacher, train_labels, train_csv)
     labels = model.labels

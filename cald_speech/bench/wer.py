@@ -157,9 +157,9 @@ def read_items(csv_path, text_column="wrd", data_root=None, limit=None, normaliz
     list of dict
         ``{"ID", "wav", "ref", "duration"}``.
     """
-    from cald_speech.data.pipeline import read_manifest
+    from cald_speech.data.manifest import read_manifest
 
-    rows = read_manifest(csv_path, required=[text_column])
+    rows = read_manifest(csv_path, required=("ID", "duration", "wav", text_column))
     if limit:
         rows = rows[: int(limit)]
     normalizer = None

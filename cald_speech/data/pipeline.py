@@ -24,57 +24,19 @@ Example
 (torch.Size([8000]), True)
 """
 
-import csv
 import logging
 
 import speechbrain as sb
 import torch
 
 from cald_speech.data.audio import SAMPLE_RATE, audio_info, load_audio
+from cald_speech.data.manifest import read_manifest
 from cald_speech.errors import AudioError, DataError
 
 logger = logging.getLogger(__name__)
 
 #: Length of the stand-in silence for audio that fails at read time.
 _FALLBACK_SAMPLES = SAMPLE_RATE // 10
-
-
-def read_manifest(path, required=()):
-    """Reads a manifest CSV into a list of row dicts, checking its columns.
-
-    Arguments
-    ---------
-    path : str
-        CSV with at least ``ID``, ``duration`` and ``wav`` columns.
-    required : sequence of str
-        Further columns the caller needs.
-    """
-    path = str(path)
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            cols = reader.fieldnames or []
-            need = ["ID", "duration", "wav", *required]
-            missing = [c for c in need if c not in cols]
-            if missing:
-                raise DataError(
-                    path, f"missing column(s) {missing}; found {cols}",
-                    "regenerate it with cald-prepare",
-                )
-            rows = list(reader)
-    except FileNotFoundError:
-        raise DataError(path, "manifest not found", "run cald-prepare first") from None
-    if not rows:
-        raise DataError(path, "manifest has no rows", "check the data preparation step")
-    for i, row in enumerate(rows, start=2):
-        try:
-            float(row["duration"])
-        except (TypeError, ValueError):
-            raise DataError(
-                path, f"line {i}: duration '{row['duration']}' is not a number",
-                "regenerate it with cald-prepare",
-            ) from None
-    return rows
 
 
 def audio_dataset(csv_path, required=(), sorting="ascending", max_duration=None,
@@ -100,7 +62,9 @@ def audio_dataset(csv_path, required=(), sorting="ascending", max_duration=None,
     report : dict
         ``kept``, ``skipped`` and ``bad`` (list of (path, reason)).
     """
-    rows = read_manifest(csv_path, required)
+    rows = read_manifest(csv_path, required=("ID", "duration", "wav", *required))
+    if not rows:
+        raise DataError(csv_path, "manifest has no rows", "check the data preparation step")
     data, bad, filtered = {}, [], 0
     for row in rows:
         try:
@@ -108,13 +72,11 @@ def audio_dataset(csv_path, required=(), sorting="ascending", max_duration=None,
         except AudioError as exc:
             bad.append((row["wav"], exc.problem))
             continue
-        dur = float(row["duration"])
+        dur = row["duration"]
         if dur < min_duration or (max_duration is not None and dur > max_duration):
             filtered += 1
             continue
-        if row["ID"] in data:
-            raise DataError(csv_path, f"duplicate ID '{row['ID']}'", "make IDs unique")
-        data[row["ID"]] = {**row, "duration": dur}
+        data[row["ID"]] = row
     for path, why in bad[:20]:
         logger.warning("skipping %s: %s", path, why)
     if bad:
