@@ -44,9 +44,9 @@ from pathlib import Path
 
 import numpy as np
 
+from cald_speech.cli import add_version, fail, parse
 from cald_speech.data.audio import SAMPLE_RATE, load_audio
 from cald_speech.data.manifest import read_manifest, write_csv_atomic, write_json_atomic
-from cald_speech.cli import add_version, fail, parse
 from cald_speech.errors import CaldError, ConfigError, DataError
 
 __all__ = ["pack_manifests", "load_pack_audio", "opus_level", "resolve_wav"]
@@ -189,7 +189,8 @@ def load_pack_audio(csv_path, jobs=None):
             try:
                 data, rate = sf.read(path, dtype="float32", always_2d=True)
             except Exception as exc:
-                raise DataError(path, f"could not decode ({exc})", "pack the corpus again")
+                raise DataError(path, f"could not decode ({exc})",
+                                "pack the corpus again") from None
             if rate != SAMPLE_RATE:
                 raise DataError(path, f"rate {rate} Hz, packs are {SAMPLE_RATE} Hz",
                                 "pack the corpus again")
