@@ -48,10 +48,10 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "cald-synth=cald_speech.data.synth:main",
+            "cald-synth=cald_speech.data.synth.cli:main",
             "cald-prepare=cald_speech.data.prepare:main",
             "cald-convert=cald_speech.convert:main",
-            "cald-transcribe=cald_speech.inference:main",
+            "cald-transcribe=cald_speech.inference.cli:main",
             "cald-bench=cald_speech.bench.cli:main",
         ],
     },

@@ -22,6 +22,8 @@ class CTCBrain(DistillBrain):
     Batches carry ``tokens`` (padded ids) and ``words`` (reference text).
     """
 
+    TASK_DEFAULTS = {"best_metric": "WER", "wer_file": None}
+
     def run_model(self, model, input_values, attention_mask, hidden_states):
         """Returns (hidden states or None, frame logits)."""
         out = model(
@@ -76,7 +78,7 @@ class CTCBrain(DistillBrain):
 
     def best_metric(self):
         """Checkpoints are ranked by ``best_metric`` (``WER``, the default, or ``CER``)."""
-        return getattr(self.hparams, "best_metric", "WER"), "min"
+        return self.hparams.best_metric, "min"
 
     def checkpoint_rank(self, stats):
         """The best metric capped at 100 %, ties broken by the other error rate.
@@ -90,7 +92,7 @@ class CTCBrain(DistillBrain):
         Example
         -------
         >>> brain = CTCBrain.__new__(CTCBrain)
-        >>> brain.hparams = type("H", (), {})()
+        >>> brain.hparams = type("H", (), {"best_metric": "WER"})()
         >>> rank = brain.checkpoint_rank
         >>> rank({"WER": 100.0, "CER": 60.0}) < rank({"WER": 100.0, "CER": 90.0})
         True
@@ -108,7 +110,7 @@ class CTCBrain(DistillBrain):
 
     def write_stage_files(self, split, stats):
         """``wer_file`` (alignments, SpeechBrain format) and its ``.json`` summary."""
-        pattern = getattr(self.hparams, "wer_file", None)
+        pattern = self.hparams.wer_file
         if not pattern:
             return
         path = pattern.format(split=split)

@@ -72,6 +72,11 @@ DISTILL_DEFAULTS = {
     "teacher_head_opt_class": None,
     "teacher_encoder_lr_schedule": None,
     "teacher_head_lr_schedule": None,
+    "max_bad_fraction": 0.05,
+    "max_nonfinite_steps": 5,
+    "bad_items_file": None,
+    "step_log": None,
+    "train_logger": None,
 }
 
 #: What the student's SpecAugment time masking does while the layer loss is on (the
@@ -104,7 +109,8 @@ class DistillBrain(sb.Brain):
         Must hold ``model``: a HF wav2vec2/HuBERT/WavLM model or converted student.
     hparams : dict
         ``guidance`` (a Guidance, or None = no teacher), ``encoder_opt_class``,
-        ``head_opt_class`` and the keys of :data:`DISTILL_DEFAULTS`.
+        ``head_opt_class``, the keys of :data:`DISTILL_DEFAULTS` and those of the
+        task's :attr:`TASK_DEFAULTS` (a key left out takes its default).
     teacher : torch.nn.Module, optional
         The transformer teacher (not for ``unguided``; for ``waypoint`` the Brain
         loads teachers itself with ``hparams["teacher_loader"]``).
@@ -112,13 +118,16 @@ class DistillBrain(sb.Brain):
         Passed to :class:`speechbrain.Brain`.
     """
 
+    #: A task's own options and their defaults (declared by each task's Brain).
+    TASK_DEFAULTS = {}
+
     def __init__(self, modules=None, hparams=None, teacher=None, **kwargs):
         hparams = dict(hparams or {})
         for old, new in RENAMED.items():
             if hparams.get(old) is not None:
                 raise ConfigError(f"hparams key '{old}' was replaced by {new}; rename it "
                                   "(see recipes/*/hparams/cald.yaml)")
-        for k, v in DISTILL_DEFAULTS.items():
+        for k, v in {**DISTILL_DEFAULTS, **self.TASK_DEFAULTS}.items():
             hparams.setdefault(k, v)
         guidance = hparams.get("guidance")
         if guidance is not None and not isinstance(guidance, Guidance):
@@ -137,11 +146,12 @@ class DistillBrain(sb.Brain):
                 raise ConfigError(f"guidance '{guidance.mode}' needs a teacher model")
             self._set_teacher(teacher, trainable=guidance.mode == "trajectory")
         hp = self.hparams
-        self.faults = FaultGuard(
-            max_bad_fraction=getattr(hp, "max_bad_fraction", 0.05),
-            max_nonfinite_steps=getattr(hp, "max_nonfinite_steps", 5),
-            bad_items_file=getattr(hp, "bad_items_file", None),
-        )
+        self.faults = FaultGuard(max_bad_fraction=hp.max_bad_fraction,
+                                 max_nonfinite_steps=hp.max_nonfinite_steps,
+                                 bad_items_file=hp.bad_items_file)
+        self.train_stats = None
+        self.last_stats = None
+        self._eval_split = None  # the test split being evaluated (see evaluate_split)
         self._poisoned = False  # a micro-batch of this step had a non-finite loss
         self._batch_ids, self._batch_terms = [], {}
         self._teacher_has_grads = False
@@ -555,7 +565,7 @@ class DistillBrain(sb.Brain):
             f"lr_{name}": opt.param_groups[0]["lr"] for name, opt in self.optimizers_dict.items()
         }
         rec = {"step": step, "time": time.time(), **terms, **lrs}
-        path = getattr(self.hparams, "step_log", None)
+        path = self.hparams.step_log
         if path:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             with open(path, "a", encoding="utf-8") as f:
@@ -586,6 +596,19 @@ class DistillBrain(sb.Brain):
     def write_stage_files(self, split, stats):
         """Writes the task's per-split result files (main process only)."""
 
+    def evaluate_split(self, split, dataset, **kwargs):
+        """Evaluates ``dataset`` as the test split ``split``; returns its statistics.
+
+        The split names the result files (``wer_file``/``metrics_file`` patterns) and
+        the log lines; ``kwargs`` go to :meth:`speechbrain.Brain.evaluate`.
+        """
+        self._eval_split = split
+        try:
+            self.evaluate(dataset, **kwargs)
+        finally:
+            self._eval_split = None
+        return dict(self.last_stats)
+
     def on_stage_end(self, stage, stage_loss, epoch=None):
         """Logs every loss term and metric, keeps the best checkpoint, writes results."""
         stats = {**rank_mean({"loss": stage_loss}), **self.stage_terms(stage)}
@@ -596,16 +619,14 @@ class DistillBrain(sb.Brain):
             self.train_stats = stats
             return
         stats.update(self.stage_metrics())
-        split = getattr(self, "eval_split", None) or (
-            "valid" if stage == sb.Stage.VALID else "test"
-        )
+        split = self._eval_split or ("valid" if stage == sb.Stage.VALID else "test")
         self.last_stats = stats
-        log = getattr(self.hparams, "train_logger", None)
+        log = self.hparams.train_logger
         if stage == sb.Stage.VALID:
             if log is not None:
                 log.log_stats(
                     stats_meta={"epoch": epoch, "updates": self.optimizer_step},
-                    train_stats=getattr(self, "train_stats", None),
+                    train_stats=self.train_stats,
                     valid_stats=stats,
                 )
             if self.checkpointer is not None:

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import yaml
 
-from cald_speech.cli import add_version, fail
+from cald_speech.cli import add_version, fail, parse
 from cald_speech.errors import CaldError, ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -429,7 +429,9 @@ def build_parser():
 
 def main(argv=None):
     """Runs the demo pipeline; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    args, status = parse(build_parser(), argv)
+    if args is None:
+        return status
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
     t0 = time.time()

@@ -1,4 +1,4 @@
-"""What the recipes share: hparams checks, model setup per guidance mode, packaging.
+"""What the recipes share: hparams checks and model setup per guidance mode.
 
 A recipe's ``train.py`` stays a few lines long; the logic lives here, once.
 
@@ -19,18 +19,14 @@ mode            model trained                                                tea
 """
 
 import difflib
-import json
 import logging
 import os
-from pathlib import Path
-
-import torch
 
 from cald_speech.convert import convert
 from cald_speech.distill.guidance import MODES, Guidance, discover_waypoints
 from cald_speech.errors import ConfigError, DataError
 from cald_speech.families import family_class, family_config_class, family_of_class
-from cald_speech.model_files import load_strict, respect_umask
+from cald_speech.model_files import load_strict
 from cald_speech.student import Student, load_model, read_config, supported_class
 
 logger = logging.getLogger(__name__)
@@ -169,24 +165,3 @@ def build_models(hp, load_task_model):
         kwargs["waypoints"] = discover_waypoints(_require(hp, "waypoint_dir", mode))
         loader = load_task_model
     return model, teacher, Guidance(**kwargs), loader
-
-
-def package_model(model, folder, tokenizer=None, info=None):
-    """Writes a self-contained model folder for inference.
-
-    ``config.json`` + ``model.safetensors`` (student or transformer), the tokenizer
-    (``tokenizer.json``) when given, and ``cald_info.json`` with what produced it.
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    model = getattr(model, "module", model)
-    if isinstance(model, Student):
-        model.save_pretrained(folder)
-    else:
-        model.save_pretrained(folder, safe_serialization=True)
-    if tokenizer is not None:
-        tokenizer.save(str(folder / "tokenizer.json"))
-    meta = {"torch": torch.__version__, **(info or {})}
-    (folder / "cald_info.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
-    respect_umask(folder)
-    return str(folder)

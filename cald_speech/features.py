@@ -180,6 +180,45 @@ def frame_lengths(model, num_samples):
     return base_model(model)._get_feat_extract_output_lengths(n).long()
 
 
+def pad_features(feats, num_samples, device=None):
+    """Zero-padded CNN features of a batch and its sample-level attention mask.
+
+    The features of each utterance are computed alone (unpadded), so that a group-norm
+    CNN gives each one exactly its single-utterance features; the encoder then takes
+    the padded batch with the mask of the waveforms' real samples.
+
+    Arguments
+    ---------
+    feats : list of torch.Tensor
+        (C, T'_i) features, one per utterance.
+    num_samples : list of int
+        Samples of each utterance's waveform.
+    device : str or torch.device, optional
+        Where the mask goes (default: the features' device).
+
+    Returns
+    -------
+    features : torch.Tensor
+        (B, C, T'max), zero beyond each utterance's frames.
+    mask : torch.Tensor
+        (B, Nmax) long, 1 on real samples.
+
+    Example
+    -------
+    >>> feats, mask = pad_features([torch.ones(2, 3), torch.ones(2, 1)], [70, 30])
+    >>> feats[1].tolist(), mask.sum(-1).tolist()
+    ([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]], [70, 30])
+    """
+    out = feats[0].new_zeros(len(feats), feats[0].shape[0], max(f.shape[-1] for f in feats))
+    for i, f in enumerate(feats):
+        out[i, :, : f.shape[-1]] = f
+    device = feats[0].device if device is None else device
+    mask = torch.zeros(len(num_samples), max(num_samples), dtype=torch.long, device=device)
+    for i, n in enumerate(num_samples):
+        mask[i, :n] = 1
+    return out, mask
+
+
 class FeatureCache:
     """Per-utterance cache of frozen-CNN features, on disk (or in memory).
 
@@ -256,13 +295,4 @@ class FeatureCache:
             Unpadded waveforms (N_i,).
         """
         feats = [self.features(model, u, w).float() for u, w in zip(utt_ids, wavs)]
-        C = feats[0].shape[0]
-        T = max(f.shape[-1] for f in feats)
-        out = feats[0].new_zeros(len(feats), C, T)
-        for i, f in enumerate(feats):
-            out[i, :, : f.shape[-1]] = f
-        n = max(int(w.shape[-1]) for w in wavs)
-        mask = torch.zeros(len(wavs), n, dtype=torch.long)
-        for i, w in enumerate(wavs):
-            mask[i, : w.shape[-1]] = 1
-        return out, mask
+        return pad_features(feats, [int(w.shape[-1]) for w in wavs])

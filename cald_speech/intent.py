@@ -58,7 +58,7 @@ from cald_speech.data.manifest import read_manifest
 from cald_speech.data.pipeline import audio_dataset
 from cald_speech.distill.losses import logit_kd_loss
 from cald_speech.errors import ConfigError, DataError
-from cald_speech.experiment import build_models, package_model
+from cald_speech.experiment import build_models
 from cald_speech.families import family_class, family_config_class
 from cald_speech.features import FeatureCache, base_model
 from cald_speech.model_files import respect_umask
@@ -69,7 +69,7 @@ from cald_speech.recipes import (
     prepare_manifests,
     recipe_entry,
 )
-from cald_speech.student import Student, load_model, supported_class
+from cald_speech.student import Student, load_model, package_model, supported_class
 
 logger = logging.getLogger(__name__)
 
@@ -737,6 +737,8 @@ class IntentBrain(DistillBrain):
     the reference strings ``intent``, ``scenario``, ``action``.
     """
 
+    TASK_DEFAULTS = {"best_metric": "sa_acc", "metrics_file": None, "confusion_top": 10}
+
     def run_model(self, model, input_values, attention_mask, hidden_states):
         """Returns (hidden states or None, concatenated task logits)."""
         out = model(
@@ -788,17 +790,17 @@ class IntentBrain(DistillBrain):
 
     def best_metric(self):
         """Checkpoints are ranked by ``best_metric`` (default ``sa_acc``), highest first."""
-        return getattr(self.hparams, "best_metric", "sa_acc"), "max"
+        return self.hparams.best_metric, "max"
 
     def write_stage_files(self, split, stats):
         """``metrics_file`` (summary and per-item lines), its JSON and the confusions."""
-        pattern = getattr(self.hparams, "metrics_file", None)
+        pattern = self.hparams.metrics_file
         if not pattern:
             return
         metric_keys = self.stage_metrics()
         extra = {k: v for k, v in stats.items() if k not in metric_keys}
         self.metrics.write(pattern.format(split=split), split, extra,
-                           top=getattr(self.hparams, "confusion_top", 10))
+                           top=self.hparams.confusion_top)
 
 
 # ---------------------------------------------------------------------------- data
@@ -1022,10 +1024,10 @@ def run_intent(argv):
     )
     results = {}
     for split, (ds, report) in tests.items():
-        brain.eval_split = split
-        brain.evaluate(ds, max_key=RANK_KEY, test_loader_kwargs=_loader_opts(hp, ds, False))
+        stats = brain.evaluate_split(split, ds, max_key=RANK_KEY,
+                                     test_loader_kwargs=_loader_opts(hp, ds, False))
         results[split] = {
-            **brain.last_stats,
+            **stats,
             "skipped_audio": report["skipped"],
             "skipped_recordings": sum(skipped.get(split, {}).values()),
         }

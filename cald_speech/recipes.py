@@ -36,10 +36,10 @@ from cald_speech.experiment import (
     ctc_model_from_config,
     has_ctc_head,
     load_ctc_model,
-    package_model,
 )
 from cald_speech.features import FeatureCache
 from cald_speech.hparams_check import check_types, yaml_error
+from cald_speech.student import package_model
 
 logger = logging.getLogger(__name__)
 
@@ -339,9 +339,8 @@ def run_asr(argv):
     )
     results = {}
     for split, ds in tests.items():
-        brain.eval_split = split
-        brain.evaluate(ds, min_key=RANK_KEY, test_loader_kwargs=_loader_opts(hp, ds, False))
-        results[split] = dict(brain.last_stats)
+        results[split] = brain.evaluate_split(split, ds, min_key=RANK_KEY,
+                                              test_loader_kwargs=_loader_opts(hp, ds, False))
     if sb.utils.distributed.if_main_process():
         folder = hp.get("package_folder") or os.path.join(hp["output_folder"], "model")
         package_model(

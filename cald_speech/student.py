@@ -510,6 +510,35 @@ def copy_extra_files(source, destination):
     return sorted(p.name for p in found)
 
 
+def package_model(model, folder, tokenizer=None, info=None):
+    """Writes a self-contained model folder for inference.
+
+    ``config.json`` + ``model.safetensors`` (student or transformer), the tokenizer
+    (``tokenizer.json``) when given, and ``cald_info.json`` with what produced it.
+
+    Example
+    -------
+    >>> import os, tempfile
+    >>> from cald_speech.convert import convert, tiny_teacher
+    >>> folder = package_model(convert(tiny_teacher()), tempfile.mkdtemp(), info={"run": 1})
+    >>> sorted(os.listdir(folder))
+    ['cald_info.json', 'config.json', 'model.safetensors']
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model = getattr(model, "module", model)
+    if isinstance(model, Student):
+        model.save_pretrained(folder)
+    else:
+        model.save_pretrained(folder, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save(str(folder / "tokenizer.json"))
+    meta = {"torch": torch.__version__, **(info or {})}
+    (folder / "cald_info.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    respect_umask(folder)
+    return str(folder)
+
+
 def load_model(directory, device="cpu"):
     """Loads a student folder as a :class:`Student`, or a transformers folder as its model.
 

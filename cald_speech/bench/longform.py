@@ -44,7 +44,7 @@ from cald_speech.bench.report import (
 )
 from cald_speech.bench.wer import error_rates, read_items
 from cald_speech.cli import add_version, fail, parse
-from cald_speech.data.audio import SAMPLE_RATE
+from cald_speech.data.audio import SAMPLE_RATE, load_audio
 from cald_speech.errors import AudioError, CaldError, DataError
 from cald_speech.inference import DEFAULT_NORM_WINDOW_S
 
@@ -80,8 +80,6 @@ def build_recording(items, path, gap_s=0.5, minutes=None, skipped=None):
         ``path``, ``text``, ``duration`` (s), ``segments`` (``ID``, ``start``, ``end``,
         ``text``), ``passes`` (times through the list).
     """
-    from cald_speech.inference import read_mono
-
     skipped = {} if skipped is None else skipped
     gap = np.zeros(int(round(gap_s * SAMPLE_RATE)), dtype=np.float32)
     target = None if minutes is None else minutes * 60 * SAMPLE_RATE
@@ -95,7 +93,7 @@ def build_recording(items, path, gap_s=0.5, minutes=None, skipped=None):
                 if it["ID"] in skipped:
                     continue
                 try:
-                    wav, _ = read_mono(it["wav"])
+                    wav, _ = load_audio(it["wav"])
                 except AudioError as exc:
                     skipped[it["ID"]] = str(exc)
                     continue

@@ -253,7 +253,7 @@ def build_shape_models(shape, folder, tiny=False, mixer="bimamba2", seed=0):
 
     from cald_speech.convert import convert, public_config
     from cald_speech.data.tokenizer import CharTokenizer
-    from cald_speech.experiment import package_model
+    from cald_speech.student import package_model
 
     tok = CharTokenizer()
     config = public_config(shape, tiny=tiny, vocab_size=len(tok), pad_token_id=0)

@@ -1,19 +1,26 @@
 """Reading audio files robustly: any rate, channel count and soundfile format.
 
+:func:`load_audio` is the one reader of the package (training pipelines, data
+preparation, inference): it reads in blocks, downmixes each block to mono, checks that
+every sample is finite and resamples; :func:`audio_info` reads the header and refuses
+missing, empty, non-audio and truncated files. Every error is an
+:class:`~cald_speech.errors.AudioError` naming the file and the fix.
+
 Example
 -------
 >>> import tempfile, os, numpy as np, soundfile as sf
 >>> d = tempfile.mkdtemp()
 >>> path = os.path.join(d, "a.wav")
 >>> sf.write(path, np.zeros((8000, 2), dtype="float32") + 0.1, 8000)
->>> wav, sr = load_audio(path, target_sr=16000)
->>> tuple(wav.shape), sr
-((16000,), 8000)
+>>> wav, info = load_audio(path, target_sr=16000)
+>>> tuple(wav.shape), info["sample_rate"], info["channels"]
+((16000,), 8000, 2)
 >>> audio_duration(path)
 1.0
 """
 
 import os
+import struct
 
 import numpy as np
 import soundfile as sf
@@ -23,6 +30,8 @@ from cald_speech.errors import AudioError
 
 #: Sample rate every model in this package consumes.
 SAMPLE_RATE = 16000
+#: Frames read from a file at a time.
+READ_BLOCK = 1 << 20
 
 
 def _check_file(path):
@@ -34,8 +43,51 @@ def _check_file(path):
         raise AudioError(path, "file is empty (0 bytes)", "remove it or re-create it")
 
 
+def _wav_truncation(path):
+    """(declared, present) data bytes of a RIFF/WAVE file whose data chunk is cut short."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as fh:
+            head = fh.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            pos = 12
+            while pos + 8 <= size:
+                fh.seek(pos)
+                cid, length = struct.unpack("<4sI", fh.read(8))
+                if cid == b"data":
+                    present = size - pos - 8
+                    # 0 and 0xFFFFFFFF-ish sizes mean "unknown" (streamed writers)
+                    if 0 < length < 0xFFFFFF00 and present < length:
+                        return length, present
+                    return None
+                pos += 8 + length + (length & 1)
+    except OSError:
+        return None
+    return None
+
+
+def _check_complete(path):
+    """Raises :class:`AudioError` when a WAV file's data chunk is shorter than its header says.
+
+    libsndfile reads such a file without complaint (its frame count comes from the
+    bytes present), so the cut would go unnoticed.
+    """
+    cut = _wav_truncation(path)
+    if cut is not None:
+        declared, present = cut
+        raise AudioError(
+            path, f"truncated: the header announces {declared} bytes of audio but only "
+            f"{present} are present", "re-create or re-download it, or rewrite its header "
+            "(e.g. sox in.wav fixed.wav) to keep the part that is there",
+        )
+
+
 def audio_info(path):
     """Returns (sample_rate, frames, channels) of an audio file, with clear errors.
+
+    Reads the header only. A WAV file whose data chunk is shorter than its header
+    announces (a cut download or copy) is refused here, before any decoding.
 
     Arguments
     ---------
@@ -46,6 +98,25 @@ def audio_info(path):
     -------
     tuple
         (sample_rate, frames, channels)
+
+    Raises
+    ------
+    AudioError
+        Missing, a directory, empty, not audio, no samples, or a truncated WAV file.
+
+    Example
+    -------
+    >>> import os, tempfile, numpy as np, soundfile as sf
+    >>> path = os.path.join(tempfile.mkdtemp(), "cut.wav")
+    >>> sf.write(path, np.zeros(1000, dtype="float32"), 16000, subtype="PCM_16")
+    >>> audio_info(path)
+    (16000, 1000, 1)
+    >>> with open(path, "r+b") as fh:
+    ...     _ = fh.truncate(os.path.getsize(path) - 500)
+    >>> audio_info(path)
+    Traceback (most recent call last):
+      ...
+    cald_speech.errors.AudioError: ...cut.wav: truncated: the header announces 2000 bytes ...
     """
     path = str(path)
     _check_file(path)
@@ -57,6 +128,7 @@ def audio_info(path):
         ) from None
     if info.frames <= 0:
         raise AudioError(path, "contains no audio samples", "remove it from the corpus")
+    _check_complete(path)
     return info.samplerate, info.frames, info.channels
 
 
@@ -87,7 +159,7 @@ def check_finite(path, samples, offset=0):
     >>> check_finite("a.wav", np.array([0.0, np.nan, 0.1], dtype="float32"))
     Traceback (most recent call last):
       ...
-    cald_speech.errors.AudioError: a.wav: holds 1 non-finite sample(s) (NaN or Inf), ...at sample 1 ...
+    cald_speech.errors.AudioError: a.wav: holds 1 non-finite sample(s) (NaN or Inf), ...sample 1 ...
     """
     bad = ~np.isfinite(np.asarray(samples))
     if bad.any():
@@ -99,14 +171,16 @@ def check_finite(path, samples, offset=0):
 
 
 def load_audio(path, target_sr=SAMPLE_RATE, start=0, stop=None):
-    """Loads an audio file as a mono float32 tensor at ``target_sr``.
+    """Reads an audio file in blocks as a mono float32 tensor at ``target_sr``.
 
-    Multi-channel audio is averaged to mono; other rates are resampled.
+    Multi-channel audio is averaged to mono block by block, so that a long multichannel
+    file never sits in memory at full width; each block is checked for NaN and infinite
+    samples (:func:`check_finite`); other rates are resampled.
 
     Arguments
     ---------
-    path : str
-        Audio file.
+    path : str or os.PathLike
+        Any format libsndfile reads (wav, flac, ogg, mp3, ...).
     target_sr : int or None
         Output rate; ``None`` keeps the file's own rate.
     start, stop : int
@@ -116,21 +190,50 @@ def load_audio(path, target_sr=SAMPLE_RATE, start=0, stop=None):
     -------
     wav : torch.Tensor
         (T,) float32 waveform.
-    orig_sr : int
-        The file's own sample rate.
+    info : dict
+        ``sample_rate`` and ``channels`` of the file, ``frames`` read (at its own rate).
+
+    Raises
+    ------
+    AudioError
+        Missing, a directory, empty, not audio, truncated, undecodable, or holding a
+        non-finite sample.
+
+    Example
+    -------
+    >>> import os, tempfile, numpy as np, soundfile as sf
+    >>> path = os.path.join(tempfile.mkdtemp(), "a.flac")
+    >>> sf.write(path, np.full((44100, 2), 0.1, dtype="float32"), 44100)
+    >>> wav, info = load_audio(path)
+    >>> tuple(wav.shape), info["sample_rate"], info["channels"]
+    ((16000,), 44100, 2)
+    >>> wav, info = load_audio(path, target_sr=None, start=100, stop=400)
+    >>> tuple(wav.shape), info["frames"]
+    ((300,), 300)
     """
     path = str(path)
-    orig_sr, frames, _ = audio_info(path)
+    orig_sr, frames, channels = audio_info(path)
+    first, last, _ = slice(start, stop).indices(frames)
+    wanted = max(0, last - first)
+    out = np.empty(wanted, dtype=np.float32)
+    n = 0
     try:
-        data, _ = sf.read(path, start=start, stop=stop, dtype="float32", always_2d=True)
-    except Exception as exc:
+        for block in sf.blocks(path, blocksize=READ_BLOCK, start=start, stop=stop,
+                               dtype="float32", always_2d=True):
+            k = min(block.shape[0], wanted - n)
+            check_finite(path, block[:k], offset=first + n)
+            out[n:n + k] = block[:k].mean(axis=1) if block.shape[1] > 1 else block[:k, 0]
+            n += k
+    except AudioError:
+        raise
+    except Exception as exc:  # libsndfile raises its own error types
         raise AudioError(
-            path, f"could not decode audio ({exc}); the file may be truncated", "re-create it"
+            path, f"could not decode audio ({exc}); the file may be truncated or damaged",
+            "re-create it, or convert it to wav/flac (e.g. with sox or ffmpeg)",
         ) from None
-    if data.size == 0:
+    if n == 0:
         raise AudioError(path, "contains no audio samples", "remove it from the corpus")
-    check_finite(path, data)
-    wav = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
+    wav = torch.from_numpy(out[:n])
     if target_sr is not None and orig_sr != target_sr:
         wav = resample(wav, orig_sr, target_sr)
-    return wav, orig_sr
+    return wav.contiguous(), {"sample_rate": orig_sr, "channels": channels, "frames": n}

@@ -21,7 +21,7 @@ import argparse
 import logging
 import sys
 
-from cald_speech.cli import add_version, fail
+from cald_speech.cli import add_version, fail, parse
 from cald_speech.errors import CaldError
 
 
@@ -107,7 +107,9 @@ def build_parser():
 
 def main(argv=None):
     """Entry point of ``cald-prepare``; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    args, status = parse(build_parser(), argv)
+    if args is None:
+        return status
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(message)s",

@@ -19,9 +19,9 @@ from cald_speech.convert import convert, tiny_teacher
 from cald_speech.convert import main as convert_main
 from cald_speech.data.tokenizer import CharTokenizer
 from cald_speech.errors import DataError
-from cald_speech.experiment import load_ctc_model, package_model
+from cald_speech.experiment import load_ctc_model
 from cald_speech.inference import main as transcribe_main
-from cald_speech.student import load_model
+from cald_speech.student import load_model, package_model
 
 
 def truncate(folder):

@@ -506,7 +506,7 @@ def test_cli(tmp_path, capsys):
     # errors: one line on stderr, non-zero exit
     code = main(["slurp", str(tmp_path / "s"), "--engines", "bogus"])
     err = capsys.readouterr().err
-    assert code == 1 and err.count("\n") == 1 and "unknown engine 'bogus'" in err
+    assert code == 2 and err.count("\n") == 1 and "unknown engine 'bogus'" in err
     code = main(["librispeech", str(tmp_path / "t"), "--text", str(tmp_path / "none.tsv")])
     err = capsys.readouterr().err
     assert code == 1 and err.startswith("cald-synth: error: ") and "none.tsv" in err
@@ -517,7 +517,7 @@ def test_cli(tmp_path, capsys):
 
 def test_command_line_process_exit_status(tmp_path):
     setup = (Path(__file__).resolve().parents[2] / "setup.py").read_text()
-    assert "cald-synth=cald_speech.data.synth:main" in setup
+    assert "cald-synth=cald_speech.data.synth.cli:main" in setup
     proc = subprocess.run(
         [sys.executable, "-m", "cald_speech.data.synth", "slurp", str(tmp_path / "s"),
          "--slurp-text", str(tmp_path / "missing.jsonl")],

@@ -18,6 +18,7 @@ import logging
 import sys
 import time
 
+from cald_speech.cli import EXIT_FAILED, add_version, fail, parse
 from cald_speech.data.synth.bookkeeping import format_summary
 from cald_speech.data.synth.corpora import synthesize_librispeech, synthesize_slurp
 from cald_speech.data.synth.options import LIBRISPEECH_SPLITS, SynthOptions
@@ -120,7 +121,7 @@ def build_parser():
                    help="share of recordings that also get a far-field twin")
     p = sub.add_parser("voices", help="list the voice identities")
     p.add_argument("--available", action="store_true", help="only those installed here")
-    return parser
+    return add_version(parser)
 
 
 def main(argv=None):
@@ -129,9 +130,11 @@ def main(argv=None):
     Example
     -------
     >>> main(["librispeech", "/nonexistent/out", "--engines", "bogus"])
-    1
+    2
     """
-    args = build_parser().parse_args(argv)
+    args, status = parse(build_parser(), argv)
+    if args is None:
+        return status
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     start = time.time()
     try:
@@ -153,11 +156,10 @@ def main(argv=None):
                 recordings_per_record=args.recordings_per_record,
                 far_field_prob=args.far_field_prob, **common)
     except CaldError as exc:
-        print(f"cald-synth: error: {exc}", file=sys.stderr)
-        return 1
+        return fail("cald-synth", exc)
     except OSError as exc:  # e.g. no permission to write the corpus folder, disk full
         print(f"cald-synth: error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("cald-synth: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
