@@ -50,7 +50,7 @@ setup(
         "console_scripts": [
             "cald-synth=cald_speech.data.synth.cli:main",
             "cald-prepare=cald_speech.data.prepare:main",
-            "cald-convert=cald_speech.convert:main",
+            "cald-convert=cald_speech.student.cli:main",
             "cald-transcribe=cald_speech.inference.cli:main",
             "cald-bench=cald_speech.bench.cli:main",
         ],

@@ -84,7 +84,7 @@ def record_time_masks(model):
     Example
     -------
     >>> import numpy as np
-    >>> from cald_speech.convert import tiny_teacher
+    >>> from cald_speech.testing import tiny_teacher
     >>> m = tiny_teacher(mask_time_prob=0.5, mask_time_length=2).train()
     >>> record_time_masks(m)
     >>> np.random.seed(0); _ = m(torch.randn(1, 4000))
@@ -126,7 +126,7 @@ def spec_augment_disabled(model):
 
     Example
     -------
-    >>> from cald_speech.convert import tiny_teacher
+    >>> from cald_speech.testing import tiny_teacher
     >>> m = tiny_teacher(mask_time_prob=0.5)
     >>> with spec_augment_disabled(m):
     ...     m.config.apply_spec_augment

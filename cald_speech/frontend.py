@@ -262,7 +262,7 @@ def main(argv=None):
     try:
         import yaml
 
-        from cald_speech.intent import encoder_from_config
+        from cald_speech.tasks.intent.model import encoder_from_config
 
         cfg_path = Path(args.config)
         if not cfg_path.is_file():

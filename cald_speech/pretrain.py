@@ -207,7 +207,7 @@ def build_model(init, keep="cnn", seed=7):
     from cald_speech.data.tokenizer import CharTokenizer, load_tokenizer
     from cald_speech.families import family_class, family_config_class
     from cald_speech.features import base_model
-    from cald_speech.model_files import read_config, weights_file
+    from cald_speech.student import read_config, weights_file
 
     init = Path(init)
     config_dict = read_config(init)

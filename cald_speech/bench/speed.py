@@ -251,9 +251,8 @@ def build_shape_models(shape, folder, tiny=False, mixer="bimamba2", seed=0):
     """
     import transformers
 
-    from cald_speech.convert import convert, public_config
     from cald_speech.data.tokenizer import CharTokenizer
-    from cald_speech.student import package_model
+    from cald_speech.student import convert, package_model, public_config
 
     tok = CharTokenizer()
     config = public_config(shape, tiny=tiny, vocab_size=len(tok), pad_token_id=0)

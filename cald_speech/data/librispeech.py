@@ -32,19 +32,21 @@ import logging
 import os
 
 from cald_speech.data.manifest import (
+    check_options,
+    check_text_fields,
+    list_entries,
+    measure_rows,
+    sort_rows,
+    write_csv_atomic,
+)
+from cald_speech.data.prep_state import (
     PrepState,
     PrepSummary,
     SkipCounter,
     SplitSummary,
     callable_name,
-    check_options,
-    check_text_fields,
     empty_split_error,
-    list_entries,
-    measure_rows,
-    sort_rows,
     tree_fingerprint,
-    write_csv_atomic,
 )
 from cald_speech.errors import ConfigError, DataError
 

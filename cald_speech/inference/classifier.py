@@ -22,7 +22,7 @@ class Classifier:
 
     Arguments
     ---------
-    model : cald_speech.intent.IntentModel
+    model : cald_speech.tasks.intent.model.IntentModel
         The model (its encoder a student or a transformer).
     device : str or torch.device
         Where to run.
@@ -30,8 +30,9 @@ class Classifier:
     Example
     -------
     >>> import tempfile, torch
-    >>> from cald_speech.convert import tiny_teacher
-    >>> from cald_speech.intent import IntentModel, LabelMaps
+    >>> from cald_speech.testing import tiny_teacher
+    >>> from cald_speech.tasks.intent.labels import LabelMaps
+    >>> from cald_speech.tasks.intent.model import IntentModel
     >>> labels = LabelMaps({"alarm_set": ("alarm", "set"), "play_music": ("play", "music")})
     >>> folder = tempfile.mkdtemp()
     >>> IntentModel.new(tiny_teacher(), labels).save_pretrained(folder)
@@ -50,7 +51,7 @@ class Classifier:
 
     @classmethod
     def from_pretrained(cls, folder, device="cpu"):
-        """Loads a folder written by :meth:`cald_speech.intent.IntentModel.save_pretrained`.
+        """Loads an intent model folder (written by ``IntentModel.save_pretrained``).
 
         Raises
         ------
@@ -59,7 +60,7 @@ class Classifier:
         DataError
             Missing or unreadable files.
         """
-        from cald_speech.intent import IntentModel, is_intent_model
+        from cald_speech.tasks.intent.model import IntentModel, is_intent_model
 
         folder = Path(folder)
         if not is_intent_model(folder) and (folder / "config.json").is_file():

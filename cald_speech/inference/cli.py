@@ -141,7 +141,7 @@ def main(argv=None):
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # transformers' own "Loading weights" bar
-    from cald_speech.intent import is_intent_model
+    from cald_speech.tasks.intent.model import is_intent_model
 
     if is_intent_model(args.model):
         return _classify_main(args)

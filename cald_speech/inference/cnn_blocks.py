@@ -115,7 +115,7 @@ def padded_features(model, waveforms, device, block_frames=None):
 
     Example
     -------
-    >>> from cald_speech.convert import tiny_teacher
+    >>> from cald_speech.testing import tiny_teacher
     >>> model = tiny_teacher()
     >>> feats, mask, frames = padded_features(model, [torch.randn(800), torch.randn(500)],
     ...                                       "cpu")
@@ -175,7 +175,7 @@ def cnn_features(model, wav, block_frames=None, progress=None, norm_blocks=None)
     Example
     -------
     >>> import torch
-    >>> from cald_speech.convert import tiny_teacher
+    >>> from cald_speech.testing import tiny_teacher
     >>> model = tiny_teacher()  # group norm, like wav2vec2-base
     >>> wav = torch.randn(5000)
     >>> blocks = cnn_features(model, wav, block_frames=7)

@@ -99,7 +99,8 @@ class _ProjectionCache:
 def _scan_direction(core, in_proj, out_proj, x, block, reverse, out=None, cache=None):
     """One Mamba2 direction over (1, T, C) in blocks, carrying conv and SSM states.
 
-    ``core`` is a ``_SSMCore`` (its conv1d, dt_bias, A_log, D, norm and shapes);
+    ``core`` is a ``_SSMCore`` (its conv1d, dt_bias, A_log, D, norm and shapes), whose
+    :meth:`~cald_speech.mixers.mamba2._SSMCore.ssm_piecewise` runs the blocks;
     ``in_proj`` / ``out_proj`` the projections (``out_proj=None``: return the normalised
     SSM output, width ``d_inner``). ``reverse`` scans from the last frame to the first.
     With ``out`` given, the result is added to it (no second full-length buffer). With a
@@ -107,34 +108,23 @@ def _scan_direction(core, in_proj, out_proj, x, block, reverse, out=None, cache=
     and a reverse scan uses the stored ones (time-reversed) instead of recomputing them.
     """
     total = x.shape[1]
-    starts = list(range(0, total, block))
-    if reverse:
-        starts.reverse()
-    width = core.d_inner if out_proj is None else out_proj.out_features
     add = out is not None
     if not add:
+        width = core.d_inner if out_proj is None else out_proj.out_features
         out = x.new_empty(1, total, width)
-    conv_state, ssm_state = None, None
-    for a in starts:
-        b = min(a + block, total)
-        features = cache.take(a) if reverse and cache is not None else None
-        if features is not None:
-            features = tuple(t.flip(1) for t in features)
-        else:
-            u = x[:, a:b]
-            features = core.project(in_proj, u.flip(1) if reverse else u)
-            if cache is not None and not reverse:
-                cache.put(a, features)
-        y, conv_state, ssm_state = core.ssm(*features, conv_state, ssm_state,
-                                            return_states=True)
-        if out_proj is not None:
-            y = out_proj(y)
-        y = y.flip(1) if reverse else y
-        if add:
-            out[:, a:b] += y
-        else:
-            out[:, a:b] = y
-    return out
+
+    def features(a, b):
+        cached = cache.take(a) if reverse and cache is not None else None
+        if cached is not None:
+            return tuple(t.flip(1) for t in cached)
+        u = x[:, a:b]
+        projected = core.project(in_proj, u.flip(1) if reverse else u)
+        if cache is not None and not reverse:
+            cache.put(a, projected)
+        return projected
+
+    return core.ssm_piecewise(total, block, features, finish=out_proj, out=out,
+                              accumulate=add, reverse=reverse)
 
 
 def bimamba2_blockwise(mixer, x, block=DEFAULT_ENCODER_BLOCK,
@@ -245,7 +235,8 @@ def long_form(model, block=DEFAULT_ENCODER_BLOCK, progress=None,
     Example
     -------
     >>> import torch
-    >>> from cald_speech.convert import convert, tiny_teacher
+    >>> from cald_speech.student import convert
+    >>> from cald_speech.testing import tiny_teacher
     >>> student = convert(tiny_teacher(head="ctc"))
     >>> wav = torch.randn(1, 16000)
     >>> with torch.no_grad():

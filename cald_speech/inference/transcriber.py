@@ -51,9 +51,9 @@ aligned to it (:func:`align_words`).
 Example
 -------
 >>> import tempfile, torch
->>> from cald_speech.convert import convert, tiny_teacher
 >>> from cald_speech.data.tokenizer import CharTokenizer
->>> from cald_speech.student import package_model
+>>> from cald_speech.student import convert, package_model
+>>> from cald_speech.testing import tiny_teacher
 >>> folder = package_model(convert(tiny_teacher(head="ctc", vocab_size=29)),
 ...                        tempfile.mkdtemp(), CharTokenizer())
 >>> asr = Transcriber.from_pretrained(folder)
@@ -167,7 +167,7 @@ class Transcriber:
     Example
     -------
     >>> import torch
-    >>> from cald_speech.convert import tiny_teacher
+    >>> from cald_speech.testing import tiny_teacher
     >>> from cald_speech.data.tokenizer import CharTokenizer
     >>> model = tiny_teacher(head="ctc", vocab_size=29)  # CNN stride 20 samples
     >>> asr = Transcriber(model, CharTokenizer(), window_s=0.5, overlap_s=0.1)
@@ -248,7 +248,7 @@ class Transcriber:
             Missing files, a model without a CTC head, a tokenizer that does not fit.
         """
         from cald_speech.data.tokenizer import load_tokenizer
-        from cald_speech.intent import is_intent_model
+        from cald_speech.tasks.intent.model import is_intent_model
 
         folder = Path(folder)
         if is_intent_model(folder):

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 from cald_speech.errors import ConfigError
-from cald_speech.recipes import run_asr
+from cald_speech.tasks.asr.recipe import run_asr
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "LibriSpeech" / "ASR"
 TINY = """
@@ -165,13 +165,14 @@ def test_ctc_on_a_slurp_layout_corpus(tmp_path):
 
 def test_console_scripts_on_each_family(teacher, tmp_path, capsys):
     """cald-convert, cald-transcribe and cald-bench wer on the fine-tuned teacher."""
-    from cald_speech import convert, inference
+    from cald_speech import inference
     from cald_speech.bench import cli
+    from cald_speech.student.cli import main as convert_main
 
     t_out, results = teacher
     family = json.loads((t_out / "model" / "config.json").read_text())["model_type"]
     student = tmp_path / "student"
-    assert convert.main([str(t_out / "model"), str(student)]) == 0
+    assert convert_main([str(t_out / "model"), str(student)]) == 0
     cfg = json.loads((student / "config.json").read_text())
     assert cfg["model_type"] == family and cfg["cald"]["mixers"][0]["name"] == "bimamba2"
 
@@ -202,9 +203,9 @@ def test_students_start_from_the_head_the_teacher_trajectory_started_from(teache
 
     import torch
 
-    from cald_speech.experiment import build_models, load_ctc_model
-    from cald_speech.recipes import share_start_head
     from cald_speech.student import load_model
+    from cald_speech.tasks.asr.model import load_ctc_model, share_start_head
+    from cald_speech.tasks.modes import build_models
 
     t_out, _ = teacher
     step0 = load_model(t_out / "waypoints" / "step-0")
@@ -227,12 +228,12 @@ def test_students_start_from_the_head_the_teacher_trajectory_started_from(teache
 
 
 def test_speed_and_longform_benchmarks_on_each_family(teacher, tmp_path):
-    from cald_speech import convert
     from cald_speech.bench import cli
+    from cald_speech.student.cli import main as convert_main
 
     t_out, _ = teacher
     model, student = t_out / "model", tmp_path / "student"
-    assert convert.main([str(model), str(student)]) == 0
+    assert convert_main([str(model), str(student)]) == 0
     assert cli.main(["speed", "--model", str(model), str(student), "--minutes", "0.01",
                      "--in-process", "--no-plot", "--out-dir", str(tmp_path / "speed")]) == 0
     runs = json.loads((tmp_path / "speed" / "speed.json").read_text())["results"]

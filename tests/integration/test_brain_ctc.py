@@ -9,13 +9,13 @@ import speechbrain as sb
 import torch
 from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 
-from cald_speech.asr import CTCBrain
 from cald_speech.data.pipeline import add_ctc_targets, audio_dataset
 from cald_speech.data.tokenizer import CharTokenizer
 from cald_speech.distill.guidance import Guidance
 from cald_speech.errors import ConfigError
 from cald_speech.features import FeatureCache
-from cald_speech.recipes import _loader_opts
+from cald_speech.tasks.asr.brain import CTCBrain
+from cald_speech.tasks.recipe import loader_opts
 
 WORDS = ["A CAT", "THE DOG", "NO", "YES I DO", "IT'S ME", "GO HOME"]
 
@@ -77,7 +77,7 @@ def fit(brain, ds, counter, batch_size=2, shuffle_seed=None):
     if shuffle_seed is None:
         opts = {"batch_size": batch_size}
     else:  # what the recipes pass for sorting: random
-        opts = _loader_opts({"batch_size": batch_size, "sorting": "random",
+        opts = loader_opts({"batch_size": batch_size, "sorting": "random",
                              "seed": shuffle_seed}, ds, True)
     brain.fit(counter, ds, train_loader_kwargs=opts, progressbar=False)
 

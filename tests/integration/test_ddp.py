@@ -44,7 +44,8 @@ def test_recipe_runs_under_torchrun_with_two_processes(tmp_path, sorting, port):
 
 DUMP_TEACHER = """
 import os, sys, torch
-from cald_speech import brains, recipes
+from cald_speech.distill import brain as brains
+from cald_speech.tasks.asr import recipe
 
 fit = brains.DistillBrain.fit
 
@@ -55,7 +56,7 @@ def fit_then_dump(self, *args, **kwargs):
     return out
 
 brains.DistillBrain.fit = fit_then_dump
-recipes.asr_main(sys.argv[1:])
+recipe.main(sys.argv[1:])
 """
 
 
@@ -67,7 +68,7 @@ def test_trajectory_keeps_one_teacher_under_torchrun(tmp_path):
     import yaml
 
     from cald_speech.data.tokenizer import CharTokenizer
-    from cald_speech.experiment import ctc_model_from_config
+    from cald_speech.tasks.asr.model import ctc_model_from_config
 
     root = tmp_path / "LibriSpeech"
     write_split(root, "train-clean-100", 1, 6)

@@ -10,8 +10,8 @@ import time
 import pytest
 import yaml
 
-from cald_speech import demo
-from cald_speech.convert import tiny_teacher
+from cald_speech.demo import pipeline as demo
+from cald_speech.testing import tiny_teacher
 
 pytestmark = pytest.mark.skipif(
     not demo.shutil.which("espeak-ng") or not demo.shutil.which("flite"),
@@ -151,7 +151,7 @@ def test_stopping_the_demo_stops_its_step(tmp_path):
     child = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); " \
             "time.sleep(120)"
     parent = (
-        "import signal, sys; from cald_speech import demo; "
+        "import signal, sys; from cald_speech.demo import pipeline as demo; "
         "signal.signal(signal.SIGTERM, demo._exit_on_sigterm); "
         f"demo.Step('s', [sys.executable, '-c', {child!r}], {str(tmp_path / 's')!r}, "
         "done=lambda: False).run()"

@@ -10,16 +10,13 @@ import pytest
 import soundfile as sf
 import torch
 
-from cald_speech.convert import tiny_teacher
 from cald_speech.errors import ConfigError, DataError
-from cald_speech.intent import (
-    IntentBrain,
-    IntentModel,
-    build_intent_models,
-    intent_dataset,
-    intent_main,
-    run_intent,
-)
+from cald_speech.tasks.intent.brain import IntentBrain
+from cald_speech.tasks.intent.data import intent_dataset
+from cald_speech.tasks.intent.model import IntentModel
+from cald_speech.tasks.intent.recipe import build_intent_models, run_intent
+from cald_speech.tasks.intent.recipe import main as intent_main
+from cald_speech.testing import tiny_teacher
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "SLURP" / "intent"
 INTENTS = [("alarm", "set"), ("alarm", "query"), ("play", "music"), ("weather", "query")]
@@ -318,8 +315,8 @@ def test_finetune_learns_a_separable_task_from_label_grouped_data(tmp_path):
 
 def test_transcribe_cli_classifies_with_teacher_and_student(teacher, corpus, tmp_path, capsys):
     """cald-transcribe on each family's intent teacher and its converted student."""
-    from cald_speech.convert import convert
     from cald_speech.inference import main
+    from cald_speech.student import convert
 
     t_out, _ = teacher
     t_model = IntentModel.from_pretrained(t_out / "model")

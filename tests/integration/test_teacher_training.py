@@ -9,11 +9,11 @@ import pytest
 import speechbrain as sb
 import torch
 
-from cald_speech.asr import CTCBrain
-from cald_speech.convert import convert
 from cald_speech.distill.guidance import Guidance
 from cald_speech.distill.optim import decay_groups
 from cald_speech.errors import ConfigError
+from cald_speech.student import convert
+from cald_speech.tasks.asr.brain import CTCBrain
 from tests.integration.test_brain_ctc import Crash, corpus, fit, make_brain, params, tiny_ctc
 
 __all__ = ["corpus"]  # a fixture, used by name

@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from cald_speech.asr import CTCBrain
-from cald_speech.recipes import recipe_entry, run_asr
+from cald_speech.tasks.asr.brain import CTCBrain
+from cald_speech.tasks.asr.recipe import run_asr
+from cald_speech.tasks.recipe import recipe_entry
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "LibriSpeech" / "ASR"
 
@@ -73,7 +74,7 @@ def test_wrong_type_in_the_file_names_the_file(tmp_path, no_compute):
 def test_shipped_hparams_pass_the_checks():
     from hyperpyyaml import load_hyperpyyaml
 
-    from cald_speech.hparams_check import OPTION_KINDS, check_types
+    from cald_speech.tasks.hparams import OPTION_KINDS, check_types
 
     files = sorted(RECIPE.parents[1].glob("*/*/hparams/*.yaml"))
     assert len(files) == 4

@@ -5,8 +5,8 @@ import os
 import pytest
 import torch
 
-from cald_speech.convert import tiny_teacher
 from cald_speech.features import FeatureCache, base_model
+from cald_speech.testing import tiny_teacher
 
 
 def live(model, wav):

@@ -15,13 +15,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from cald_speech.convert import convert, tiny_teacher
-from cald_speech.convert import main as convert_main
 from cald_speech.data.tokenizer import CharTokenizer
 from cald_speech.errors import DataError
-from cald_speech.experiment import load_ctc_model
 from cald_speech.inference import main as transcribe_main
-from cald_speech.student import load_model, package_model
+from cald_speech.student import convert, load_model, package_model
+from cald_speech.student.cli import main as convert_main
+from cald_speech.tasks.asr.model import load_ctc_model
+from cald_speech.testing import tiny_teacher
 
 
 def truncate(folder):
@@ -152,7 +152,8 @@ def test_truncated_student_weights(tmp_path):
 @pytest.mark.parametrize("umask", [0o022, 0o002])
 def test_saved_models_and_manifests_respect_the_umask(tmp_path, umask):
     from cald_speech.data.manifest import write_csv_atomic, write_json_atomic
-    from cald_speech.intent import IntentHead, IntentModel, LabelMaps
+    from cald_speech.tasks.intent.labels import LabelMaps
+    from cald_speech.tasks.intent.model import IntentHead, IntentModel
 
     old = os.umask(umask)
     try:

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from cald_speech.convert import convert, tiny_teacher
 from cald_speech.data.audio import load_audio
 from cald_speech.data.librispeech import prepare_librispeech
 from cald_speech.data.pipeline import audio_dataset
 from cald_speech.data.tokenizer import CharTokenizer
 from cald_speech.errors import AudioError
 from cald_speech.inference import Transcriber, main
-from cald_speech.student import package_model
+from cald_speech.student import convert, package_model
+from cald_speech.testing import tiny_teacher
 
 SR = 16000
 

@@ -16,7 +16,7 @@ MODULES = {
     "python -m cald_speech.pretrain": "cald_speech.pretrain:main",
     "python -m cald_speech.data.pack": "cald_speech.data.pack:main",
     "python -m cald_speech.frontend": "cald_speech.frontend:main",
-    "python -m cald_speech.demo": "cald_speech.demo:main",
+    "python -m cald_speech.demo": "cald_speech.demo.pipeline:main",
     **{f"cald-bench {c}": f"cald_speech.bench.{c}:main"
        for c in ("wer", "speed", "longform", "compare", "runs", "mixers")},
 }

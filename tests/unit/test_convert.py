@@ -1,4 +1,4 @@
-"""Conversion of transformers speech encoders into students (cald_speech.convert).
+"""Conversion of transformers speech encoders into students (cald_speech.student.conversion).
 
 Padding tests use ``feat_extract_norm="layer"`` (as wav2vec2-large-lv60 and
 hubert-large-ll60k do): with ``"group"`` (wav2vec2-base, wavlm-base-plus) the first CNN
@@ -11,25 +11,23 @@ import copy
 import pytest
 import torch
 
-from cald_speech.convert import (
-    PUBLIC_SHAPES,
-    check_conversion,
-    convert,
-    public_config,
-    public_parameter_counts,
-    tiny_teacher,
-)
 from cald_speech.errors import ConfigError
 from cald_speech.mixers import available_mixers
 from cald_speech.mixers.attention import QKVOMixer
 from cald_speech.mixers.bimamba2 import BiMamba2, BiMamba2Shared
 from cald_speech.student import (
     FRAME_MASK_IMPLEMENTATION,
+    PUBLIC_SHAPES,
     MixerAttention,
     Student,
+    check_conversion,
+    convert,
     encoder_layers,
     frame_padding_mask,
+    public_config,
+    public_parameter_counts,
 )
+from cald_speech.testing import tiny_teacher
 
 SHAPES = list(PUBLIC_SHAPES)
 HEADS = ["model", "ctc", "classification"]

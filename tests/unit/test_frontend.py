@@ -11,8 +11,8 @@ import yaml
 from transformers import Wav2Vec2Config, Wav2Vec2Model
 
 from cald_speech import frontend
-from cald_speech.experiment import load_ctc_model
 from cald_speech.features import cnn_fingerprint
+from cald_speech.tasks.asr.model import load_ctc_model
 
 TINY = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
             conv_dim=[24, 24], conv_stride=[5, 64], conv_kernel=[10, 80],

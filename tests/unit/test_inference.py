@@ -8,7 +8,6 @@ import pytest
 import soundfile as sf
 import torch
 
-from cald_speech.convert import convert, tiny_teacher
 from cald_speech.data.audio import load_audio
 from cald_speech.data.tokenizer import CharTokenizer
 from cald_speech.errors import AudioError, ConfigError, DataError
@@ -27,7 +26,8 @@ from cald_speech.inference import (
     window_plan,
 )
 from cald_speech.mixers.bimamba2 import BiMamba2, BiMamba2Shared
-from cald_speech.student import FRAME_MASK_IMPLEMENTATION, encoder_layers, package_model
+from cald_speech.student import FRAME_MASK_IMPLEMENTATION, convert, encoder_layers, package_model
+from cald_speech.testing import tiny_teacher
 
 SR = 16000
 
@@ -162,7 +162,7 @@ def test_shared_mixer_reuses_projections_within_budget(cache_blocks, projections
                                                        monkeypatch):
     # 101 frames in blocks of 32: 4 blocks. The backward scan takes the forward scan's
     # in_proj features of the last `cache_blocks` blocks and projects only the rest.
-    from cald_speech.mixers.bimamba2 import _SSMCore
+    from cald_speech.mixers.mamba2 import _SSMCore
 
     torch.manual_seed(0)
     m = BiMamba2Shared(32, 4, d_state=8, chunk_size=16).double().eval()
@@ -436,7 +436,8 @@ def test_cli_goes_on_after_bad_files_and_counts_them(tmp_path, folders, capsys):
 # ---------------------------------------------------------------- intent models
 @pytest.fixture(scope="module")
 def intent_folder(tmp_path_factory, student):
-    from cald_speech.intent import IntentModel, LabelMaps
+    from cald_speech.tasks.intent.labels import LabelMaps
+    from cald_speech.tasks.intent.model import IntentModel
 
     labels = LabelMaps({"alarm_set": ("alarm", "set"), "play_music": ("play", "music"),
                         "alarm_query": ("alarm", "query")})

@@ -5,22 +5,21 @@ import json
 import pytest
 import torch
 
-from cald_speech.convert import convert, tiny_teacher
 from cald_speech.errors import ConfigError, DataError
 from cald_speech.features import FeatureCache, base_model, enable_feature_input
-from cald_speech.intent import (
+from cald_speech.student import Student, convert
+from cald_speech.tasks.intent.brain import classification_loss
+from cald_speech.tasks.intent.labels import LabelMaps, count_unknown
+from cald_speech.tasks.intent.metrics import IntentMetrics
+from cald_speech.tasks.intent.model import (
     AttentivePooling,
-    IntentMetrics,
     IntentModel,
-    LabelMaps,
     MaskedMeanPooling,
     bare_encoder,
-    classification_loss,
-    count_unknown,
     is_intent_model,
     load_encoder,
 )
-from cald_speech.student import Student
+from cald_speech.testing import tiny_teacher
 
 PARTS = {
     "alarm_set": ("alarm", "set"),

@@ -8,7 +8,7 @@ from cald_speech.data.manifest import read_manifest, write_csv_atomic
 from cald_speech.data.merge import merge_manifests
 from cald_speech.data.prepare import main as prepare_main
 from cald_speech.errors import ConfigError, DataError
-from cald_speech.recipes import prepare_manifests
+from cald_speech.tasks.recipe import prepare_manifests
 
 LS = ["ID", "duration", "wav", "spk_id", "wrd"]
 SLURP = ["ID", "duration", "wav", "semantics", "transcript"]

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from cald_speech.errors import ConfigError
 from cald_speech.mixers import available_mixers, build_mixer, get_mixer_class
-from cald_speech.mixers.bimamba2 import BiMamba2, BiMamba2Shared, Mamba2Block
+from cald_speech.mixers.bimamba2 import BiMamba2, BiMamba2Shared
+from cald_speech.mixers.mamba2 import Mamba2Block
 from cald_speech.mixers.ops.ssd import ssd_sequential_ref
 from cald_speech.mixers.padding import lengths_from_mask, reverse_padded
 

@@ -9,11 +9,11 @@ import soundfile as sf
 import torch
 
 from cald_speech import pretrain
-from cald_speech.convert import tiny_teacher
 from cald_speech.data.pack import load_pack_audio, pack_manifests
 from cald_speech.errors import ConfigError, DataError
 from cald_speech.features import base_model
 from cald_speech.student import load_model
+from cald_speech.testing import tiny_teacher
 
 WORDS = ["A CAB", "BAD", "DAB A CAD", "ACE"]
 

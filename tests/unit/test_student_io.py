@@ -10,13 +10,16 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from cald_speech.convert import PUBLIC_SHAPES, convert, main, parameter_table, tiny_teacher
 from cald_speech.errors import ConfigError, DataError
 from cald_speech.student import (
     Student,
+    convert,
     encoder_layers,
     load_model,
+    parameter_table,
 )
+from cald_speech.student.cli import main
+from cald_speech.testing import PUBLIC_SHAPES, tiny_teacher
 
 LENGTHS = [1600, 900]
 
@@ -281,7 +284,7 @@ def test_cli_rejects_bad_options_before_loading(tmp_path, capsys, monkeypatch, e
     def no_load(*args, **kwargs):
         raise AssertionError("weights loaded before options were checked")
 
-    monkeypatch.setattr("cald_speech.convert.load_model", no_load)
+    monkeypatch.setattr("cald_speech.student.cli.load_model", no_load)
     assert main([str(src), str(dst), *extra]) == 2
     assert message in capsys.readouterr().err
     assert not dst.exists()
@@ -299,7 +302,7 @@ def test_console_script_is_installed():
     scripts = {ep.name: ep.value for ep in entry_points(group="console_scripts")}
     if "cald-convert" not in scripts:
         pytest.skip("cald-speech is not installed (pip install -e .)")
-    assert scripts["cald-convert"] == "cald_speech.convert:main"
+    assert scripts["cald-convert"] == "cald_speech.student.cli:main"
 
 
 def test_public_shapes_are_the_documented_ones():

@@ -5,7 +5,7 @@
     python train.py hparams/cald.yaml --data_folder DATA --mode hybrid --teacher_source DIR
 """
 
-from cald_speech.recipes import asr_main
+from cald_speech.tasks.asr.recipe import main
 
 if __name__ == "__main__":
-    asr_main()
+    main()

@@ -5,7 +5,7 @@
     python train.py hparams/cald.yaml --data_folder SLURP --mode hybrid --teacher_source DIR
 """
 
-from cald_speech.intent import intent_main
+from cald_speech.tasks.intent.recipe import main
 
 if __name__ == "__main__":
-    intent_main()
+    main()

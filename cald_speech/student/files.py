@@ -1,9 +1,11 @@
-"""Model folders on disk: ``config.json``, weights files, and strict loading.
+"""Model folders on disk: ``config.json``, weights files, extra files, strict loading.
 
 A transformers model folder that is incomplete must never load: ``from_pretrained``
 initialises missing tensors at random and only prints a report, so a truncated copy or
 a config from another model gives a confident wrong transcript. Everything here raises
-a :class:`~cald_speech.errors.DataError` naming the file and the fix instead.
+a :class:`~cald_speech.errors.DataError` naming the file and the fix instead. The
+tokenizer, processor and label-map files that travel with a model are copied by
+:func:`copy_extra_files`.
 
 Example
 -------
@@ -19,10 +21,11 @@ cald_speech.errors.DataError: ...config.json: holds a list, not a model configur
 import json
 import logging
 import os
+import shutil
 from fnmatch import fnmatch
 from pathlib import Path
 
-from cald_speech.errors import DataError
+from cald_speech.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +34,25 @@ WEIGHTS_NAME = "model.safetensors"
 #: Weights files transformers reads, in the order it prefers them.
 HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
               "pytorch_model.bin.index.json")
+
+#: Files besides config and weights that travel with a model folder when present.
+EXTRA_FILES = (
+    "vocab.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "merges.txt",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "alphabet.json",
+    "label_map.json",
+    "labels.json",
+    "label_encoder.txt",
+    "tokenizer.ckpt",
+)
+#: Glob patterns of further files that travel with a model folder (sentencepiece models).
+EXTRA_PATTERNS = ("*.model",)
 
 
 def respect_umask(folder):
@@ -122,7 +144,7 @@ def load_strict(model_cls, directory, allow_new=(), **kwargs):
     -------
     >>> import tempfile
     >>> from transformers import Wav2Vec2ForCTC
-    >>> from cald_speech.convert import tiny_teacher
+    >>> from cald_speech.testing import tiny_teacher
     >>> with tempfile.TemporaryDirectory() as folder:
     ...     tiny_teacher().save_pretrained(folder)      # an encoder without a CTC head
     ...     model = load_strict(Wav2Vec2ForCTC, folder, allow_new=("lm_head.*",))
@@ -170,3 +192,65 @@ def load_strict(model_cls, directory, allow_new=(), **kwargs):
                         f"{directory / CONFIG_NAME} asks for ({', '.join(mismatched[:4])})",
                         "use the config.json saved with these weights")
     return model
+
+
+def load_weights(model, weights, device):
+    """Loads ``weights`` (safetensors) into ``model``, which must match them key for key.
+
+    Weights of one floating dtype set the model's (a bf16 student stays bf16); the model
+    then moves to ``device`` (:func:`to_device`).
+    """
+    from safetensors.torch import load_file
+
+    try:  # read on the CPU: a device problem must not look like a bad file
+        state = load_file(str(weights), device="cpu")
+    except Exception as exc:  # safetensors raises its own error types
+        raise DataError(weights, f"cannot read the weights ({exc})", "re-save the model") from exc
+    dtypes = {v.dtype for v in state.values() if v.is_floating_point()}
+    if len(dtypes) == 1:  # keep the saved precision (e.g. a bf16 student stays bf16)
+        model.to(dtypes.pop())
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise DataError(
+            weights,
+            f"weights do not match the config: missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}",
+            "save the model again with Student.save_pretrained",
+        )
+    to_device(model, device)
+
+
+def to_device(model, device):
+    """Moves ``model`` to ``device``, with a clear error when that device is unusable.
+
+    Example
+    -------
+    >>> from torch import nn
+    >>> to_device(nn.Linear(2, 2), "cpu").weight.device.type
+    'cpu'
+    """
+    try:
+        return model.to(device)
+    except (RuntimeError, AssertionError, ValueError) as exc:
+        raise ConfigError(
+            f"device '{device}' cannot be used here ({str(exc).splitlines()[0]}); "
+            "fix: choose --device cpu, or a GPU that torch.cuda.is_available() sees"
+        ) from exc
+
+
+def copy_extra_files(source, destination):
+    """Copies tokenizer, processor and label-map files from one model folder to another.
+
+    Returns
+    -------
+    list of str
+        Names of the copied files.
+    """
+    source, destination = Path(source), Path(destination)
+    if not source.is_dir() or source.resolve() == destination.resolve():
+        return []
+    found = {p for name in EXTRA_FILES if (p := source / name).is_file()}
+    found |= {p for pattern in EXTRA_PATTERNS for p in source.glob(pattern) if p.is_file()}
+    for path in sorted(found):
+        shutil.copy2(path, destination / path.name)
+    return sorted(p.name for p in found)

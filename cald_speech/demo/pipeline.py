@@ -38,7 +38,7 @@ import yaml
 from cald_speech.cli import add_version, fail, parse
 from cald_speech.errors import CaldError, ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = ROOT / "hparams" / "demo.yaml"
 RECIPE = ROOT / "recipes" / "LibriSpeech" / "ASR"
 PROG = "python -m cald_speech.demo"
@@ -392,7 +392,7 @@ class Pipeline:
 
     # ---------------------------------------------------------------- report
     def stage_report(self):
-        from cald_speech.demo_report import write_report
+        from cald_speech.demo.report import write_report
 
         path = write_report(self)
         print(f"  report: {rel(path)}")
@@ -450,7 +450,3 @@ def main(argv=None):
     if report:
         print(f"report: {report}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,8 +11,9 @@ mode every epoch): it is held by the Brain, kept in eval mode and run without
 gradients — except in trajectory guidance, where it is fine-tuned alongside the
 student by its own optimiser (its parameters and optimiser state are checkpointed).
 
-Subclasses supply the task: :class:`cald_speech.asr.CTCBrain` and the intent Brain in
-:mod:`cald_speech.intent`.
+Subclasses supply the task: :class:`cald_speech.tasks.asr.brain.CTCBrain` and
+:class:`cald_speech.tasks.intent.brain.IntentBrain`. What a stage logs, ranks and writes
+lives in :class:`cald_speech.distill.stages.StageRecords`.
 
 Batches carry ``id``, ``sig`` (padded waveforms with relative lengths) and ``ok``
 (False for items whose audio could not be read: they are masked out of every loss
@@ -20,10 +21,8 @@ and counted).
 """
 
 import contextlib
-import json
 import logging
 import os
-import time
 
 import speechbrain as sb
 import torch
@@ -36,9 +35,9 @@ from cald_speech.distill.optim import (
     average_gradients,
     make_optimizer,
     optimizer_params,
-    rank_mean,
     stochastic_in_training,
 )
+from cald_speech.distill.stages import RANK_KEY, StageRecords
 from cald_speech.errors import ConfigError
 from cald_speech.features import (
     base_model,
@@ -96,11 +95,9 @@ def unwrap(module):
     return getattr(module, "module", module)
 
 
-#: Checkpoint meta key holding :meth:`DistillBrain.checkpoint_rank`.
-RANK_KEY = "rank"
 
 
-class DistillBrain(sb.Brain):
+class DistillBrain(StageRecords, sb.Brain):
     """Task fine-tuning with optional layerwise distillation from a teacher.
 
     Arguments
@@ -541,104 +538,6 @@ class DistillBrain(sb.Brain):
         path = os.path.join(self.hparams.waypoint_dir, f"step-{step}")
         unwrap(self.modules.model).save_pretrained(path)
 
-    # ------------------------------------------------------------ logging
-    def _accumulate(self, stage, terms):
-        acc = self._terms.setdefault(stage, {})
-        win = self._terms.setdefault(("window", stage), {})
-        for k, v in terms.items():
-            for d in (acc, win):
-                s, n = d.get(k, (0.0, 0))
-                d[k] = (s + float(v), n + 1)
 
-    def stage_terms(self, stage, window=False):
-        """Mean of every loss term over the stage (or the window since the last log)."""
-        d = self._terms.get(("window", stage) if window else stage, {})
-        terms = {k: s / max(n, 1) for k, (s, n) in d.items()}
-        return rank_mean(terms) if stage == sb.Stage.TRAIN else terms
-
-    def _write_step_log(self, step):
-        terms = self.stage_terms(sb.Stage.TRAIN, window=True)
-        self._terms[("window", sb.Stage.TRAIN)] = {}
-        if not sb.utils.distributed.if_main_process() or not terms:
-            return
-        lrs = {
-            f"lr_{name}": opt.param_groups[0]["lr"] for name, opt in self.optimizers_dict.items()
-        }
-        rec = {"step": step, "time": time.time(), **terms, **lrs}
-        path = self.hparams.step_log
-        if path:
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            with open(path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(rec) + "\n")
-
-    def on_stage_start(self, stage, epoch=None):
-        """Resets the per-stage loss terms (and, for training, the bad-item count)."""
-        if stage == sb.Stage.TRAIN:
-            self.faults.start_epoch(epoch)
-        self._terms.pop(stage, None)
-        self._terms.pop(("window", stage), None)
-
-    def stage_metrics(self):
-        """The task's metrics of a finished valid/test stage (dict)."""
-        return {}
-
-    def best_metric(self):
-        """(metric name, ``"min"`` or ``"max"``) that ranks checkpoints."""
-        raise NotImplementedError
-
-    def checkpoint_rank(self, stats):
-        """The value checkpoints are ranked by (kept under ``RANK_KEY`` in their meta).
-
-        By default the best metric itself; a task may break its ties.
-        """
-        return stats[self.best_metric()[0]]
-
-    def write_stage_files(self, split, stats):
-        """Writes the task's per-split result files (main process only)."""
-
-    def evaluate_split(self, split, dataset, **kwargs):
-        """Evaluates ``dataset`` as the test split ``split``; returns its statistics.
-
-        The split names the result files (``wer_file``/``metrics_file`` patterns) and
-        the log lines; ``kwargs`` go to :meth:`speechbrain.Brain.evaluate`.
-        """
-        self._eval_split = split
-        try:
-            self.evaluate(dataset, **kwargs)
-        finally:
-            self._eval_split = None
-        return dict(self.last_stats)
-
-    def on_stage_end(self, stage, stage_loss, epoch=None):
-        """Logs every loss term and metric, keeps the best checkpoint, writes results."""
-        stats = {**rank_mean({"loss": stage_loss}), **self.stage_terms(stage)}
-        if stage == sb.Stage.TRAIN:
-            stats["bad_items"] = self.faults.bad_items
-            stats["skipped_steps"] = self.faults.nonfinite_total
-            self.faults.check_fraction()
-            self.train_stats = stats
-            return
-        stats.update(self.stage_metrics())
-        split = self._eval_split or ("valid" if stage == sb.Stage.VALID else "test")
-        self.last_stats = stats
-        log = self.hparams.train_logger
-        if stage == sb.Stage.VALID:
-            if log is not None:
-                log.log_stats(
-                    stats_meta={"epoch": epoch, "updates": self.optimizer_step},
-                    train_stats=self.train_stats,
-                    valid_stats=stats,
-                )
-            if self.checkpointer is not None:
-                key, direction = self.best_metric()
-                self.checkpointer.save_and_keep_only(
-                    meta={key: stats[key], RANK_KEY: self.checkpoint_rank(stats),
-                          "updates": self.optimizer_step},
-                    **{f"{direction}_keys": [RANK_KEY]},
-                )
-        elif log is not None:
-            log.log_stats(
-                stats_meta={"split": split, "updates": self.optimizer_step}, test_stats=stats
-            )
-        if sb.utils.distributed.if_main_process():
-            self.write_stage_files(split, stats)
+__all__ = ["DISTILL_DEFAULTS", "RANK_KEY", "RENAMED", "SPEC_AUGMENT_LAYER_LOSS", "DistillBrain",
+           "unwrap"]

@@ -1,6 +1,4 @@
-"""What the recipes share: hparams checks and model setup per guidance mode.
-
-A recipe's ``train.py`` stays a few lines long; the logic lives here, once.
+"""Models per guidance mode: the model trained, where it starts and the teacher that guides it.
 
 Modes (``mode`` in the hparams):
 
@@ -18,42 +16,17 @@ mode            model trained                                                tea
 ==============  ===========================================================  ============
 """
 
-import difflib
 import logging
 import os
 
-from cald_speech.convert import convert
 from cald_speech.distill.guidance import MODES, Guidance, discover_waypoints
 from cald_speech.errors import ConfigError, DataError
-from cald_speech.families import family_class, family_config_class, family_of_class
-from cald_speech.model_files import load_strict
-from cald_speech.student import Student, load_model, read_config, supported_class
+from cald_speech.student import Student, convert
 
 logger = logging.getLogger(__name__)
 
+
 RECIPE_MODES = ("finetune", *MODES)
-
-
-def check_hparams_keys(hparams, known, hparams_file):
-    """Fails on top-level keys that look like typos of keys the recipe reads.
-
-    A key that is not known but is close to a known one (``alpha_layr``) is an error
-    with a suggestion; other unknown keys are taken as the user's own helper values.
-
-    Example
-    -------
-    >>> check_hparams_keys({"alpha_layer": 1, "my_lr": 2}, {"alpha_layer"}, "x.yaml")
-    >>> check_hparams_keys({"alpha_layr": 1}, {"alpha_layer"}, "x.yaml")
-    Traceback (most recent call last):
-      ...
-    cald_speech.errors.ConfigError: x.yaml: unknown key 'alpha_layr' (did you mean 'alpha_layer'?)
-    """
-    for key in hparams:
-        if key in known or key.startswith("_"):
-            continue
-        close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.85)
-        if close:
-            raise ConfigError(f"{hparams_file}: unknown key '{key}' (did you mean '{close[0]}'?)")
 
 
 def _require(hp, key, mode):
@@ -62,53 +35,13 @@ def _require(hp, key, mode):
     return hp[key]
 
 
-def _check_folder(path, what):
+def check_folder(path, what):
     if not os.path.isdir(str(path)):
         raise DataError(
             path, f"{what} folder not found",
             "give a local model folder (save_pretrained output) or train it first",
         )
     return str(path)
-
-
-def load_ctc_model(source, vocab_size, pad_token_id=0):
-    """Loads a CTC model (student or transformer) whose head has ``vocab_size`` outputs.
-
-    A transformer without a CTC head, or with one of another size, gets a new head
-    (randomly initialised) — the usual start of a fine-tuning run.
-    """
-    source = _check_folder(source, "model")
-    if has_ctc_head(source, vocab_size):
-        model = load_model(source)
-    else:
-        arch = (read_config(source).get("architectures") or [""])[0]
-        supported_class(arch)
-        ctc_cls = family_class(family_of_class(arch), "ctc")
-        logger.info("%s: new CTC head with %d outputs on %s", source, vocab_size, arch)
-        model = load_strict(ctc_cls, source, allow_new=("lm_head.*",), vocab_size=vocab_size,
-                            pad_token_id=pad_token_id, ignore_mismatched_sizes=True)
-    head = getattr(model, "lm_head", None)
-    if head is None or head.out_features != vocab_size:
-        raise ConfigError(
-            f"{source}: CTC head has {getattr(head, 'out_features', None)} outputs but the "
-            f"tokenizer has {vocab_size} units; use the tokenizer the model was trained with"
-        )
-    return model.train()
-
-
-def has_ctc_head(source, vocab_size):
-    """Whether the model folder ``source`` holds a CTC head with ``vocab_size`` outputs."""
-    cfg = read_config(source)
-    arch = (cfg.get("architectures") or [""])[0]
-    return "cald" in cfg or (arch.endswith("ForCTC") and cfg.get("vocab_size") == vocab_size)
-
-
-def ctc_model_from_config(config, vocab_size, family="wav2vec2"):
-    """A randomly initialised CTC transformer from a dict of config values."""
-    cfg = family_config_class(family)(
-        **{**dict(config), "vocab_size": vocab_size, "pad_token_id": 0}
-    )
-    return family_class(family, "ctc")(cfg)
 
 
 def build_models(hp, load_task_model):

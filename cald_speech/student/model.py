@@ -11,9 +11,9 @@ the teacher (``input_values``, ``attention_mask``, ``output_hidden_states``) and
 returns the same output object, with ``hidden_states`` indexed like the teacher's.
 
 :class:`Student` wraps that model with the conversion record and gives it
-``save_pretrained`` / ``from_pretrained``; :func:`load_model` loads either a
-student folder or a plain transformers folder (a teacher). Students are built by
-:func:`cald_speech.convert.convert`.
+``save_pretrained`` / ``from_pretrained``; :func:`~cald_speech.student.io.load_model`
+loads either a student folder or a plain transformers folder (a teacher). Students are
+built by :func:`~cald_speech.student.conversion.convert`.
 
 How the padding mask reaches the mixers
 ---------------------------------------
@@ -34,7 +34,8 @@ checkpointing recomputes a layer.
 Example
 -------
 >>> import torch
->>> from cald_speech.convert import convert, tiny_teacher
+>>> from cald_speech.student import convert
+>>> from cald_speech.testing import tiny_teacher
 >>> teacher = tiny_teacher()
 >>> student = convert(teacher, mixer="attention", init="attention")
 >>> out = student(torch.randn(2, 800), output_hidden_states=True)
@@ -45,7 +46,6 @@ True
 """
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
@@ -65,10 +65,11 @@ except ImportError as exc:  # pragma: no cover - depends on the installed releas
 from cald_speech.errors import ConfigError, DataError
 from cald_speech.families import FAMILIES, SUPPORTED_CLASSES
 from cald_speech.mixers import Mixer, build_saved_mixer
-from cald_speech.model_files import (  # noqa: F401 (read_config: part of this module's API)
+from cald_speech.student.files import (
     CONFIG_NAME,
     WEIGHTS_NAME,
-    load_strict,
+    copy_extra_files,
+    load_weights,
     read_config,
     respect_umask,
     weights_file,
@@ -76,25 +77,6 @@ from cald_speech.model_files import (  # noqa: F401 (read_config: part of this m
 
 #: Attention implementation of students without softmax layers: the mask is (B, T).
 FRAME_MASK_IMPLEMENTATION = "cald_frames"
-
-#: Files besides config and weights that travel with a model folder when present.
-EXTRA_FILES = (
-    "vocab.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "merges.txt",
-    "preprocessor_config.json",
-    "processor_config.json",
-    "alphabet.json",
-    "label_map.json",
-    "labels.json",
-    "label_encoder.txt",
-    "tokenizer.ckpt",
-)
-#: Glob patterns of further files that travel with a model folder (sentencepiece models).
-EXTRA_PATTERNS = ("*.model",)
 
 CALD_FORMAT_VERSION = 1
 
@@ -300,7 +282,8 @@ class Student(nn.Module):
     Example
     -------
     >>> import tempfile, torch
-    >>> from cald_speech.convert import convert, tiny_teacher
+    >>> from cald_speech.student import convert
+    >>> from cald_speech.testing import tiny_teacher
     >>> student = convert(tiny_teacher(), mixer="attention", keep_attention=[1]).eval()
     >>> wav = torch.randn(1, 800)
     >>> with tempfile.TemporaryDirectory() as folder:
@@ -384,8 +367,8 @@ class Student(nn.Module):
             Output folder (created; existing files of the same names are replaced).
         extra_files_from : str or os.PathLike, optional
             Folder to copy tokenizer / processor / label-map files from (see
-            :data:`EXTRA_FILES`); defaults to the folder the teacher or student was
-            loaded from, when that is a local folder.
+            :data:`~cald_speech.student.files.EXTRA_FILES`); defaults to the folder the
+            teacher or student was loaded from, when that is a local folder.
         """
         from safetensors.torch import save_file
 
@@ -423,7 +406,7 @@ class Student(nn.Module):
         if "cald" not in config_dict:
             raise ConfigError(
                 f"{directory} holds a plain transformers model, not a student; load it with "
-                "cald_speech.student.load_model() or convert it with cald_speech.convert.convert()"
+                "cald_speech.student.load_model() or convert it with cald_speech.student.convert()"
             )
         weights = weights_file(directory, (WEIGHTS_NAME,))
         cald = config_dict.pop("cald")
@@ -450,129 +433,5 @@ class Student(nn.Module):
             raise DataError(path, f"does not describe a student ({type(exc).__name__}: {exc})",
                             "copy the config.json saved with the student, or convert "
                             "again") from exc
-        _load_weights(model, weights, device)
+        load_weights(model, weights, device)
         return cls(model, cald, source_path=str(directory)).eval()
-
-
-def _load_weights(model, weights, device):
-    from safetensors.torch import load_file
-
-    try:  # read on the CPU: a device problem must not look like a bad file
-        state = load_file(str(weights), device="cpu")
-    except Exception as exc:  # safetensors raises its own error types
-        raise DataError(weights, f"cannot read the weights ({exc})", "re-save the model") from exc
-    dtypes = {v.dtype for v in state.values() if v.is_floating_point()}
-    if len(dtypes) == 1:  # keep the saved precision (e.g. a bf16 student stays bf16)
-        model.to(dtypes.pop())
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise DataError(
-            weights,
-            f"weights do not match the config: missing {sorted(missing)[:5]}, "
-            f"unexpected {sorted(unexpected)[:5]}",
-            "save the model again with Student.save_pretrained",
-        )
-    to_device(model, device)
-
-
-def to_device(model, device):
-    """Moves ``model`` to ``device``, with a clear error when that device is unusable.
-
-    Example
-    -------
-    >>> to_device(nn.Linear(2, 2), "cpu").weight.device.type
-    'cpu'
-    """
-    try:
-        return model.to(device)
-    except (RuntimeError, AssertionError, ValueError) as exc:
-        raise ConfigError(
-            f"device '{device}' cannot be used here ({str(exc).splitlines()[0]}); "
-            "fix: choose --device cpu, or a GPU that torch.cuda.is_available() sees"
-        ) from exc
-
-
-def copy_extra_files(source, destination):
-    """Copies tokenizer, processor and label-map files from one model folder to another.
-
-    Returns
-    -------
-    list of str
-        Names of the copied files.
-    """
-    source, destination = Path(source), Path(destination)
-    if not source.is_dir() or source.resolve() == destination.resolve():
-        return []
-    found = {p for name in EXTRA_FILES if (p := source / name).is_file()}
-    found |= {p for pattern in EXTRA_PATTERNS for p in source.glob(pattern) if p.is_file()}
-    for path in sorted(found):
-        shutil.copy2(path, destination / path.name)
-    return sorted(p.name for p in found)
-
-
-def package_model(model, folder, tokenizer=None, info=None):
-    """Writes a self-contained model folder for inference.
-
-    ``config.json`` + ``model.safetensors`` (student or transformer), the tokenizer
-    (``tokenizer.json``) when given, and ``cald_info.json`` with what produced it.
-
-    Example
-    -------
-    >>> import os, tempfile
-    >>> from cald_speech.convert import convert, tiny_teacher
-    >>> folder = package_model(convert(tiny_teacher()), tempfile.mkdtemp(), info={"run": 1})
-    >>> sorted(os.listdir(folder))
-    ['cald_info.json', 'config.json', 'model.safetensors']
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    model = getattr(model, "module", model)
-    if isinstance(model, Student):
-        model.save_pretrained(folder)
-    else:
-        model.save_pretrained(folder, safe_serialization=True)
-    if tokenizer is not None:
-        tokenizer.save(str(folder / "tokenizer.json"))
-    meta = {"torch": torch.__version__, **(info or {})}
-    (folder / "cald_info.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
-    respect_umask(folder)
-    return str(folder)
-
-
-def load_model(directory, device="cpu"):
-    """Loads a student folder as a :class:`Student`, or a transformers folder as its model.
-
-    Arguments
-    ---------
-    directory : str or os.PathLike
-        A folder written by :meth:`Student.save_pretrained`, or by transformers'
-        ``save_pretrained`` for one of :data:`SUPPORTED_CLASSES`.
-    device : str or torch.device
-        Where to put the weights.
-
-    Returns
-    -------
-    Student or transformers.PreTrainedModel
-        In eval mode.
-
-    Example
-    -------
-    >>> import tempfile
-    >>> from cald_speech.convert import tiny_teacher
-    >>> with tempfile.TemporaryDirectory() as folder:
-    ...     tiny_teacher().save_pretrained(folder)
-    ...     type(load_model(folder)).__name__
-    'Wav2Vec2Model'
-    """
-    config = read_config(directory)
-    if "cald" in config:
-        return Student.from_pretrained(directory, device=device)
-    architectures = config.get("architectures") or []
-    if not architectures:
-        raise ConfigError(
-            f"{Path(directory) / CONFIG_NAME} names no architecture; "
-            f"add \"architectures\": [one of {', '.join(SUPPORTED_CLASSES)}]"
-        )
-    model_cls = supported_class(architectures[0])
-    model = load_strict(model_cls, directory)
-    return to_device(model, device).eval()

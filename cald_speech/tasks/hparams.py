@@ -13,6 +13,7 @@ Traceback (most recent call last):
 cald_speech.errors.ConfigError: x.yaml: batch_size must be a positive integer, got 'abc' (str)
 """
 
+import difflib
 import numbers
 
 from cald_speech.errors import ConfigError
@@ -118,3 +119,25 @@ def yaml_error(exc, hparams_file):
                            "quote lists and strings, e.g. --train_splits \"[a, b]\"")
     line = f", line {mark.line + 1}" if mark is not None else ""
     return ConfigError(f"{hparams_file}{line}: YAML syntax error ({problem}); fix the file")
+
+
+def check_hparams_keys(hparams, known, hparams_file):
+    """Fails on top-level keys that look like typos of keys the recipe reads.
+
+    A key that is not known but is close to a known one (``alpha_layr``) is an error
+    with a suggestion; other unknown keys are taken as the user's own helper values.
+
+    Example
+    -------
+    >>> check_hparams_keys({"alpha_layer": 1, "my_lr": 2}, {"alpha_layer"}, "x.yaml")
+    >>> check_hparams_keys({"alpha_layr": 1}, {"alpha_layer"}, "x.yaml")
+    Traceback (most recent call last):
+      ...
+    cald_speech.errors.ConfigError: x.yaml: unknown key 'alpha_layr' (did you mean 'alpha_layer'?)
+    """
+    for key in hparams:
+        if key in known or key.startswith("_"):
+            continue
+        close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.85)
+        if close:
+            raise ConfigError(f"{hparams_file}: unknown key '{key}' (did you mean '{close[0]}'?)")

@@ -1,9 +1,12 @@
-"""Recipe drivers: ``python recipes/<Corpus>/<task>/train.py hparams.yaml`` calls these.
+"""The one recipe driver: ``python recipes/<Corpus>/<task>/train.py hparams.yaml``.
 
-Each driver reads the hparams, prepares the data, builds teacher and student for the
-chosen ``mode`` (:mod:`cald_speech.experiment`), trains with the shared distillation
-Brain, evaluates every test split with the best checkpoint and packages the model
-for inference in ``<output_folder>/model``.
+:func:`run_recipe` reads the hparams (YAML and command-line errors fail before anything
+is built), prepares the data, builds the model and teacher for the chosen ``mode``
+(:mod:`cald_speech.tasks.modes`), trains with the task's distillation Brain, evaluates
+every test split with the best checkpoint and packages the model for inference in
+``<output_folder>/model``. A task (:class:`Task`: ASR in :mod:`cald_speech.tasks.asr`,
+intents in :mod:`cald_speech.tasks.intent`) supplies its keys, defaults, models,
+datasets and Brain; everything else is shared.
 """
 
 import gc
@@ -12,7 +15,6 @@ import os
 import random
 import re
 import sys
-from functools import partial
 
 import numpy as np
 import ruamel.yaml
@@ -21,43 +23,30 @@ import torch
 import yaml
 from hyperpyyaml import load_hyperpyyaml
 
-from cald_speech.asr import CTCBrain
-from cald_speech.brains import RANK_KEY
-from cald_speech.data.pipeline import (
-    add_ctc_targets,
-    audio_dataset,
-    dynamic_batching,
-    epoch_sampler,
-)
+from cald_speech.data.pipeline import dynamic_batching, epoch_sampler
+from cald_speech.distill.brain import RANK_KEY
 from cald_speech.errors import CaldError, ConfigError
-from cald_speech.experiment import (
-    build_models,
-    check_hparams_keys,
-    ctc_model_from_config,
-    has_ctc_head,
-    load_ctc_model,
-)
 from cald_speech.features import FeatureCache
-from cald_speech.hparams_check import check_types, yaml_error
 from cald_speech.student import package_model
+from cald_speech.tasks.hparams import check_hparams_keys, check_types, yaml_error
 
 logger = logging.getLogger(__name__)
 
-#: Keys the ASR recipe reads (typos of these fail early).
-ASR_KEYS = {
+#: Keys every recipe reads (typos of these fail early); a task adds its own.
+COMMON_KEYS = {
     "seed", "mode", "data_folder", "data_format", "output_folder", "save_folder",
     "manifest_folder", "train_splits", "valid_splits", "test_splits", "text_column",
-    "normalize_text", "slurp_recording", "model_source", "model_config", "model_family",
+    "slurp_recording", "model_source", "model_config", "model_family",
     "teacher_source", "student_source", "pretrained_source", "waypoint_dir",
-    "waypoint_every", "tokenizer", "cache_features", "train_feature_encoder",
-    "feature_cache_folder", "best_metric",
+    "waypoint_every", "cache_features", "train_feature_encoder",
+    "feature_cache_folder",
     "number_of_epochs", "batch_size", "dynamic_batching", "max_batch_seconds",
     "num_buckets", "sorting", "max_duration", "min_duration", "num_workers",
     "encoder_opt_class", "head_opt_class", "teacher_encoder_opt_class",
     "teacher_head_opt_class", "teacher_encoder_lr_schedule", "teacher_head_lr_schedule",
     "encoder_lr_schedule", "lr_teacher_encoder", "lr_teacher_head",
     "head_lr_schedule", "epoch_counter", "train_logger",
-    "checkpointer", "step_log", "log_every", "wer_file", "alpha_layer", "alpha_logit",
+    "checkpointer", "step_log", "log_every", "alpha_layer", "alpha_logit",
     "kd_temperature", "layer_indices", "layer_weights", "spec_augment_layer_loss",
     "mixer", "init",
     "keep_attention", "switch_step", "logit_kd_after_switch", "teacher_update_every",
@@ -66,6 +55,103 @@ ASR_KEYS = {
     "device", "distributed_backend", "lr_encoder", "lr_head", "warmup_updates",
     "total_updates", "lr_decay", "max_bad_fraction", "bad_items_file", "max_nonfinite_steps",
 }
+
+#: Defaults of the options every recipe reads (stated once; a task adds its own).
+RECIPE_DEFAULTS = {
+    "data_format": "librispeech",
+    "slurp_recording": "all",
+    "max_duration": None,
+    "min_duration": 0.0,
+    "sorting": "ascending",
+    "num_workers": 0,
+    "dynamic_batching": False,
+    "num_buckets": 20,
+    "cache_features": True,
+    "package_folder": None,
+}
+
+
+class Task:
+    """What a task adds to :func:`run_recipe` (subclass it; one instance per run).
+
+    Attributes
+    ----------
+    keys : set of str
+        hparams keys the task reads (typos of these fail early).
+    defaults : dict
+        The task's option defaults, on top of :data:`RECIPE_DEFAULTS`.
+    brain_class : type
+        The task's :class:`~cald_speech.distill.brain.DistillBrain`.
+    """
+
+    keys = COMMON_KEYS
+    defaults = {}
+    brain_class = None
+
+    def check(self, hp):
+        """Checks the task's options before anything is built."""
+
+    def models(self, hp, csvs):
+        """``(model, teacher or None, guidance or None, waypoint teacher loader or None)``."""
+        raise NotImplementedError
+
+    def datasets(self, hp, csvs, model):
+        """``(train, valid, {test split: (dataset, extra results)})``."""
+        raise NotImplementedError
+
+    def before_fit(self, hp, model):
+        """Anything to do once the model is built and before training starts."""
+
+    def package(self, hp):
+        """``(tokenizer or None, extra info)`` saved with the packaged model."""
+        return None, {}
+
+
+def run_recipe(task, argv):
+    """Runs a recipe for ``task`` with the command line ``argv``; returns the test results.
+
+    Returns
+    -------
+    dict
+        Per test split: the task's metrics, the mean of every loss term and the task's
+        extra counts.
+    """
+    hp, run_opts = load_recipe_hparams(argv, task.keys)
+    for key, value in {**RECIPE_DEFAULTS, **task.defaults}.items():
+        hp.setdefault(key, value)
+    task.check(hp)
+    csvs = prepare_manifests(hp)
+    model, teacher, guidance, loader = task.models(hp, csvs)
+    train, valid, tests = task.datasets(hp, csvs, model)
+    task.before_fit(hp, model)
+    hp["checkpointer"].add_recoverable("model", model)
+    cache = FeatureCache(hp["feature_cache_folder"]) if hp["cache_features"] else None
+    brain_hp = {**hp, "guidance": guidance, "feature_cache": cache, "teacher_loader": loader}
+    brain = task.brain_class(
+        modules={"model": model}, hparams=brain_hp, teacher=teacher,
+        run_opts=run_opts, checkpointer=hp["checkpointer"],
+    )
+    brain.fit(
+        hp["epoch_counter"], train, valid,
+        train_loader_kwargs=loader_opts(hp, train, True),
+        valid_loader_kwargs=loader_opts(hp, valid, False),
+    )
+    best = {f"{brain.best_metric()[1]}_key": RANK_KEY}
+    results = {}
+    for split, (ds, extra) in tests.items():
+        stats = brain.evaluate_split(split, ds, test_loader_kwargs=loader_opts(hp, ds, False),
+                                     **best)
+        results[split] = {**stats, **extra}
+    if sb.utils.distributed.if_main_process():
+        tokenizer, info = task.package(hp)
+        folder = hp["package_folder"] or os.path.join(hp["output_folder"], "model")
+        package_model(
+            brain.modules.model, folder, tokenizer,
+            info={"mode": hp["mode"], "updates": brain.optimizer_step, "results": results,
+                  "bad_items": brain.bad_items_total, **info},
+        )
+        logger.info("packaged model: %s", folder)
+    return results
 
 
 def load_recipe_hparams(argv, known_keys):
@@ -157,7 +243,7 @@ def load_fragment(value, base, key):
 def prepare_manifests(hp):
     """Writes the CSV manifests of every split; returns {split: csv path}."""
     splits = [*hp["train_splits"], *hp["valid_splits"], *hp["test_splits"]]
-    fmt = hp.get("data_format", "librispeech")
+    fmt = hp.get("data_format", RECIPE_DEFAULTS["data_format"])
     folder = hp["manifest_folder"]
     if fmt == "librispeech":
         from cald_speech.data.librispeech import prepare_librispeech
@@ -173,7 +259,7 @@ def prepare_manifests(hp):
             prepare_slurp,
             kwargs={
                 "data_folder": hp["data_folder"], "save_folder": folder, "splits": splits,
-                "recording": hp.get("slurp_recording", "all"),
+                "recording": hp.get("slurp_recording", RECIPE_DEFAULTS["slurp_recording"]),
             },
         )
     elif fmt == "csv":
@@ -190,37 +276,7 @@ def prepare_manifests(hp):
     return {s: os.path.join(folder, f"{s}.csv") for s in splits}
 
 
-def _normalizer(hp):
-    if not hp.get("normalize_text", False):
-        return None
-    from cald_speech.data.text import normalize_text
-
-    return normalize_text
-
-
-def asr_datasets(hp, csvs, tokenizer):
-    """Train/valid/test datasets with ``sig``, ``ok``, ``words`` and ``tokens``."""
-    text = hp.get("text_column", "wrd")
-    norm = _normalizer(hp)
-
-    def make(split, sorting):
-        ds, report = audio_dataset(
-            csvs[split], required=(text,), sorting=sorting,
-            max_duration=hp.get("max_duration"), min_duration=hp.get("min_duration", 0.0),
-        )
-        if report["skipped"]:
-            logger.warning("%s: %d unusable item(s) skipped", split, report["skipped"])
-        return add_ctc_targets(ds, tokenizer, text, norm)
-
-    train = [make(s, hp.get("sorting", "ascending")) for s in hp["train_splits"]]
-    if len(train) > 1:
-        raise ConfigError("give one train split (merge corpora in one manifest)")
-    valid = [make(s, "ascending") for s in hp["valid_splits"]]
-    tests = {s: make(s, "ascending") for s in hp["test_splits"]}
-    return train[0], valid[0], tests
-
-
-def _loader_opts(hp, dataset, train):
+def loader_opts(hp, dataset, train):
     """DataLoader options of a split.
 
     Training with ``sorting: random`` draws a new permutation of the items every epoch
@@ -230,13 +286,14 @@ def _loader_opts(hp, dataset, train):
     """
     # A loader of its own generator: creating its iterator (SpeechBrain does so again
     # after a resume) must not draw from the global one, or dropout draws would shift.
-    opts = {"num_workers": hp.get("num_workers", 0),
+    opts = {"num_workers": hp.get("num_workers", RECIPE_DEFAULTS["num_workers"]),
             "generator": torch.Generator().manual_seed(int(hp.get("seed") or 0))}
-    if train and hp.get("dynamic_batching", False):
+    if train and hp.get("dynamic_batching", RECIPE_DEFAULTS["dynamic_batching"]):
         return {**opts, **dynamic_batching(
-            dataset, hp["max_batch_seconds"], hp.get("num_buckets", 20), seed=hp["seed"]
+            dataset, hp["max_batch_seconds"],
+            hp.get("num_buckets", RECIPE_DEFAULTS["num_buckets"]), seed=hp["seed"]
         )}
-    if train and hp.get("sorting", "ascending") == "random":
+    if train and hp.get("sorting", RECIPE_DEFAULTS["sorting"]) == "random":
         sampler = epoch_sampler(dataset, hp["seed"])
         return {**opts, "batch_size": hp["batch_size"], "sampler": sampler}
     return {**opts, "batch_size": hp["batch_size"], "shuffle": False}
@@ -266,87 +323,3 @@ def _leave_process_group():
         gc.collect()
         dist.barrier()
         dist.destroy_process_group()
-
-
-def asr_main(argv=None):
-    """Command-line entry of the CTC recipe."""
-    return recipe_entry(run_asr, argv)
-
-
-def share_start_head(model, hp, guidance, load_task, vocab_size):
-    """Waypoint mode: a student whose source has no CTC head takes the trajectory's own.
-
-    The fine-tuning run saved its starting point as waypoint ``step-0``; its head is
-    the one the teacher trajectory started from. Without that waypoint the student
-    keeps its newly drawn head, and the log says why that matters.
-    """
-    src = hp.get("student_source") or hp.get("pretrained_source")
-    if has_ctc_head(src, vocab_size):
-        return
-    start = dict(guidance.waypoints).get(0)
-    if start is None:
-        logger.warning(
-            "waypoint: %s has no CTC head and %s no step-0 waypoint: the student's new "
-            "head is not the one the teachers started from (fine-tune with waypoint_every "
-            "set to save step-0)", src, hp.get("waypoint_dir"))
-        return
-    model.lm_head.load_state_dict(load_task(start).lm_head.state_dict())
-    logger.info("waypoint: the student's CTC head is the trajectory's start (%s)", start)
-
-
-def run_asr(argv):
-    """Runs the LibriSpeech-style CTC recipe (teacher fine-tuning or CALD).
-
-    Returns
-    -------
-    dict
-        Per test split: WER, CER and the mean of every loss term.
-    """
-    hp, run_opts = load_recipe_hparams(argv, ASR_KEYS)
-    if hp.get("best_metric", "WER") not in ("WER", "CER"):
-        raise ConfigError(f"best_metric '{hp['best_metric']}' is not one of ['WER', 'CER']")
-    csvs = prepare_manifests(hp)
-    tokenizer = hp["tokenizer"]
-    train, valid, tests = asr_datasets(hp, csvs, tokenizer)
-
-    vocab = len(tokenizer)
-    load_task = partial(load_ctc_model, vocab_size=vocab)
-    model, teacher, guidance, loader = build_models(hp, load_task)
-    if guidance is not None and guidance.mode == "waypoint":
-        share_start_head(model, hp, guidance, load_task, vocab)
-    if model is None:  # finetune: the transformer itself
-        if hp.get("model_source"):
-            model = load_task(hp["model_source"])
-        elif hp.get("model_config"):
-            model = ctc_model_from_config(
-                hp["model_config"], vocab, hp.get("model_family", "wav2vec2")
-            )
-        else:
-            raise ConfigError("mode 'finetune' needs model_source or model_config")
-    hp["checkpointer"].add_recoverable("model", model)
-    cache = None
-    if hp.get("cache_features", True):
-        cache = FeatureCache(hp["feature_cache_folder"])
-    brain_hp = {**hp, "guidance": guidance, "feature_cache": cache, "teacher_loader": loader}
-    brain = CTCBrain(
-        modules={"model": model}, hparams=brain_hp, teacher=teacher,
-        run_opts=run_opts, checkpointer=hp["checkpointer"],
-    )
-    brain.fit(
-        hp["epoch_counter"], train, valid,
-        train_loader_kwargs=_loader_opts(hp, train, True),
-        valid_loader_kwargs=_loader_opts(hp, valid, False),
-    )
-    results = {}
-    for split, ds in tests.items():
-        results[split] = brain.evaluate_split(split, ds, min_key=RANK_KEY,
-                                              test_loader_kwargs=_loader_opts(hp, ds, False))
-    if sb.utils.distributed.if_main_process():
-        folder = hp.get("package_folder") or os.path.join(hp["output_folder"], "model")
-        package_model(
-            brain.modules.model, folder, tokenizer,
-            info={"mode": hp["mode"], "updates": brain.optimizer_step, "results": results,
-                  "bad_items": brain.bad_items_total},
-        )
-        logger.info("packaged model: %s", folder)
-    return results

@@ -1,6 +1,6 @@
 """The CTC speech-recognition task on the shared distillation core.
 
-:class:`CTCBrain` supplies what :class:`cald_speech.brains.DistillBrain` leaves to a
+:class:`CTCBrain` supplies what :class:`cald_speech.distill.brain.DistillBrain` leaves to a
 task: how the model runs, its head, the CTC loss, WER/CER and the result files.
 """
 
@@ -10,7 +10,7 @@ import os
 import speechbrain as sb
 import torch.nn.functional as F
 
-from cald_speech.brains import DistillBrain
+from cald_speech.distill.brain import DistillBrain
 
 
 class CTCBrain(DistillBrain):

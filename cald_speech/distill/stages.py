@@ -1,0 +1,124 @@
+"""What a distillation Brain records per stage: loss terms, step logs, metrics, results.
+
+:class:`StageRecords` is the part of :class:`cald_speech.distill.brain.DistillBrain` that
+averages every loss term over a stage (and over the window between two step-log lines),
+logs the stage, keeps the best checkpoint ranked by the task's metric and writes the
+task's per-split result files. A task Brain supplies :meth:`~StageRecords.stage_metrics`,
+:meth:`~StageRecords.best_metric` and :meth:`~StageRecords.write_stage_files`.
+"""
+
+import json
+import os
+import time
+
+import speechbrain as sb
+
+from cald_speech.distill.optim import rank_mean
+
+#: Checkpoint meta key holding :meth:`StageRecords.checkpoint_rank`.
+RANK_KEY = "rank"
+
+
+class StageRecords:
+    """Stage bookkeeping of a distillation Brain (a mixin of :class:`speechbrain.Brain`)."""
+
+    def _accumulate(self, stage, terms):
+        acc = self._terms.setdefault(stage, {})
+        win = self._terms.setdefault(("window", stage), {})
+        for k, v in terms.items():
+            for d in (acc, win):
+                s, n = d.get(k, (0.0, 0))
+                d[k] = (s + float(v), n + 1)
+
+    def stage_terms(self, stage, window=False):
+        """Mean of every loss term over the stage (or the window since the last log)."""
+        d = self._terms.get(("window", stage) if window else stage, {})
+        terms = {k: s / max(n, 1) for k, (s, n) in d.items()}
+        return rank_mean(terms) if stage == sb.Stage.TRAIN else terms
+
+    def _write_step_log(self, step):
+        terms = self.stage_terms(sb.Stage.TRAIN, window=True)
+        self._terms[("window", sb.Stage.TRAIN)] = {}
+        if not sb.utils.distributed.if_main_process() or not terms:
+            return
+        lrs = {
+            f"lr_{name}": opt.param_groups[0]["lr"] for name, opt in self.optimizers_dict.items()
+        }
+        rec = {"step": step, "time": time.time(), **terms, **lrs}
+        path = self.hparams.step_log
+        if path:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(rec) + "\n")
+
+    def on_stage_start(self, stage, epoch=None):
+        """Resets the per-stage loss terms (and, for training, the bad-item count)."""
+        if stage == sb.Stage.TRAIN:
+            self.faults.start_epoch(epoch)
+        self._terms.pop(stage, None)
+        self._terms.pop(("window", stage), None)
+
+    def stage_metrics(self):
+        """The task's metrics of a finished valid/test stage (dict)."""
+        return {}
+
+    def best_metric(self):
+        """(metric name, ``"min"`` or ``"max"``) that ranks checkpoints."""
+        raise NotImplementedError
+
+    def checkpoint_rank(self, stats):
+        """The value checkpoints are ranked by (kept under ``RANK_KEY`` in their meta).
+
+        By default the best metric itself; a task may break its ties.
+        """
+        return stats[self.best_metric()[0]]
+
+    def write_stage_files(self, split, stats):
+        """Writes the task's per-split result files (main process only)."""
+
+    def evaluate_split(self, split, dataset, **kwargs):
+        """Evaluates ``dataset`` as the test split ``split``; returns its statistics.
+
+        The split names the result files (``wer_file``/``metrics_file`` patterns) and
+        the log lines; ``kwargs`` go to :meth:`speechbrain.Brain.evaluate`.
+        """
+        self._eval_split = split
+        try:
+            self.evaluate(dataset, **kwargs)
+        finally:
+            self._eval_split = None
+        return dict(self.last_stats)
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        """Logs every loss term and metric, keeps the best checkpoint, writes results."""
+        stats = {**rank_mean({"loss": stage_loss}), **self.stage_terms(stage)}
+        if stage == sb.Stage.TRAIN:
+            stats["bad_items"] = self.faults.bad_items
+            stats["skipped_steps"] = self.faults.nonfinite_total
+            self.faults.check_fraction()
+            self.train_stats = stats
+            return
+        stats.update(self.stage_metrics())
+        split = self._eval_split or ("valid" if stage == sb.Stage.VALID else "test")
+        self.last_stats = stats
+        log = self.hparams.train_logger
+        if stage == sb.Stage.VALID:
+            if log is not None:
+                log.log_stats(
+                    stats_meta={"epoch": epoch, "updates": self.optimizer_step},
+                    train_stats=self.train_stats,
+                    valid_stats=stats,
+                )
+            if self.checkpointer is not None:
+                key, direction = self.best_metric()
+                self.checkpointer.save_and_keep_only(
+                    meta={key: stats[key], RANK_KEY: self.checkpoint_rank(stats),
+                          "updates": self.optimizer_step},
+                    **{f"{direction}_keys": [RANK_KEY]},
+                )
+        elif log is not None:
+            log.log_stats(
+                stats_meta={"split": split, "updates": self.optimizer_step}, test_stats=stats
+            )
+        if sb.utils.distributed.if_main_process():
+            self.write_stage_files(split, stats)

@@ -1,0 +1,93 @@
+"""Loading any model folder, and packaging a model for inference.
+
+:func:`load_model` loads a student folder as a :class:`~cald_speech.student.model.Student`
+and a plain transformers folder (a teacher) as its transformers model, refusing
+incomplete folders (:func:`~cald_speech.student.files.load_strict`);
+:func:`package_model` writes the self-contained folder that inference loads.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+
+from cald_speech.errors import ConfigError
+from cald_speech.families import SUPPORTED_CLASSES
+from cald_speech.student.files import (
+    CONFIG_NAME,
+    load_strict,
+    read_config,
+    respect_umask,
+    to_device,
+)
+from cald_speech.student.model import Student, supported_class
+
+
+def package_model(model, folder, tokenizer=None, info=None):
+    """Writes a self-contained model folder for inference.
+
+    ``config.json`` + ``model.safetensors`` (student or transformer), the tokenizer
+    (``tokenizer.json``) when given, and ``cald_info.json`` with what produced it.
+
+    Example
+    -------
+    >>> import os, tempfile
+    >>> from cald_speech.student import convert
+    >>> from cald_speech.testing import tiny_teacher
+    >>> folder = package_model(convert(tiny_teacher()), tempfile.mkdtemp(), info={"run": 1})
+    >>> sorted(os.listdir(folder))
+    ['cald_info.json', 'config.json', 'model.safetensors']
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model = getattr(model, "module", model)
+    if isinstance(model, Student):
+        model.save_pretrained(folder)
+    else:
+        model.save_pretrained(folder, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save(str(folder / "tokenizer.json"))
+    meta = {"torch": torch.__version__, **(info or {})}
+    (folder / "cald_info.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    respect_umask(folder)
+    return str(folder)
+
+
+
+def load_model(directory, device="cpu"):
+    """Loads a student folder as a :class:`Student`, or a transformers folder as its model.
+
+    Arguments
+    ---------
+    directory : str or os.PathLike
+        A folder written by :meth:`Student.save_pretrained`, or by transformers'
+        ``save_pretrained`` for one of :data:`SUPPORTED_CLASSES`.
+    device : str or torch.device
+        Where to put the weights.
+
+    Returns
+    -------
+    Student or transformers.PreTrainedModel
+        In eval mode.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> from cald_speech.testing import tiny_teacher
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     tiny_teacher().save_pretrained(folder)
+    ...     type(load_model(folder)).__name__
+    'Wav2Vec2Model'
+    """
+    config = read_config(directory)
+    if "cald" in config:
+        return Student.from_pretrained(directory, device=device)
+    architectures = config.get("architectures") or []
+    if not architectures:
+        raise ConfigError(
+            f"{Path(directory) / CONFIG_NAME} names no architecture; "
+            f"add \"architectures\": [one of {', '.join(SUPPORTED_CLASSES)}]"
+        )
+    model_cls = supported_class(architectures[0])
+    model = load_strict(model_cls, directory)
+    return to_device(model, device).eval()
