@@ -1,4 +1,6 @@
 """Benchmarks: speed and memory versus audio length, accuracy versus the teacher.
 
-Run a benchmark as a module, e.g. ``python -m cald_speech.bench.mixers --quick``.
+One console script, ``cald-bench`` (:mod:`cald_speech.bench.cli`): ``wer``, ``speed``,
+``longform``, ``compare``, ``runs``, ``mixers``. May import inference, student, mixers,
+data, cli and errors; never the training code (tasks, distill).
 """

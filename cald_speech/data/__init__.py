@@ -1,1 +1,9 @@
-"""Corpus synthesis, corpus preparation, text normalisation and tokenisation."""
+"""Data: corpus synthesis, preparation, manifests, audio, text and tokenisation.
+
+``synth/`` (the offline corpus synthesizer), ``voices``, ``librispeech`` / ``slurp``
+(preparation), ``manifest`` (the one manifest reader and writer), ``prep_state``
+(skip counts, summaries, up-to-date checks), ``merge``, ``pack`` (Opus shards),
+``pipeline`` (manifest -> SpeechBrain datasets), ``audio`` (the one audio reader),
+``text``, ``tokenizer``, ``prepare`` (``cald-prepare``). Knows no models: imports only
+data modules, errors and cli.
+"""

@@ -8,7 +8,8 @@ Usage::
     cald-prepare merge OUT.csv A.csv B.csv [--rename transcript=wrd] [--prefix-ids]
 
 It prints a summary table (rows kept, items skipped by reason, hours per split). Bad
-input ends with a one-line error naming the file and the fix, and exit status 1.
+input ends with a one-line error naming the file and the fix, and exit status 1 (2 for
+a usage error; see :mod:`cald_speech.cli`).
 
 Example
 -------

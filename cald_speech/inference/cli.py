@@ -30,8 +30,8 @@ def build_parser():
             "Transcribe audio files of any length, format, rate and channel count with a "
             "packaged cald-speech model (student or teacher). Students whose layers are all "
             "linear-time mixers read a whole file in one pass; other models read it in "
-            "overlapping windows. Exit status: the number of files that failed (0 = all "
-            "transcribed; capped at 255); 2 also for a usage error."
+            "overlapping windows. Exit status: 0 when every file was transcribed, 1 when "
+            "some file (or the model) failed, 2 for a usage error."
         ),
     )
     p.add_argument("files", nargs="+", metavar="FILE", help="audio files")

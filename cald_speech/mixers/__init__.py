@@ -1,5 +1,10 @@
 """Linear-time token mixers, each a drop-in for self-attention.
 
+``mamba2`` (a mamba-ssm-compatible block and its SSM core), ``bimamba2`` (CALD's
+bidirectional mixers), ``linear_attention``, ``linformer``, ``attention`` (softmax, the
+reference), ``ops/`` (each kernel's fused path beside its PyTorch path and reference).
+Leaves: they import only mixers and errors, no model or task code.
+
 ``build_mixer(name, hidden_size, num_heads, **cfg)`` builds one by name so that
 recipes choose a mixer from YAML; ``register_mixer`` adds a new one.
 
