@@ -80,6 +80,14 @@ def _intent_line(r):
     return f"{r['intent']}\t{r['scenario']}\t{r['action']}\t{conf:.3f}"
 
 
+def _status(failed, total):
+    """The exit status of a run over ``total`` files of which ``failed`` failed."""
+    if failed:
+        print(f"{PROG}: {failed} of {total} file(s) failed", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 def _classify_main(args):
     """``cald-transcribe`` with an intent model: one label line (or JSON) per file."""
     if args.format == "srt":
@@ -100,10 +108,7 @@ def _classify_main(args):
         else:
             sys.stdout.write(f"{r['path']}\t{_intent_line(r)}\n")
     sys.stdout.flush()
-    if failed:
-        print(f"{PROG}: {failed} of {len(args.files)} file(s) failed", file=sys.stderr)
-        return EXIT_FAILED
-    return EXIT_OK
+    return _status(failed, len(args.files))
 
 
 def main(argv=None):
@@ -187,7 +192,4 @@ def main(argv=None):
         else:
             sys.stdout.write(f"==> {path} <==\n{text}\n")
         sys.stdout.flush()
-    if failed:
-        print(f"{PROG}: {failed} of {len(files)} file(s) failed", file=sys.stderr)
-        return EXIT_FAILED
-    return EXIT_OK
+    return _status(failed, len(files))
