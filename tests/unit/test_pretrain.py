@@ -163,10 +163,10 @@ def test_an_interrupted_run_resumes_to_the_same_weights(corpus, monkeypatch):
             assert obj["epoch_batches"]           # stopped in the middle of an epoch
             raise Stop
 
-    monkeypatch.setattr(pretrain.torch, "save", save_then_stop)
+    monkeypatch.setattr(torch, "save", save_then_stop)
     with pytest.raises(Stop):
         pretrain.train(_args(tmp_path, tmp_path / "split", "--eval-every", "2"))
-    monkeypatch.setattr(pretrain.torch, "save", real_save)
+    monkeypatch.setattr(torch, "save", real_save)
     pretrain.train(_args(tmp_path, tmp_path / "split", "--eval-every", "2"))
     a = torch.load(tmp_path / "whole" / "state.pt", weights_only=False)["model"]
     b = torch.load(tmp_path / "split" / "state.pt", weights_only=False)["model"]

@@ -26,18 +26,8 @@ CUDA runs in bfloat16.
 
 Command line (see ``tools/make_pretrained.sh``)::
 
-    python -m cald_speech.pretrain --init data/pretrain/frontend \\
+    python -m cald_speech.pretrain --init data/pretrain/frontend \
         --train-csv train.csv --dev-csv dev.csv --out data/pretrain/run --updates 20000
-
-Example
--------
->>> import torch
->>> batches = length_batches([100, 300, 120, 280, 90], max_samples=600,
-...                          generator=torch.Generator().manual_seed(0))
->>> sorted(sorted(b) for b in batches)
-[[0, 2, 4], [1, 3]]
->>> speed_perturb(torch.ones(2, 100), torch.tensor([100, 50]), 1.25)[1].tolist()
-[80, 40]
 """
 
 import argparse
@@ -46,7 +36,6 @@ import logging
 import math
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -56,147 +45,23 @@ import torch.nn.functional as F
 
 from cald_speech.cli import add_version, fail, parse
 from cald_speech.errors import CaldError, ConfigError, DataError
+from cald_speech.pretrain.data import (
+    SAMPLE_RATE,
+    Corpus,
+    FeatureBank,
+    _load_noise,
+    _sample_mask,
+    add_noise,
+    length_batches,
+    speed_perturb,
+)
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
+
 _NO_DECAY = ("bias", "layer_norm", "LayerNorm", "norm.weight", "masked_spec_embed")
 
 
-# --------------------------------------------------------------------------- batches
-def length_batches(lengths, max_samples, generator=None, jitter=0.0):
-    """Batches of indices whose padded size (count x longest) stays within ``max_samples``.
-
-    Indices are sorted by length (with a relative random ``jitter``, so that batches
-    differ between epochs), cut into consecutive batches, and the batches shuffled.
-
-    Example
-    -------
-    >>> length_batches([5, 1, 3], max_samples=6)
-    [[1, 2], [0]]
-    """
-    lengths = torch.as_tensor(lengths, dtype=torch.float64)
-    keys = lengths
-    if jitter:
-        keys = lengths * (1 + jitter * torch.rand(len(lengths), generator=generator,
-                                                  dtype=torch.float64))
-    batches, batch, longest = [], [], 0.0
-    for i in torch.argsort(keys).tolist():
-        longest_if = max(longest, float(lengths[i]))
-        if batch and longest_if * (len(batch) + 1) > max_samples:
-            batches.append(batch)
-            batch, longest_if = [], float(lengths[i])
-        batch.append(i)
-        longest = longest_if
-    if batch:
-        batches.append(batch)
-    if generator is not None:
-        order = torch.randperm(len(batches), generator=generator).tolist()
-        batches = [batches[k] for k in order]
-    return batches
-
-
-def speed_perturb(wavs, lengths, factor):
-    """Plays a padded batch ``factor`` times faster (tempo and pitch together).
-
-    Returns the resampled (B, T / factor) batch and the new lengths.
-    """
-    if factor == 1.0:
-        return wavs, lengths
-    new_t = max(1, int(round(wavs.shape[-1] / factor)))
-    out = F.interpolate(wavs[:, None].float(), size=new_t, mode="linear",
-                        align_corners=False)[:, 0]
-    return out.to(wavs.dtype), torch.clamp((lengths.double() / factor).round().long(), 1, new_t)
-
-
-def add_noise(wavs, lengths, noise, snr_db, generator):
-    """Adds a random excerpt of ``noise`` to each valid signal at ``snr_db`` (B,) dB."""
-    b, t = wavs.shape
-    if len(noise) < t:
-        noise = noise.repeat(t // len(noise) + 1)
-    start = torch.randint(0, len(noise) - t + 1, (b,), generator=generator)
-    idx = start[:, None] + torch.arange(t)[None]
-    n = noise.to(wavs.device)[idx.to(wavs.device)]
-    valid = torch.arange(t, device=wavs.device)[None] < lengths.to(wavs.device)[:, None]
-    ps = (wavs.float() ** 2 * valid).sum(1) / lengths.to(wavs.device)
-    pn = (n ** 2 * valid).sum(1) / lengths.to(wavs.device) + 1e-12
-    scale = torch.sqrt(ps / pn / 10 ** (snr_db.to(wavs.device) / 10))
-    return (wavs + scale[:, None] * n * valid).to(wavs.dtype)
-
-
-# --------------------------------------------------------------------------- corpus
-class Corpus:
-    """Utterances of a manifest held in one flat tensor, with their CTC targets.
-
-    Arguments
-    ---------
-    csv_path : str
-        Manifest with ``ID``, ``wav`` and the text column (packed or not).
-    tokenizer : CharTokenizer
-        Encodes the (normalised) transcripts.
-    text_column : str
-        The transcript column.
-    normalize : bool
-        Normalise transcripts with :func:`cald_speech.data.text.normalize_text`.
-    device : str
-        Where the audio is kept.
-    max_seconds : float or None
-        Leave out longer utterances (counted).
-    """
-
-    def __init__(self, csv_path, tokenizer, text_column="wrd", normalize=True, device="cpu",
-                 max_seconds=None, jobs=None):
-        from cald_speech.data.manifest import read_manifest
-        from cald_speech.data.pack import load_pack_audio
-        from cald_speech.data.text import normalize_text
-
-        rows = read_manifest(csv_path, required=("ID", "wav", text_column))
-        audio = load_pack_audio(csv_path, jobs=jobs)
-        self.ids, self.texts, targets, waves = [], [], [], []
-        self.skipped = {}
-        for r in rows:
-            wav = audio[r["ID"]]
-            text = normalize_text(r[text_column]) if normalize else " ".join(
-                r[text_column].split())
-            reason = None
-            if not np.isfinite(wav).all():
-                reason = "non-finite samples"
-            elif len(wav) < 400:
-                reason = "shorter than 25 ms"
-            elif max_seconds and len(wav) > max_seconds * SAMPLE_RATE:
-                reason = f"longer than {max_seconds} s"
-            elif not text:
-                reason = "empty transcript"
-            if reason:
-                self.skipped[r["ID"]] = reason
-                continue
-            self.ids.append(r["ID"])
-            self.texts.append(text)
-            targets.append(tokenizer.encode(text))
-            waves.append(wav)
-        if not self.ids:
-            raise DataError(csv_path, "no usable utterance", "check the manifest and audio")
-        self.lengths = torch.tensor([len(w) for w in waves])
-        self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), self.lengths.cumsum(0)])
-        self.audio = torch.from_numpy(np.concatenate(waves)).to(device=device,
-                                                                dtype=torch.float16)
-        self.targets = [torch.tensor(t, dtype=torch.long) for t in targets]
-        self.hours = float(self.lengths.sum()) / SAMPLE_RATE / 3600
-
-    def __len__(self):
-        return len(self.ids)
-
-    def batch(self, indices):
-        """Zero-padded (B, T) float32 audio on the corpus device, lengths, targets."""
-        lens = self.lengths[indices]
-        out = torch.zeros(len(indices), int(lens.max()), device=self.audio.device)
-        for row, i in enumerate(indices):
-            a, b = int(self.offsets[i]), int(self.offsets[i + 1])
-            out[row, : b - a] = self.audio[a:b].float()
-        return out, lens, [self.targets[i] for i in indices]
-
-
-# --------------------------------------------------------------------------- model
 def build_model(init, keep="cnn", seed=7):
     """A CTC model of ``init``'s family and config: the CNN from ``init``, the rest fresh.
 
@@ -274,18 +139,20 @@ def _errors(refs, hyps):
 
 
 @torch.no_grad()
-def evaluate(model, corpus, tokenizer, max_samples, autocast):
-    """Greedy CTC decoding of ``corpus``; returns ``(CER %, WER %)``."""
+def evaluate(model, corpus, tokenizer, max_samples, autocast, bank=None):
+    """Greedy CTC decoding of ``corpus`` (from ``bank``'s features when given).
+
+    Returns ``(CER %, WER %)``.
+    """
     from cald_speech.data.tokenizer import ctc_collapse
 
     model.eval()
     hyps = [None] * len(corpus)
     for idx in length_batches(corpus.lengths.tolist(), max_samples):
-        wavs, lens, _ = corpus.batch(idx)
-        mask = torch.arange(wavs.shape[1], device=wavs.device)[None] < lens.to(wavs.device)[:, None]
+        x, mask = (bank or corpus).inputs(idx)
         with autocast():
-            logits = model(wavs, attention_mask=mask.long()).logits.float()
-        frames = model._get_feat_extract_output_lengths(lens).tolist()
+            logits = model(x, attention_mask=mask).logits.float()
+        frames = model._get_feat_extract_output_lengths(mask.sum(-1).cpu()).tolist()
         best = logits.argmax(-1).cpu()
         for row, i in enumerate(idx):
             hyps[i] = tokenizer.decode(ctc_collapse(best[row, : frames[row]].tolist(),
@@ -294,23 +161,9 @@ def evaluate(model, corpus, tokenizer, max_samples, autocast):
     return _errors(corpus.texts, [" ".join(h.split()) for h in hyps])
 
 
-# --------------------------------------------------------------------------- training
-def _load_noise(noise_dir):
-    if not noise_dir:
-        return None
-    from cald_speech.data.audio import load_audio
-
-    files = sorted(p for p in Path(noise_dir).glob("*") if p.suffix.lower() in
-                   (".wav", ".flac", ".ogg"))
-    if not files:
-        raise DataError(noise_dir, "no .wav/.flac/.ogg noise files", "give --noise-dir a "
-                        "folder of noise recordings, or leave it out")
-    return torch.cat([load_audio(str(f))[0] for f in files])
-
-
 def train(args):
     """Runs the training described by the parsed command-line ``args``; returns the info."""
-    from cald_speech.features import base_model, freeze_feature_encoder
+    from cald_speech.features import base_model, enable_feature_input, freeze_feature_encoder
 
     dev = torch.device(args.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -339,6 +192,19 @@ def train(args):
     logger.info("corpus: %d train utterances (%.2f h, %d skipped), %d dev, read in %.0f s",
                 len(train_set), train_set.hours, len(train_set.skipped), len(dev_set),
                 time.time() - t0)
+    speeds = (0.9, 1.0, 1.1) if args.speed_perturb else (1.0,)
+    bank = dev_bank = None
+    if not args.train_cnn:  # the frozen CNN runs once per utterance and variant
+        enable_feature_input(model)
+        variants = [(s, False) for s in speeds]
+        if noise is not None and args.noisy_copies:
+            variants += [(s, True) for s in speeds]
+        t1 = time.time()
+        bank = FeatureBank(model, train_set, variants, noise, (args.snr_low, args.snr_high),
+                           seed=args.seed)
+        dev_bank = FeatureBank(model, dev_set, [(1.0, False)])
+        logger.info("CNN features of %d variant(s) (speed, noise): %s, in %.0f s",
+                    len(variants), variants, time.time() - t1)
     opt = torch.optim.AdamW(_param_groups(model, args.weight_decay), lr=args.lr,
                             betas=(0.9, 0.98), eps=1e-8)
     max_samples = int(args.batch_seconds * SAMPLE_RATE)
@@ -362,7 +228,6 @@ def train(args):
         info = json.loads((out / "curve.json").read_text())
         info.pop("curve", None)
         logger.info("resumed at update %d of %d", step, total)
-    speeds = (0.9, 1.0, 1.1) if args.speed_perturb else (1.0,)
     t_train, losses = time.time(), []
     probe_at = None if total else args.probe_updates
     warmup = args.warmup
@@ -371,23 +236,19 @@ def train(args):
             epoch_batches = length_batches(train_set.lengths.tolist(), max_samples, gen,
                                            jitter=0.05)
         idx = epoch_batches.pop()
-        wavs, lens, targets = train_set.batch(idx)
-        factor = speeds[int(torch.randint(len(speeds), (1,), generator=gen))]
-        wavs, lens = speed_perturb(wavs, lens, factor)
-        if noise is not None and float(torch.rand(1, generator=gen)) < args.noise_prob:
-            snr = args.snr_low + (args.snr_high - args.snr_low) * torch.rand(len(idx),
-                                                                            generator=gen)
-            wavs = add_noise(wavs, lens, noise, snr, gen)
-        gain_db = (torch.rand(len(idx), 1, generator=gen) * 2 - 1) * args.gain_db
-        wavs = wavs * (10 ** (gain_db / 20)).to(dev)
-        mask = torch.arange(wavs.shape[1], device=dev)[None] < lens.to(dev)[:, None]
+        targets = [train_set.targets[i] for i in idx]
+        if bank is not None:
+            x, mask = bank.inputs(idx, int(torch.randint(len(bank.variants), (1,),
+                                                         generator=gen)))
+        else:
+            x, mask = _augmented_waveforms(train_set, idx, speeds, noise, args, gen)
         np.random.seed(int(torch.randint(2**31 - 1, (1,), generator=gen)))  # SpecAugment
         for g in opt.param_groups:
             g["lr"] = args.lr * lr_factor(step, warmup, total or 10**9)
         with autocast():
-            logits = model(wavs, attention_mask=mask.long()).logits
+            logits = model(x, attention_mask=mask).logits
         logp = F.log_softmax(logits.float(), -1).transpose(0, 1)
-        frames = model._get_feat_extract_output_lengths(lens.to(dev))
+        frames = model._get_feat_extract_output_lengths(mask.sum(-1))
         tgt_lens = torch.tensor([len(t) for t in targets], device=dev)
         loss = F.ctc_loss(logp, torch.cat(targets).to(dev), frames, tgt_lens,
                           blank=tokenizer.blank_id, reduction="sum",
@@ -406,7 +267,7 @@ def train(args):
             logger.info("%.1f updates/s: %d updates fit in %.1f min", rate, total,
                         args.minutes)
         if step % args.eval_every == 0 or step == total:
-            cer, wer = evaluate(model, dev_set, tokenizer, max_samples, autocast)
+            cer, wer = evaluate(model, dev_set, tokenizer, max_samples, autocast, dev_bank)
             curve.append({"updates": step, "train_loss": round(sum(losses) / len(losses), 4),
                           "dev_CER": round(cer, 3), "dev_WER": round(wer, 3),
                           "lr": opt.param_groups[0]["lr"],
@@ -437,7 +298,8 @@ def train(args):
             name = name or Path(path).stem
             test_set = Corpus(path, tokenizer, args.text_column, args.normalize, dev, None,
                               args.jobs)
-            cer, wer = evaluate(model, test_set, tokenizer, max_samples, autocast)
+            test_bank = FeatureBank(model, test_set, [(1.0, False)]) if bank else None
+            cer, wer = evaluate(model, test_set, tokenizer, max_samples, autocast, test_bank)
             results[name] = {"CER": round(cer, 3), "WER": round(wer, 3),
                              "utterances": len(test_set)}
             logger.info("test %s: CER %.2f WER %.2f (%d utterances)", name, cer, wer,
@@ -449,6 +311,20 @@ def train(args):
     (out / "curve.json").write_text(json.dumps({"curve": curve, **info}, indent=2,
                                                default=str) + "\n")
     return info
+
+
+def _augmented_waveforms(corpus, idx, speeds, noise, args, gen):
+    """A batch of waveforms with speed, noise and gain augmentation (a trainable CNN)."""
+    wavs, lens, _ = corpus.batch(idx)
+    wavs, lens = speed_perturb(wavs, lens, speeds[int(torch.randint(len(speeds), (1,),
+                                                                    generator=gen))])
+    if noise is not None and float(torch.rand(1, generator=gen)) < args.noise_prob:
+        snr = args.snr_low + (args.snr_high - args.snr_low) * torch.rand(len(idx),
+                                                                        generator=gen)
+        wavs = add_noise(wavs, lens, noise, snr, gen)
+    gain_db = (torch.rand(len(idx), 1, generator=gen) * 2 - 1) * args.gain_db
+    wavs = wavs * (10 ** (gain_db / 20)).to(wavs.device)
+    return wavs, _sample_mask(wavs.shape[1], lens.to(wavs.device))
 
 
 def _write_model(model, tokenizer, out, masks, curve, best, extra):
@@ -499,10 +375,12 @@ def build_parser():
     a("--train-cnn", type=int, default=0, help="also train the CNN front end (1)")
     a("--speed-perturb", type=int, default=1)
     a("--noise-dir", default=None, help="folder of noise recordings for augmentation")
-    a("--noise-prob", type=float, default=0.5)
+    a("--noise-prob", type=float, default=0.5, help="with --train-cnn 1: noisy batches")
+    a("--noisy-copies", type=int, default=1,
+      help="frozen CNN: also keep a noisy copy of each speed variant (1) or not (0)")
     a("--snr-low", type=float, default=5.0)
     a("--snr-high", type=float, default=30.0)
-    a("--gain-db", type=float, default=6.0)
+    a("--gain-db", type=float, default=6.0, help="with --train-cnn 1: random gain range")
     a("--mask-time-prob", type=float, default=0.05)
     a("--mask-time-length", type=int, default=10)
     a("--max-seconds", type=float, default=20.0, help="leave out longer utterances")
@@ -530,7 +408,3 @@ def main(argv=None):
           f"WER {info['dev']['WER']:.2f} at update {info['best_at']} of "
           f"{info['updates_planned']}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
