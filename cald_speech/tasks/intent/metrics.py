@@ -24,6 +24,7 @@ class IntentMetrics:
 
     Example
     -------
+    >>> from cald_speech.tasks.intent.labels import LabelMaps
     >>> labels = LabelMaps({"alarm_set": ("alarm", "set"), "alarm_query": ("alarm", "query")})
     >>> m = IntentMetrics(labels)
     >>> ref = [{"intent": "alarm_set", "scenario": "alarm", "action": "set"},
