@@ -15,8 +15,8 @@ Example
 >>> wav, info = load_audio(path, target_sr=16000)
 >>> tuple(wav.shape), info["sample_rate"], info["channels"]
 ((16000,), 8000, 2)
->>> audio_duration(path)
-1.0
+>>> audio_info(path)            # (rate, frames, channels), from the header
+(8000, 8000, 2)
 """
 
 import os
@@ -130,12 +130,6 @@ def audio_info(path):
         raise AudioError(path, "contains no audio samples", "remove it from the corpus")
     _check_complete(path)
     return info.samplerate, info.frames, info.channels
-
-
-def audio_duration(path):
-    """Duration in seconds of an audio file (reads the header only)."""
-    sr, frames, _ = audio_info(path)
-    return frames / sr
 
 
 def resample(wav, orig_sr, target_sr=SAMPLE_RATE):

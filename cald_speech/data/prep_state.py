@@ -357,10 +357,6 @@ class PrepState:
             "csv_stat": self._csv_stat(summary.csv),
         }
 
-    def forget(self, split):
-        """Drops a split's record (its manifest is no longer known to be valid)."""
-        self.splits.pop(split, None)
-
     def save(self):
         """Writes the sidecar atomically."""
         write_json_atomic(self.path, {"version": self.VERSION, "splits": self.splits})
