@@ -163,9 +163,10 @@ def write_report(pipe):
     if corpus.get("heldout_statement"):
         md += ["", corpus["heldout_statement"]]
     md += ["", f"Starting model: `{pipe.cfg['pretrained']}`, a small wav2vec2 trained with "
-               "character CTC on a *different* synthetic corpus (SLURP sentences, the "
-               "training voices only). It plays the role of a pretrained checkpoint, which "
-               "cannot be downloaded here; it is not self-supervised."]
+               "character CTC on other synthetic corpora (LJ Speech and SLURP sentences, the "
+               "training voices only; the demo's dev and test sentences kept out). It plays "
+               "the role of a pretrained checkpoint, which cannot be downloaded here; it is "
+               "not self-supervised."]
     best = pipe.cfg["teacher"].get("best_metric", "WER")
     other = "CER" if best == "WER" else "WER"
     md += ["", f"## Teacher and students (recipe evaluation, best checkpoint by dev {best})",
