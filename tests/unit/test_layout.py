@@ -23,6 +23,9 @@ FORBIDDEN = {
     "distill": ("tasks", "inference", "bench", "demo"),
     "inference": ("tasks", "distill", "bench", "demo", "pretrain", "frontend"),
     "tasks": ("inference", "bench", "demo"),
+    "pretrain": ("tasks", "distill", "inference", "bench", "demo", "mixers"),
+    "bench": ("tasks", "distill", "demo", "pretrain", "frontend"),
+    "demo": ("tasks", "distill", "student", "inference", "mixers", "pretrain", "frontend"),
 }
 #: what inference may take from the tasks: the intent *model* (no training code)
 ALLOWED = {("inference", "cald_speech.tasks.intent.model")}
@@ -51,6 +54,8 @@ def test_imports_point_down(path):
             bad.append(name)            # the package never imports a recipe
         if not name.startswith("cald_speech."):
             continue
+        if name == "cald_speech.testing" and pkg != "testing":
+            bad.append(name)            # test fixtures only in tests and doctest examples
         target = name.split(".")[1]
         if target in FORBIDDEN.get(pkg, ()) and (pkg, name) not in ALLOWED:
             bad.append(name)
