@@ -1,6 +1,6 @@
 """The ``cald-transcribe`` command: transcribe (or classify) audio files from the shell.
 
-``cald-transcribe FILE... --model DIR [--format txt|json|srt] [--chunk-s S]
+``cald-transcribe FILE... --model DIR [--format txt|json|srt] [--window-s S]
 [--output-dir D]``; an intent model folder is served by :class:`Classifier` instead of
 :class:`Transcriber` (see :func:`main`).
 """
@@ -41,7 +41,7 @@ def build_parser():
                    help="txt (text), json (words with start/end/confidence) or srt subtitles")
     p.add_argument("--output-dir", metavar="D", default=None,
                    help="write <name>.<format> per file here (default: print to stdout)")
-    p.add_argument("--chunk-s", type=float, default=DEFAULT_WINDOW_S, metavar="S",
+    p.add_argument("--window-s", type=float, default=DEFAULT_WINDOW_S, metavar="S",
                    help=f"window length in seconds for windowed models (default "
                         f"{DEFAULT_WINDOW_S:g})")
     p.add_argument("--overlap-s", type=float, default=DEFAULT_OVERLAP_S, metavar="S",
@@ -152,7 +152,7 @@ def main(argv=None):
         return _classify_main(args)
     try:
         asr = Transcriber.from_pretrained(args.model, device=args.device,
-                                          window_s=args.chunk_s, overlap_s=args.overlap_s,
+                                          window_s=args.window_s, overlap_s=args.overlap_s,
                                           norm_window_s=args.norm_window_s,
                                           projection_cache_mb=args.projection_cache_mb)
     except CaldError as exc:

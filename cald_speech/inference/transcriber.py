@@ -299,7 +299,7 @@ class Transcriber:
             frames = min(frames, self.window_frames)  # a window's context included
         if not self._fits(frames):
             limit_s = self.max_frames * self.stride / SAMPLE_RATE
-            fix = f"use --mode windowed with --chunk-s at most {limit_s:.1f}"
+            fix = f"use --mode windowed with --window-s at most {limit_s:.1f}"
             raise ConfigError(
                 f"this model's layers take at most {self.max_frames} frames "
                 f"({limit_s:.1f} s of audio) in one pass; {mode} mode would give them "

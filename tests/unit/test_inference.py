@@ -535,7 +535,7 @@ def test_length_bounded_students_get_windows_past_their_limit(teachers):
     assert auto.shape == (int(frame_lengths(lin, wav.numel())), 29)
     assert torch.equal(auto, asr.log_probs(wav, mode="windowed"))
     for mode in ("one-pass", "plain"):
-        with pytest.raises(ConfigError, match=r"at most 600 frames \(0\.8 s.*--chunk-s at most"):
+        with pytest.raises(ConfigError, match=r"at most 600 frames \(0\.8 s.*--window-s at most"):
             asr.log_probs(wav, mode=mode)
     wide = Transcriber(lin, tok, window_s=1.0, overlap_s=0.05)
     with pytest.raises(ConfigError, match="windowed mode would give them 799 frames"):
