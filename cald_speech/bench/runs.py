@@ -338,7 +338,7 @@ def build_parser():
     )
     p.add_argument("folders", nargs="+", help="run folders (output_folder of a recipe)")
     p.add_argument("--names", default=None, help="comma-separated names (default: folders)")
-    p.add_argument("--metrics", default="WER,CER", help="metrics to tabulate")
+    p.add_argument("--metrics", default="WER,CER", help="metrics to tabulate and plot")
     p.add_argument("--out-dir", default="results/runs_summary", help="where results go")
     return add_version(p)
 
@@ -366,7 +366,7 @@ def main(argv=None):
     (out / "runs.md").parent.mkdir(parents=True, exist_ok=True)
     (out / "runs.md").write_text(markdown_table(rows) + "\n")
     plot_training_curves(runs, out / "training_curves.png")
-    plot_learning_curves(runs, out / "learning_curves.png")
+    plot_learning_curves(runs, out / "learning_curves.png", args.metrics.split(","))
     plot_metric_bars(runs, out / f"{args.metrics.split(',')[0].lower()}.png",
                      args.metrics.split(",")[0])
     print(f"wrote {out}/runs.json, runs.md and plots")
