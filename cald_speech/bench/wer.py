@@ -23,7 +23,6 @@ Example
 
 import argparse
 import csv
-import os
 import sys
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ from cald_speech.bench.report import (
     write_json,
 )
 from cald_speech.cli import EXIT_FAILED, EXIT_OK, add_version, fail, parse
+from cald_speech.data.manifest import resolve_audio
 from cald_speech.errors import AudioError, CaldError, DataError
 
 __all__ = ["error_rates", "evaluate", "main", "norm_text", "read_items", "word_diff"]
@@ -117,23 +117,6 @@ def word_diff(ref, hyp):
         elif op == "insert":
             out.append("+" + " ".join(b[j0:j1]))
     return " ".join(out)
-
-
-def resolve_audio(value, csv_path, data_root=None):
-    """The audio path of a manifest row: ``$data_root`` replaced, relative to the CSV.
-
-    Example
-    -------
-    >>> resolve_audio("$data_root/a.wav", "/c/test.csv", "/data")
-    '/data/a.wav'
-    >>> resolve_audio("a.wav", "/c/test.csv")
-    '/c/a.wav'
-    """
-    root = data_root if data_root is not None else os.path.dirname(os.path.abspath(csv_path))
-    value = str(value).replace("$data_root", root).replace("${data_root}", root)
-    if not os.path.isabs(value):
-        value = os.path.join(os.path.dirname(os.path.abspath(csv_path)), value)
-    return value
 
 
 def read_items(csv_path, text_column="wrd", data_root=None, limit=None, normalize=False):

@@ -108,6 +108,23 @@ def write_json_atomic(path, obj):
     _write_atomic(path, write)
 
 
+def resolve_audio(value, csv_path, data_root=None):
+    """The audio path of a manifest row: ``$data_root`` replaced, relative to the CSV.
+
+    Example
+    -------
+    >>> resolve_audio("$data_root/a.wav", "/c/test.csv", "/data")
+    '/data/a.wav'
+    >>> resolve_audio("a.wav", "/c/test.csv")
+    '/c/a.wav'
+    """
+    root = data_root if data_root is not None else os.path.dirname(os.path.abspath(csv_path))
+    value = str(value).replace("$data_root", root).replace("${data_root}", root)
+    if not os.path.isabs(value):
+        value = os.path.join(os.path.dirname(os.path.abspath(csv_path)), value)
+    return value
+
+
 def read_manifest(path, required=("ID", "duration")):
     """Reads and validates a SpeechBrain CSV manifest.
 

@@ -46,10 +46,15 @@ import numpy as np
 
 from cald_speech.cli import add_version, fail, parse
 from cald_speech.data.audio import SAMPLE_RATE, load_audio
-from cald_speech.data.manifest import read_manifest, write_csv_atomic, write_json_atomic
+from cald_speech.data.manifest import (
+    read_manifest,
+    resolve_audio,
+    write_csv_atomic,
+    write_json_atomic,
+)
 from cald_speech.errors import CaldError, ConfigError, DataError
 
-__all__ = ["pack_manifests", "load_pack_audio", "opus_level", "resolve_wav"]
+__all__ = ["pack_manifests", "load_pack_audio", "opus_level"]
 
 #: Silence between two packed recordings (s): longer than an Opus frame (20 ms).
 GAP_S = 0.06
@@ -70,14 +75,6 @@ def opus_level(kbps):
         raise ConfigError(f"--kbps {kbps} is outside what Opus offers here "
                           f"({_OPUS_MIN_KBPS}-{_OPUS_MAX_KBPS})")
     return (_OPUS_MAX_KBPS - kbps) / (_OPUS_MAX_KBPS - _OPUS_MIN_KBPS)
-
-
-def resolve_wav(value, csv_path):
-    """A manifest's audio path, relative paths taken from the manifest's folder."""
-    value = str(value)
-    if os.path.isabs(value):
-        return value
-    return os.path.join(os.path.dirname(os.path.abspath(csv_path)), value)
 
 
 def _write_shard(path, recordings, level):
@@ -125,7 +122,7 @@ def pack_manifests(manifests, out, shards=16, kbps=16.0, jobs=None):
                           "under its own name")
     level = opus_level(kbps)
     tables = [(m, read_manifest(m, required=("ID", "duration", "wav"))) for m in manifests]
-    paths = sorted({resolve_wav(r["wav"], m) for m, rows in tables for r in rows})
+    paths = sorted({resolve_audio(r["wav"], m) for m, rows in tables for r in rows})
     if not paths:
         raise DataError(manifests[0], "no recordings to pack", "give non-empty manifests")
     jobs = jobs or os.cpu_count() or 1
@@ -156,7 +153,7 @@ def pack_manifests(manifests, out, shards=16, kbps=16.0, jobs=None):
         fields = list(rows[0].keys()) + [c for c in ("start", "stop") if c not in rows[0]]
         packed = []
         for r in rows:
-            rel, a, b = where[resolve_wav(r["wav"], m)]
+            rel, a, b = where[resolve_audio(r["wav"], m)]
             packed.append({**r, "wav": rel, "start": a, "stop": b})
         target = out / Path(m).name
         write_csv_atomic(target, fields, packed)
@@ -181,7 +178,7 @@ def load_pack_audio(csv_path, jobs=None):
     rows = read_manifest(csv_path, required=("ID", "wav"))
     by_file = {}
     for r in rows:
-        by_file.setdefault(resolve_wav(r["wav"], csv_path), []).append(r)
+        by_file.setdefault(resolve_audio(r["wav"], csv_path), []).append(r)
 
     def decode(item):
         path, members = item
