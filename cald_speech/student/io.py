@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import torch
+from transformers import PreTrainedModel
 
 from cald_speech.errors import ConfigError
 from cald_speech.families import SUPPORTED_CLASSES
@@ -41,10 +42,10 @@ def package_model(model, folder, tokenizer=None, info=None):
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model = getattr(model, "module", model)
-    if isinstance(model, Student):
-        model.save_pretrained(folder)
-    else:
+    if isinstance(model, PreTrainedModel):
         model.save_pretrained(folder, safe_serialization=True)
+    else:  # a Student, or another model that writes its own folder
+        model.save_pretrained(folder)
     if tokenizer is not None:
         tokenizer.save(str(folder / "tokenizer.json"))
     meta = {"torch": torch.__version__, **(info or {})}
@@ -79,6 +80,9 @@ def load_model(directory, device="cpu"):
     ...     type(load_model(folder)).__name__
     'Wav2Vec2Model'
     """
+    if (Path(directory) / "gendistiller.json").is_file():
+        raise ConfigError(f"{directory} holds a layer student (GenDistiller or DistilHuBERT); "
+                          "load it with cald_speech.gendistiller.load_upstream")
     config = read_config(directory)
     if "cald" in config:
         return Student.from_pretrained(directory, device=device)

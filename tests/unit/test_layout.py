@@ -16,12 +16,13 @@ MODULES = sorted(PACKAGE.rglob("*.py"))
 #: package -> packages of cald_speech it must not import (at any depth, lazily or not)
 FORBIDDEN = {
     "mixers": ("student", "tasks", "distill", "inference", "bench", "demo", "data",
-               "features", "pretrain", "frontend"),
+               "features", "pretrain", "frontend", "gendistiller"),
     "data": ("mixers", "student", "tasks", "distill", "inference", "bench", "demo",
-             "features", "pretrain", "frontend"),
-    "student": ("tasks", "distill", "inference", "bench", "demo", "data"),
-    "distill": ("tasks", "inference", "bench", "demo"),
-    "inference": ("tasks", "distill", "bench", "demo", "pretrain", "frontend"),
+             "features", "pretrain", "frontend", "gendistiller"),
+    "student": ("tasks", "distill", "inference", "bench", "demo", "data", "gendistiller"),
+    "gendistiller": ("tasks", "distill", "inference", "bench", "demo", "data", "pretrain"),
+    "distill": ("tasks", "inference", "bench", "demo", "gendistiller"),
+    "inference": ("tasks", "distill", "bench", "demo", "pretrain", "frontend", "gendistiller"),
     "tasks": ("inference", "bench", "demo"),
     "pretrain": ("tasks", "distill", "inference", "bench", "demo", "mixers"),
     "bench": ("tasks", "distill", "demo", "pretrain", "frontend"),
