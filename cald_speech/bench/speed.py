@@ -77,16 +77,23 @@ from cald_speech.inference import (
     Transcriber,
 )
 
-SYSTEMS = ("teacher-onepass", "teacher-windowed", "student-onepass")
-#: How each system runs (Transcriber mode) and which kind of model it needs.
+#: The systems run by default (transcription); ``teacher-layers`` and ``layers-onepass``
+#: compare a layer student (GenDistiller, DistilHuBERT) with its teacher: every layer of
+#: the model over the whole file in one pass (no decoding).
+DEFAULT_SYSTEMS = ("teacher-onepass", "teacher-windowed", "student-onepass")
+SYSTEMS = (*DEFAULT_SYSTEMS, "teacher-layers", "layers-onepass")
+#: How each system runs (Transcriber mode, or ``layers``) and which kind of model it needs.
 SYSTEM_MODES = {
     "teacher-onepass": ("teacher", "one-pass"),
     "teacher-windowed": ("teacher", "windowed"),
     "student-onepass": ("student", "one-pass"),
+    "teacher-layers": ("teacher", "layers"),
+    "layers-onepass": ("layers", "layers"),
 }
 #: Growth exponent of time and memory with audio length that each system is built for;
 #: the skip predictor's guess when only one shorter length has been measured.
-SYSTEM_GROWTH = {"teacher-onepass": 2.0, "teacher-windowed": 1.0, "student-onepass": 1.0}
+SYSTEM_GROWTH = {"teacher-onepass": 2.0, "teacher-windowed": 1.0, "student-onepass": 1.0,
+                 "teacher-layers": 2.0, "layers-onepass": 1.0}
 DEFAULT_MINUTES = "0.5,1,5,10,30,60"
 SHAPES = ("wav2vec2-base", "wav2vec2-large-lv60")
 WARMUP_S = 2.0
@@ -125,8 +132,9 @@ def build_parser():
                           "student (no folders needed)")
     p.add_argument("--minutes", type=_minutes, default=_minutes(DEFAULT_MINUTES),
                    help=f"audio lengths in minutes (default {DEFAULT_MINUTES})")
-    p.add_argument("--systems", type=_systems, default=list(SYSTEMS),
-                   help=f"comma-separated subset of {','.join(SYSTEMS)}")
+    p.add_argument("--systems", type=_systems, default=list(DEFAULT_SYSTEMS),
+                   help=f"comma-separated subset of {','.join(SYSTEMS)} (default "
+                        f"{','.join(DEFAULT_SYSTEMS)})")
     p.add_argument("--window-s", type=float, default=30.0, help="teacher window (s)")
     p.add_argument("--overlap-s", type=float, default=2.0,
                    help="teacher context on each side of a window (s)")
@@ -196,6 +204,8 @@ def run_config(cfg):
     """
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
+    if cfg["mode"] == "layers":
+        return run_layers_config(cfg)
     device = cfg.get("device", "cpu")
     asr = Transcriber.from_pretrained(cfg["model"], device=device,
                                       window_s=cfg.get("window_s", DEFAULT_WINDOW_S),
@@ -227,10 +237,43 @@ def run_config(cfg):
     return out
 
 
+def run_layers_config(cfg):
+    """One ``layers`` configuration: every layer of a model over the whole audio at once.
+
+    A layer student generates its target layers; a teacher computes all its hidden
+    states. Timed and measured as :func:`run_config` does (after a 2 s warm-up).
+    """
+    from cald_speech.gendistiller import load_upstream, upstream_layers
+
+    device = cfg.get("device", "cpu")
+    model = load_upstream(cfg["model"], device=device)
+
+    def once(wav):
+        with torch.inference_mode():
+            layers, _ = upstream_layers(model, wav[None].to(device))
+        return int(layers[-1].shape[1])
+
+    once(synthetic_audio(WARMUP_S, seed=1))
+    wav = synthetic_audio(60.0 * cfg["minutes"])
+    meter = MemoryMeter(device).start()
+    t0 = time.perf_counter()
+    frames = once(wav)
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - t0
+    audio_s = wav.numel() / SAMPLE_RATE
+    return dict(cfg, status="ok", time_s=elapsed, audio_s=audio_s, rtf=elapsed / audio_s,
+                frames=frames, words=0, threads=torch.get_num_threads(),
+                result_mode="layers", **meter.stop())
+
+
 # ----------------------------------------------------------------- models
 def _role(folder):
+    from cald_speech.gendistiller import is_layer_student
     from cald_speech.student import read_config
 
+    if is_layer_student(folder):
+        return "layers"
     return "student" if "cald" in read_config(folder) else "teacher"
 
 

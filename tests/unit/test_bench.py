@@ -31,7 +31,7 @@ def test_speed_all_systems_table_json_png(tmp_path, capsys):
     assert code == 0
     doc = json.loads((out / "speed.json").read_text())
     got = [(r["system"], r["minutes"], r["status"]) for r in doc["results"]]
-    assert got == [(s, m, "ok") for s in speed.SYSTEMS for m in (0.005, 0.01)]
+    assert got == [(s, m, "ok") for s in speed.DEFAULT_SYSTEMS for m in (0.005, 0.01)]
     for r in doc["results"]:
         assert r["time_s"] > 0 and r["peak_rss_mb"] > 0 and r["rtf"] > 0
         assert abs(r["audio_s"] - 60 * r["minutes"]) < 1e-3
@@ -178,3 +178,22 @@ def test_longform_benchmark(tmp_path, models):
 def test_cli_usage():
     assert cli.main(["--help"]) == 0
     assert cli.main(["nope"]) == 2
+
+
+def test_speed_of_a_layer_student_beside_its_teacher(tmp_path, models):
+    from cald_speech.gendistiller import build_layer_student, upstream_layers
+    from cald_speech.student import load_model
+
+    teacher = load_model(models["teacher"])
+    layer_student = tmp_path / "gendistiller"
+    build_layer_student(teacher, target_layers=[1, 2], encoder_layers=1).save_pretrained(
+        layer_student)
+    out = tmp_path / "speed"
+    code = speed.main(["--model", models["teacher"], str(layer_student), "--minutes", "0.005",
+                       "--systems", "teacher-layers,layers-onepass", "--out-dir", str(out),
+                       "--in-process", "--no-plot"])
+    assert code == 0
+    res = {r["system"]: r for r in json.loads((out / "speed.json").read_text())["results"]}
+    assert sorted(res) == ["layers-onepass", "teacher-layers"]
+    n = upstream_layers(teacher, speed.synthetic_audio(60 * 0.005)[None])[0][0].shape[1]
+    assert all(r["status"] == "ok" and r["frames"] == n for r in res.values())
