@@ -17,6 +17,10 @@ Commands:
 ``cald-bench runs FOLDER ...``
     Result table and training curves of finished recipe runs
     (:mod:`cald_speech.bench.runs`).
+``cald-bench layers FOLDER``
+    Layer students (GenDistiller, DistilHuBERT) vs their teacher from distill and probe
+    recipe runs: parameters, L1/cos to the teacher's layers, probe CER/WER
+    (:mod:`cald_speech.bench.layers`).
 ``cald-bench mixers --hidden 768 --lengths 250 1000 4000``
     Time and peak memory of every token mixer against softmax attention as the
     sequence grows (:mod:`cald_speech.bench.mixers`).
@@ -27,7 +31,7 @@ the speed benchmark a PNG) under ``--out-dir``, prints a table and records the m
 Example
 -------
 >>> main([])  # doctest: +ELLIPSIS
-usage: cald-bench {wer,speed,longform,compare,runs,mixers} ...
+usage: cald-bench {wer,speed,longform,compare,runs,layers,mixers} ...
 ...
 2
 """
@@ -45,6 +49,7 @@ COMMANDS = {
     "longform": ("cald_speech.bench.longform", "long recording: windowed teacher vs student"),
     "compare": ("cald_speech.bench.compare", "paired bootstrap of two models on one split"),
     "runs": ("cald_speech.bench.runs", "result table and training curves of recipe runs"),
+    "layers": ("cald_speech.bench.layers", "layer students vs teacher: L1/cos, probe CER/WER"),
     "mixers": ("cald_speech.bench.mixers", "token mixers vs attention: time, memory vs length"),
 }
 

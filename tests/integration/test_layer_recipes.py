@@ -7,6 +7,7 @@ import pytest
 import torch
 from transformers import Wav2Vec2Config, Wav2Vec2Model
 
+from cald_speech.bench import layers as bench_layers
 from cald_speech.data.audio import load_audio
 from cald_speech.data.manifest import read_manifest
 from cald_speech.distill.losses import distilhubert_loss
@@ -93,20 +94,47 @@ def test_distill_resumes_where_it_stopped(students, corpus, teacher):  # noqa: F
     assert again["test-clean"]["L1"] == pytest.approx(first)
 
 
+@pytest.fixture(scope="module")
+def probes(students, corpus, teacher):  # noqa: F811
+    root = students["gendistiller"][0].parent
+    out = {}
+    for upstream in ("teacher", "gendistiller"):
+        source = teacher if upstream == "teacher" else students["gendistiller"][0] / "model"
+        extra = ["--probe_layers", "[2, 3]"] if upstream == "teacher" else []
+        argv = [str(ROOT / "probe" / "hparams" / "probe.yaml"),
+                *common(root / f"probe_{upstream}", corpus),
+                "--upstream_source", str(source), "--probe_hidden", "8", *extra]
+        out[upstream] = (source, root / f"probe_{upstream}", run_probe(argv))
+    return out
+
+
 @pytest.mark.parametrize("upstream", ["teacher", "gendistiller"])
-def test_probe_trains_a_ctc_head_on_frozen_layers(students, corpus, teacher, tmp_path, upstream):  # noqa: F811
-    source = teacher if upstream == "teacher" else students["gendistiller"][0] / "model"
-    frozen = load_upstream(source).state_dict()
-    extra = ["--probe_layers", "[2, 3]"] if upstream == "teacher" else []
-    argv = [str(ROOT / "probe" / "hparams" / "probe.yaml"), *common(tmp_path, corpus),
-            "--upstream_source", str(source), "--probe_hidden", "8", *extra]
-    results = run_probe(argv)
+def test_probe_trains_a_ctc_head_on_frozen_layers(probes, upstream):
+    source, out, results = probes[upstream]
     assert {"WER", "CER"} <= set(results["test-clean"])
-    saved = load_upstream(tmp_path / "model" / "upstream").state_dict()
+    frozen = load_upstream(source).state_dict()
+    saved = load_upstream(out / "model" / "upstream").state_dict()
     assert all(torch.equal(frozen[k], saved[k]) for k in frozen)  # the upstream never moved
-    head = torch.load(tmp_path / "model" / "probe_head.pt", weights_only=True)
+    head = torch.load(out / "model" / "probe_head.pt", weights_only=True)
     assert head["layer_weights"].shape == (2,)
-    assert (tmp_path / "model" / "tokenizer.json").exists()
+    assert (out / "model" / "tokenizer.json").exists()
+
+
+def test_bench_layers_tabulates_the_runs(probes, students, teacher, capsys):
+    root = students["gendistiller"][0].parent
+    assert bench_layers.main([str(root), "--split", "test-clean"]) == 0
+    rows = {r["upstream"]: r for r in json.loads((root / "layers.json").read_text())["rows"]}
+    assert set(rows) == {teacher.name, *MODES}
+    gd = rows["gendistiller"]
+    stats = students["gendistiller"][1]["test-clean"]
+    assert gd["L1"] == pytest.approx(stats["L1"]) and gd["cos"] == pytest.approx(stats["cos"])
+    assert gd["CER"] == pytest.approx(probes["gendistiller"][2]["test-clean"]["CER"])
+    assert rows[teacher.name]["WER"] == pytest.approx(probes["teacher"][2]["test-clean"]["WER"])
+    assert "CER" not in rows["distilhubert"] or rows["distilhubert"]["CER"] is None
+    student = load_upstream(students["gendistiller"][0] / "model")
+    assert gd["params_M"] == pytest.approx(sum(p.numel() for p in student.parameters()) / 1e6)
+    assert gd["params_beyond_cnn_M"] < gd["params_M"]
+    assert "probe CER" in capsys.readouterr().out
 
 
 def test_bad_settings_fail_before_training(tmp_path, corpus, teacher):  # noqa: F811
