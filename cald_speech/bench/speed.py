@@ -321,13 +321,20 @@ def plan(models, args):
             need, mode = SYSTEM_MODES[system]
             if need != role:
                 continue
+            growth = _layers_growth(folder) if role == "layers" else None
             for minutes in args.minutes:
-                cfgs.append(dict(model=folder, group=group, label=label, system=system, mode=mode,
-                                 minutes=minutes, window_s=args.window_s,
+                cfgs.append(dict(model=folder, growth=growth, group=group, label=label,
+                                 system=system, mode=mode, minutes=minutes, window_s=args.window_s,
                                  overlap_s=args.overlap_s, device=args.device,
                                  threads=args.threads,
                                  projection_cache_mb=args.projection_cache_mb))
     return cfgs
+
+
+def _layers_growth(folder):
+    """Growth of a layer student's cost with length: 2 with softmax attention, else 1."""
+    info = json.loads((Path(folder) / "gendistiller.json").read_text())
+    return 2.0 if info.get("time_mixer", "attention") == "attention" else 1.0
 
 
 def _mem_cap_mb(args):
@@ -379,7 +386,7 @@ def run(models, args):
         if done and done[-1]["status"] != "ok":
             res = dict(cfg, status="skipped", reason=f"shorter audio {done[-1]['status']}")
         else:
-            growth = SYSTEM_GROWTH[cfg["system"]]
+            growth = cfg.get("growth") or SYSTEM_GROWTH[cfg["system"]]
             t_pred = extrapolate([(r["minutes"], r["time_s"]) for r in ok], cfg["minutes"],
                                  single=growth)
             m_pred = _predict_memory(ok, cfg["minutes"], mem_key, growth)

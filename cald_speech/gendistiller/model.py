@@ -39,7 +39,7 @@ from torch import nn
 
 from cald_speech.errors import ConfigError, DataError
 from cald_speech.families import family_class
-from cald_speech.features import base_model
+from cald_speech.features import base_model, freeze_feature_encoder
 from cald_speech.gendistiller.generators import LayerGenerator, ParallelHeads
 from cald_speech.student import Student, convert, load_model, model_family, respect_umask
 from cald_speech.student.files import load_weights
@@ -91,7 +91,8 @@ class LayerOutput:
 def truncated_encoder(teacher, num_layers):
     """A copy of the teacher's encoder model with only its first ``num_layers`` layers.
 
-    SpecAugment and LayerDrop are off (the student's targets are clean layers).
+    SpecAugment, LayerDrop and the feature projection's dropout are off (the student's
+    targets are clean layers, and its front end is the teacher's, frozen).
     """
     base = base_model(teacher)
     depth = base.config.num_hidden_layers
@@ -101,6 +102,7 @@ def truncated_encoder(teacher, num_layers):
     config.num_hidden_layers = num_layers
     config.layerdrop = 0.0
     config.mask_time_prob = config.mask_feature_prob = 0.0
+    config.feat_proj_dropout = 0.0  # the frozen front end gives the teacher's features
     model = family_class(model_family(config), "model")(config)
     missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
     kept = re.compile(r"encoder\.layers\.(\d+)\.")
@@ -151,6 +153,12 @@ def build_layer_student(teacher, architecture="gendistiller", target_layers=None
         raise ConfigError("the teacher must be a transformers model, not a student")
     config = base_model(teacher).config
     layers = check_target_layers(target_layers, config.num_hidden_layers)
+    if architecture == "gendistiller" and len(layers) < 2:
+        raise ConfigError(f"target_layers {layers}: gendistiller generates each layer from "
+                          "the ones before it; give two or more (or use distilhubert)")
+    if time_mixer == "attention" and mixer_options:
+        raise ConfigError(f"mixer options {sorted(mixer_options)} given for attention, "
+                          "which takes none; name the mixer they belong to")
     cut = truncated_encoder(teacher, encoder_layers)
     keep = list(range(encoder_layers)) if time_mixer == "attention" else []
     encoder = convert(cut, mixer="attention" if time_mixer == "attention" else time_mixer,
@@ -198,6 +206,7 @@ class LayerStudent(nn.Module):
         self.encoder = encoder
         self.head = head
         self.info = dict(info)
+        freeze_feature_encoder(encoder)
         for p in base_model(encoder).feature_projection.parameters():
             p.requires_grad_(False)
 

@@ -68,6 +68,10 @@ def test_distill_modes_report_what_the_packaged_model_does(students, teacher, co
     assert isinstance(student, LayerStudent) and student.target_layers == [2, 3]
     assert student.is_linear_time() == (name == "gendistiller_linear")
     assert student.info["architecture"] == MODES[name][1]
+    tbase, sbase = load_upstream(teacher), student.base_model   # the front end never moved
+    for part in ("feature_extractor", "feature_projection"):
+        t_state = getattr(tbase, part).state_dict()
+        assert all(torch.equal(v, t_state[k]) for k, v in getattr(sbase, part).state_dict().items())
     # The reported test numbers are those of the packaged model, generating on its own.
     tmodel = load_upstream(teacher)
     sums, frames = [0.0, 0.0], 0

@@ -7,6 +7,7 @@ Unlabelled audio is enough: the manifests need ``ID``, ``duration`` and ``wav``.
 """
 
 import logging
+import os
 
 from cald_speech.data.pipeline import audio_dataset
 from cald_speech.errors import ConfigError
@@ -34,6 +35,9 @@ class LayerDistillTask(Task):
     def check(self, hp):
         if hp["mode"] not in ARCHITECTURES:
             raise ConfigError(f"mode '{hp['mode']}' is not one of {list(ARCHITECTURES)}")
+        if hp.get("train_feature_encoder"):
+            raise ConfigError("train_feature_encoder: a layer student keeps the teacher's "
+                              "CNN frozen; set it to false")
         if not hp.get("teacher_source"):
             raise ConfigError("the distill recipe needs teacher_source (a wav2vec2, HuBERT "
                               "or WavLM model folder)")
@@ -67,7 +71,7 @@ class LayerDistillTask(Task):
         return train, valid, {s: (make(s, "ascending"), {}) for s in hp["test_splits"]}
 
     def package(self, hp):
-        return None, {"teacher": str(hp["teacher_source"])}
+        return None, {"teacher": os.path.abspath(hp["teacher_source"])}
 
 
 def run_layer_distill(argv):

@@ -6,6 +6,8 @@ teacher's own layers are compared by CER/WER on held-out voices. The ASR task's 
 Brain and metrics, with a :class:`~cald_speech.tasks.probe.model.ProbeModel`.
 """
 
+import os
+
 from cald_speech.errors import ConfigError
 from cald_speech.gendistiller import load_upstream
 from cald_speech.tasks.asr.recipe import ASR_KEYS, AsrTask
@@ -39,7 +41,7 @@ class ProbeTask(AsrTask):
         return model, None, None, None
 
     def package(self, hp):
-        return hp["tokenizer"], {"upstream": str(hp["upstream_source"])}
+        return hp["tokenizer"], {"upstream": os.path.abspath(hp["upstream_source"])}
 
 
 def run_probe(argv):
