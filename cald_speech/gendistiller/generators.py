@@ -96,19 +96,21 @@ class LayerCausalAttention(nn.Module):
         """
         b, s, t, c = x.shape
         h = self.num_heads
-        q, k, v = self.qkv(x).reshape(b, s * t, 3, h, c // h).permute(2, 0, 3, 1, 4)
+        q, k, v = self.qkv(x).reshape(b, s, t, 3, h, c // h).permute(3, 0, 4, 1, 2, 5)
+        k, v = k.reshape(b, h, s * t, c // h), v.reshape(b, h, s * t, c // h)
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
         p = k.shape[2] // t - s
-        dev = x.device
-        step_q = (p + torch.arange(s, device=dev)).repeat_interleave(t)
-        step_k = torch.arange(p + s, device=dev).repeat_interleave(t)
-        allowed = step_k[None, :] <= step_q[:, None]                 # (S*T, (P+S)*T)
-        keys_ok = _valid_keys(frame_mask).repeat(1, p + s)            # (B, (P+S)*T)
-        mask = allowed[None, None] & keys_ok[:, None, None, :]
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
-        out = out.transpose(1, 2).reshape(b, s, t, c)
+        keys_ok = _valid_keys(frame_mask)
+        drop = self.dropout if self.training else 0.0
+        # Step i sees the keys of steps <= p + i: a prefix, so each step is one call with
+        # a key-padding mask only (no (S*T) x ((P+S)*T) mask is ever built).
+        out = torch.stack([
+            F.scaled_dot_product_attention(
+                q[:, :, i], k[:, :, : (p + i + 1) * t], v[:, :, : (p + i + 1) * t],
+                attn_mask=keys_ok.repeat(1, p + i + 1)[:, None, None, :], dropout_p=drop)
+            for i in range(s)], dim=2)                                  # (B, H, S, T, d)
+        out = out.permute(0, 2, 3, 1, 4).reshape(b, s, t, c)
         return self.out_proj(out), (k, v)
 
 
