@@ -26,6 +26,8 @@ from cald_speech.inference.long_form import (
     DEFAULT_ENCODER_BLOCK,
     DEFAULT_PROJECTION_CACHE_MB,
     bimamba2_blockwise,
+    lean_ctc_logits,
+    lean_supported,
     long_form,
 )
 from cald_speech.inference.transcriber import MODES, Transcriber, model_task
@@ -51,6 +53,8 @@ __all__ = [
     "Word",
     "align_words",
     "bimamba2_blockwise",
+    "lean_ctc_logits",
+    "lean_supported",
     "build_parser",
     "cnn_features",
     "cnn_geometry",

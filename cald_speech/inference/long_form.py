@@ -271,3 +271,106 @@ def long_form(model, block=DEFAULT_ENCODER_BLOCK, progress=None,
             setattr(parent, name, module)
         for hook in hooks:
             hook.remove()
+
+
+#: Encoder layers :func:`lean_ctc_logits` runs in place (post-norm: attention, residual,
+#: layer norm, feed-forward, residual, final layer norm).
+_POST_NORM_LAYERS = ("Wav2Vec2EncoderLayer", "HubertEncoderLayer")
+
+
+def lean_supported(model):
+    """Whether :func:`lean_ctc_logits` can run ``model`` (else use :func:`long_form`).
+
+    Post-norm wav2vec2 / HuBERT CTC models and their students (wav2vec2-base and
+    HuBERT-base shapes) without an adapter.
+    """
+    inner = base_model(model)
+    cfg = inner.config
+    return (type(inner).__name__ in ("Wav2Vec2Model", "HubertModel")
+            and not getattr(cfg, "do_stable_layer_norm", False)
+            and not getattr(cfg, "add_adapter", False)
+            and getattr(model, "lm_head", None) is not None
+            and all(type(layer).__name__ in _POST_NORM_LAYERS for layer in encoder_layers(model)))
+
+
+def _blocks(total, block):
+    return ((a, min(a + block, total)) for a in range(0, total, block))
+
+
+def lean_ctc_logits(model, features, block=DEFAULT_ENCODER_BLOCK, progress=None,
+                    projection_cache_mb=DEFAULT_PROJECTION_CACHE_MB):
+    """CTC logits of one long utterance from its CNN features, holding few full-length copies.
+
+    The same function as the model's forward (in eval mode, no padding), computed so that
+    at most two (T, C) hidden-state tensors exist at once: the feature projection runs
+    block by block and the CNN features are released (``features`` is a one-element list
+    that this function empties); the positional embedding is added in place; each layer's
+    residual sum, layer norms and feed-forward block are computed in place, block by
+    block, into the attention output; BiMamba2 mixers scan block by block
+    (:func:`bimamba2_blockwise`); other mixers run over the whole sequence. HF's forward
+    keeps the normalised CNN features and three hidden-state copies alive instead.
+
+    Arguments
+    ---------
+    model : transformers.PreTrainedModel or Student
+        A model for which :func:`lean_supported` holds, in eval mode.
+    features : list of torch.Tensor
+        ``[cnn_features]``, (C_cnn, T); emptied once they are projected.
+    block : int
+        Frames per block.
+    progress : tqdm.tqdm, optional
+        Updated after each encoder layer.
+    projection_cache_mb : float
+        See :func:`bimamba2_blockwise`.
+
+    Returns
+    -------
+    torch.Tensor
+        (T, V) logits.
+
+    Example
+    -------
+    >>> import torch
+    >>> from cald_speech.inference.cnn_blocks import cnn_features
+    >>> from cald_speech.student import convert
+    >>> from cald_speech.testing import tiny_teacher
+    >>> student = convert(tiny_teacher(head="ctc")).eval()
+    >>> wav = torch.randn(16000)
+    >>> with torch.no_grad():
+    ...     plain = student(wav[None]).logits[0]
+    ...     lean = lean_ctc_logits(student, [cnn_features(student, wav)], block=16)
+    >>> torch.allclose(plain, lean, atol=1e-4)
+    True
+    """
+    inner = base_model(model)
+    encoder = inner.encoder
+    feats = features.pop()
+    total = feats.shape[-1]
+    hidden = feats.new_empty(1, total, inner.config.hidden_size)
+    for a, b in _blocks(total, block):
+        out = inner.feature_projection(feats[:, a:b].t()[None])
+        hidden[:, a:b] = out[0] if isinstance(out, tuple) else out
+    del feats, out
+    kernel = int(getattr(inner.config, "num_conv_pos_embeddings", 0) or 0)
+    hidden.add_(_TimeBlocked(encoder.pos_conv_embed, block, kernel // 2 + 1)(hidden))
+    for a, b in _blocks(total, block):
+        hidden[:, a:b] = encoder.layer_norm(hidden[:, a:b])
+    for layer in encoder_layers(model):
+        att = layer.attention
+        if isinstance(att, MixerAttention) and isinstance(att.mixer, (BiMamba2, BiMamba2Shared)):
+            mixed = bimamba2_blockwise(att.mixer, hidden, block, projection_cache_mb)
+        else:
+            mixed = att(hidden)[0]
+        mixed.add_(hidden)             # the residual; dropout is the identity in eval mode
+        del hidden
+        for a, b in _blocks(total, block):
+            x = layer.layer_norm(mixed[:, a:b])
+            mixed[:, a:b] = layer.final_layer_norm(x + layer.feed_forward(x))
+        hidden = mixed
+        if progress is not None:
+            progress.update(1)
+    head = model.lm_head
+    logits = hidden.new_empty(total, head.out_features)
+    for a, b in _blocks(total, block):
+        logits[a:b] = head(hidden[0, a:b])
+    return logits

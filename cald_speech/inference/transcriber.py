@@ -87,6 +87,8 @@ from cald_speech.inference.formats import Transcript
 from cald_speech.inference.long_form import (
     DEFAULT_ENCODER_BLOCK,
     DEFAULT_PROJECTION_CACHE_MB,
+    lean_ctc_logits,
+    lean_supported,
     long_form,
 )
 from cald_speech.inference.progress import PROGRESS_AFTER_S, progress_bar
@@ -353,6 +355,11 @@ class Transcriber:
             bar.close()
         bar = progress_bar(progress, layers, "encoder", "layer")
         try:
+            if lean_supported(self.model):  # the features are released once projected
+                holder = [feats]
+                del feats
+                return lean_ctc_logits(self.model, holder, self.encoder_block, progress=bar,
+                                       projection_cache_mb=self.projection_cache_mb)
             with long_form(self.model, self.encoder_block, progress=bar,
                            projection_cache_mb=self.projection_cache_mb):
                 return self._logits(feats[None])[0]

@@ -11,7 +11,7 @@ import torch
 from cald_speech.data.audio import load_audio
 from cald_speech.data.tokenizer import CharTokenizer
 from cald_speech.errors import AudioError, ConfigError, DataError
-from cald_speech.features import frame_lengths
+from cald_speech.features import enable_feature_input, frame_lengths
 from cald_speech.inference import (
     Transcriber,
     Transcript,
@@ -20,6 +20,8 @@ from cald_speech.inference import (
     bimamba2_blockwise,
     cnn_features,
     cnn_geometry,
+    lean_ctc_logits,
+    lean_supported,
     long_form,
     main,
     stitch,
@@ -217,6 +219,47 @@ def test_one_pass_builds_no_square_mask(student):
     assert all(s is None or len(s) == 2 for s in seen)
     # the modules swapped for the long pass are back
     assert type(layers[0].feed_forward).__name__.endswith("FeedForward")
+
+
+@pytest.mark.parametrize("shape,lean", [("wav2vec2-base", True), ("hubert-large-ll60k", False),
+                                        ("wavlm-base-plus", False), ("wav2vec2-large-lv60", False)])
+@pytest.mark.parametrize("mixer", ["bimamba2", "bimamba2_shared", "linear_attention"])
+def test_one_pass_of_every_family_and_mixer_equals_plain(shape, lean, mixer):
+    teacher = tiny_teacher(shape, head="ctc", vocab_size=29, feat_proj_layer_norm=False) \
+        if shape.startswith("hubert") else tiny_teacher(shape, head="ctc", vocab_size=29)
+    student = convert(teacher, mixer=mixer).eval()
+    assert lean_supported(student) == lean
+    asr = Transcriber(student, CharTokenizer(), encoder_block=64, cnn_block_s=0.3)
+    wav = _wav(1.2, seed=4)
+    torch.testing.assert_close(asr.log_probs(wav, mode="one-pass"),
+                               asr.log_probs(wav, mode="plain"), atol=1e-4, rtol=1e-4)
+
+
+def test_lean_pass_equals_long_form_and_releases_the_features(student):
+    wav = _wav(2.0, seed=5)
+    enable_feature_input(student)
+    feats = cnn_features(student, wav)
+    with torch.no_grad(), long_form(student, block=128):
+        reference = student(feats[None]).logits[0]
+    holder = [feats.clone()]
+    with torch.no_grad():
+        lean = lean_ctc_logits(student, holder, block=128)
+    assert holder == []  # the caller's only reference is gone: the features can be freed
+    torch.testing.assert_close(lean, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_hubert_post_norm_students_take_the_lean_pass():
+    teacher = tiny_teacher("wav2vec2-base", head="ctc", vocab_size=29)
+    from transformers import HubertConfig, HubertForCTC
+    cfg = HubertConfig(**{k: v for k, v in teacher.config.to_dict().items()
+                          if k not in ("model_type", "architectures")})
+    torch.manual_seed(0)
+    student = convert(HubertForCTC(cfg).eval()).eval()
+    assert lean_supported(student)
+    asr = Transcriber(student, CharTokenizer(), encoder_block=64, cnn_block_s=0.3)
+    wav = _wav(1.2, seed=6)
+    torch.testing.assert_close(asr.log_probs(wav, mode="one-pass"),
+                               asr.log_probs(wav, mode="plain"), atol=1e-4, rtol=1e-4)
 
 
 def test_other_mixers_fall_back_to_whole_sequence(teachers):
