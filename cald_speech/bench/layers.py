@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from cald_speech.bench.report import format_table, machine_info, write_json
-from cald_speech.cli import EXIT_OK, add_version, fail
+from cald_speech.cli import EXIT_OK, add_version, fail, parse
 from cald_speech.errors import CaldError, DataError
 from cald_speech.features import base_model
 from cald_speech.gendistiller import LayerStudent, is_layer_student, load_upstream
@@ -115,11 +115,9 @@ COLUMNS = [("upstream", "upstream", "s"), ("architecture", "kind", "s"),
 
 def main(argv=None):
     """Entry point of ``cald-bench layers``; returns the exit status."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        args = parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
+    args, status = parse(build_parser(), list(sys.argv[1:] if argv is None else argv))
+    if args is None:
+        return status
     try:
         rows = collect(args.folder, args.split)
     except CaldError as exc:

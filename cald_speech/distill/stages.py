@@ -19,6 +19,26 @@ from cald_speech.distill.optim import rank_mean
 RANK_KEY = "rank"
 
 
+def stage_file(pattern, split):
+    """The result file of ``split``: ``pattern`` with ``{split}`` filled in, folder made.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> stage_file(os.path.join(tempfile.mkdtemp(), "out", "wer_{split}.txt"), "test")[-12:]
+    'wer_test.txt'
+    """
+    path = pattern.format(split=split)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    return path
+
+
+def write_stats_json(path, stats):
+    """Writes a stage's statistics as JSON (numbers as floats)."""
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({k: float(v) for k, v in stats.items()}, f, indent=2)
+
+
 class StageRecords:
     """Stage bookkeeping of a distillation Brain (a mixin of :class:`speechbrain.Brain`)."""
 

@@ -4,13 +4,13 @@
 task: how the model runs, its head, the CTC loss, WER/CER and the result files.
 """
 
-import json
 import os
 
 import speechbrain as sb
 import torch.nn.functional as F
 
 from cald_speech.distill.brain import DistillBrain
+from cald_speech.distill.stages import stage_file, write_stats_json
 
 
 class CTCBrain(DistillBrain):
@@ -113,9 +113,7 @@ class CTCBrain(DistillBrain):
         pattern = self.hparams.wer_file
         if not pattern:
             return
-        path = pattern.format(split=split)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        path = stage_file(pattern, split)
         with open(path, "w", encoding="utf-8") as w:
             self.wer_metric.write_stats(w)
-        with open(os.path.splitext(path)[0] + ".json", "w", encoding="utf-8") as w:
-            json.dump({k: float(v) for k, v in stats.items()}, w, indent=2)
+        write_stats_json(os.path.splitext(path)[0] + ".json", stats)

@@ -8,14 +8,12 @@ DistilHuBERT's L1 − λ·log σ(cos) per layer, padding masked, averaged over l
 Bad items, skipped steps, checkpoints and resumption are the core's.
 """
 
-import json
-import os
-
 import speechbrain as sb
 import torch
 
 from cald_speech.distill.brain import DistillBrain, unwrap
 from cald_speech.distill.losses import distilhubert_loss
+from cald_speech.distill.stages import stage_file, write_stats_json
 from cald_speech.errors import ConfigError
 from cald_speech.features import cnn_fingerprint, enable_feature_input, freeze_feature_encoder
 from cald_speech.gendistiller import upstream_layers
@@ -113,7 +111,4 @@ class LayerDistillBrain(DistillBrain):
         pattern = self.hparams.metrics_file
         if not pattern:
             return
-        path = pattern.format(split=split)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump({k: float(v) for k, v in stats.items()}, f, indent=2)
+        write_stats_json(stage_file(pattern, split), stats)
