@@ -6,7 +6,7 @@
 #   bash tools/gendistiller_results.sh [OUT]           (default results/gendistiller)
 # Env: TEACHER (default models/pretrained-offline), LJ (an LJ corpus's manifests, from
 # STAGES=corpora,manifests bash tools/make_pretrained.sh), TRAIN_N (training utterances,
-# 2000), EPOCHS (3), PROBE_EPOCHS (3), LAYERS ("[2, 3, 4]": of a 4-layer teacher).
+# 2000), EPOCHS (3), PROBE_EPOCHS (2), LAYERS ("[2, 3, 4]": of a 4-layer teacher).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-results/gendistiller}
@@ -15,7 +15,7 @@ TEACHER=${TEACHER:-models/pretrained-offline}
 LJ=${LJ:-data/pretrain/manifests/lj}
 TRAIN_N=${TRAIN_N:-2000}
 EPOCHS=${EPOCHS:-3}
-PROBE_EPOCHS=${PROBE_EPOCHS:-3}
+PROBE_EPOCHS=${PROBE_EPOCHS:-2}
 LAYERS=${LAYERS:-[2, 3, 4]}
 SEED=${SEED:-1}
 DATA=$OUT/data
