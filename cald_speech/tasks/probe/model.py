@@ -11,7 +11,7 @@ Example
 >>> from cald_speech.testing import tiny_teacher
 >>> probe = ProbeModel(tiny_teacher(), vocab_size=5, layers=[1, 2], hidden_size=8)
 >>> probe(torch.randn(2, 1600)).logits.shape
-torch.Size([2, 4, 5])
+torch.Size([2, 79, 5])
 >>> sum(p.numel() for p in probe.parameters() if p.requires_grad) > 0
 True
 """
