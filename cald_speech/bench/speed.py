@@ -218,16 +218,12 @@ def run_config(cfg):
     asr.transcribe_waveform(synthetic_audio(WARMUP_S, seed=1), mode=mode, progress=False)
     audio = cfg.get("audio")
     wav = None if audio else synthetic_audio(60.0 * cfg["minutes"])
-    meter = MemoryMeter(device).start()
-    t0 = time.perf_counter()
     if audio:
-        result = asr.transcribe_file(audio, mode=mode, progress=False)
+        result, elapsed, mem = _measured(device, asr.transcribe_file, audio, mode=mode,
+                                         progress=False)
     else:
-        result = asr.transcribe_waveform(wav, mode=mode, progress=False)
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - t0
-    mem = meter.stop()
+        result, elapsed, mem = _measured(device, asr.transcribe_waveform, wav, mode=mode,
+                                         progress=False)
     out = dict(cfg, status="ok", time_s=elapsed, audio_s=result.duration,
                rtf=elapsed / max(result.duration, 1e-9),
                frames=round(result.duration / asr.frame_shift), words=len(result.words),
@@ -255,16 +251,21 @@ def run_layers_config(cfg):
 
     once(synthetic_audio(WARMUP_S, seed=1))
     wav = synthetic_audio(60.0 * cfg["minutes"])
-    meter = MemoryMeter(device).start()
-    t0 = time.perf_counter()
-    frames = once(wav)
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - t0
+    frames, elapsed, mem = _measured(device, once, wav)
     audio_s = wav.numel() / SAMPLE_RATE
     return dict(cfg, status="ok", time_s=elapsed, audio_s=audio_s, rtf=elapsed / audio_s,
                 frames=frames, words=0, threads=torch.get_num_threads(),
-                result_mode="layers", **meter.stop())
+                result_mode="layers", **mem)
+
+
+def _measured(device, fn, *args, **kwargs):
+    """``(fn(*args, **kwargs), seconds, MemoryMeter fields)`` of one timed call."""
+    meter = MemoryMeter(device).start()
+    t0 = time.perf_counter()
+    result = fn(*args, **kwargs)
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+    return result, time.perf_counter() - t0, meter.stop()
 
 
 # ----------------------------------------------------------------- models

@@ -247,11 +247,7 @@ class LayerStudent(nn.Module):
         LayerOutput
         """
         encoded = self.encoder(input_values, attention_mask=attention_mask).last_hidden_state
-        if attention_mask is None:
-            mask = torch.ones(encoded.shape[:2], dtype=torch.bool, device=encoded.device)
-        else:
-            mask = self.base_model._get_feature_vector_attention_mask(
-                encoded.shape[1], attention_mask).bool()
+        mask = _frame_mask(self.base_model, encoded, attention_mask)
         return LayerOutput(self.head(encoded, mask, targets), mask, encoded)
 
     def save_pretrained(self, directory):
@@ -363,12 +359,14 @@ def upstream_layers(model, input_values, attention_mask=None, layers=None):
     bad = [i for i in layers if not 0 <= i < len(states)]
     if bad:
         raise ConfigError(f"layers {bad} out of range: the model has {len(states) - 1} layers")
-    t = states[0].shape[1]
+    return [states[i] for i in layers], _frame_mask(base, states[0], attention_mask)
+
+
+def _frame_mask(base, hidden, attention_mask):
+    """(B, T) bool mask of the valid frames of ``hidden`` (B, T, C); all True unpadded."""
     if attention_mask is None:
-        mask = torch.ones(states[0].shape[:2], dtype=torch.bool, device=states[0].device)
-    else:
-        mask = base._get_feature_vector_attention_mask(t, attention_mask).bool()
-    return [states[i] for i in layers], mask
+        return torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
+    return base._get_feature_vector_attention_mask(hidden.shape[1], attention_mask).bool()
 
 
 __all__ = ["ARCHITECTURES", "LayerOutput", "LayerStudent", "build_layer_student",

@@ -209,6 +209,12 @@ class _BlockwiseMixerAttention(nn.Module):
         return out, None
 
 
+def _scans_blockwise(attention):
+    """Whether an encoder layer's attention is a mixer :func:`bimamba2_blockwise` scans."""
+    return isinstance(attention, MixerAttention) and isinstance(
+        attention.mixer, (BiMamba2, BiMamba2Shared))
+
+
 @contextlib.contextmanager
 def long_form(model, block=DEFAULT_ENCODER_BLOCK, progress=None,
               projection_cache_mb=DEFAULT_PROJECTION_CACHE_MB):
@@ -256,7 +262,7 @@ def long_form(model, block=DEFAULT_ENCODER_BLOCK, progress=None,
     for layer in encoder_layers(model):
         swaps.append((layer, "feed_forward", _TimeBlocked(layer.feed_forward, block)))
         att = layer.attention
-        if isinstance(att, MixerAttention) and isinstance(att.mixer, (BiMamba2, BiMamba2Shared)):
+        if _scans_blockwise(att):
             swaps.append((layer, "attention",
                           _BlockwiseMixerAttention(att, block, projection_cache_mb)))
         if progress is not None:
@@ -357,7 +363,7 @@ def lean_ctc_logits(model, features, block=DEFAULT_ENCODER_BLOCK, progress=None,
         hidden[:, a:b] = encoder.layer_norm(hidden[:, a:b])
     for layer in encoder_layers(model):
         att = layer.attention
-        if isinstance(att, MixerAttention) and isinstance(att.mixer, (BiMamba2, BiMamba2Shared)):
+        if _scans_blockwise(att):
             mixed = bimamba2_blockwise(att.mixer, hidden, block, projection_cache_mb)
         else:
             mixed = att(hidden)[0]
