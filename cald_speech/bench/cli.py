@@ -40,6 +40,7 @@ import importlib
 import sys
 
 from cald_speech import __version__
+from cald_speech.allocator import tune_allocator
 from cald_speech.cli import EXIT_OK, EXIT_USAGE, fail
 from cald_speech.errors import ConfigError
 
@@ -75,6 +76,10 @@ def main(argv=None):
     if name not in COMMANDS:
         print(usage(), file=sys.stderr)
         return fail("cald-bench", ConfigError(f"unknown command '{name}'"))
+    try:
+        tune_allocator()
+    except ConfigError as exc:
+        return fail("cald-bench", exc)
     return importlib.import_module(COMMANDS[name][0]).main(rest)
 
 

@@ -52,8 +52,10 @@ from pathlib import Path
 
 import torch
 
+from cald_speech.allocator import tune_allocator
 from cald_speech.bench.report import machine_info, ram_gb, reset_hwm, status_mb
-from cald_speech.cli import add_version
+from cald_speech.cli import add_version, fail
+from cald_speech.errors import ConfigError
 
 DEFAULT_LENGTHS = [250, 500, 1000, 2000, 4000, 7500, 15000, 30000]
 DEFAULT_MIXERS = ["attention", "bimamba2", "bimamba2_shared", "linear_attention", "linformer"]
@@ -448,8 +450,13 @@ def main(argv=None):
         args = parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
+    try:
+        allocator = tune_allocator()
+    except ConfigError as exc:
+        return fail("cald-bench mixers", exc)
     if args.child:
-        print(json.dumps(run_one(json.loads(args.child), args)))
+        print(json.dumps(dict(run_one(json.loads(args.child), args),
+                              allocator=allocator["mode"])))
         return 0
     child_argv = [a for a in argv if a != "--quick"]
     for flag, val in (("--repeats", args.repeats), ("--time-cap", args.time_cap)):
@@ -460,7 +467,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    machine = machine_info()
+    machine = dict(machine_info(), allocator=allocator)
     print("machine:", json.dumps(machine))
     flops = {dev: throughput(args, dev) for dev in args.devices}
     for dev, res in flops.items():

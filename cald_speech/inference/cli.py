@@ -10,6 +10,7 @@ import json
 import sys
 from pathlib import Path
 
+from cald_speech.allocator import tune_allocator
 from cald_speech.cli import EXIT_FAILED, EXIT_OK, add_version, exit_status, fail, parse
 from cald_speech.errors import CaldError, ConfigError
 from cald_speech.inference.classifier import Classifier
@@ -135,6 +136,10 @@ def main(argv=None):
     args, status = parse(build_parser(), argv)
     if args is None:
         return status
+    try:
+        tune_allocator()
+    except ConfigError as exc:
+        return fail("cald-transcribe", exc)
     if args.output_dir:
         out = Path(args.output_dir)
         try:

@@ -45,6 +45,26 @@ def test_speed_all_systems_table_json_png(tmp_path, capsys):
     assert "student-onepass" in printed and "peak RSS MB" in printed
 
 
+def test_speed_one_teacher_several_students(tmp_path, capsys):
+    # --mixer a,b: one teacher and one student per mixer, in the same run, each student
+    # checked against that run's teacher.
+    out = tmp_path / "speed"
+    code = speed.main(["--shape", "wav2vec2-base", "--tiny", "--minutes", "0.005",
+                       "--systems", "teacher-onepass,student-onepass",
+                       "--mixer", "bimamba2,bimamba2_shared", "--out-dir", str(out),
+                       "--in-process", "--no-plot"])
+    assert code == 0
+    doc = json.loads((out / "speed.json").read_text())
+    got = [(r["label"], r["system"]) for r in doc["results"]]
+    assert got == [("wav2vec2-base (tiny)", "teacher-onepass"),
+                   ("wav2vec2-base (tiny) bimamba2", "student-onepass"),
+                   ("wav2vec2-base (tiny) bimamba2_shared", "student-onepass")]
+    assert {r["group"] for r in doc["results"]} == {"wav2vec2-base (tiny)"}
+    assert doc["machine"]["allocator"]["mode"] in ("tuned", "default", "unsupported")
+    assert speed.main(["--shape", "wav2vec2-base", "--mixer", "bimamba2,nope"]) == 2
+    assert "give distinct mixers" in capsys.readouterr().err
+
+
 def test_speed_skips_what_is_predicted_not_to_fit(tmp_path, models):
     out = tmp_path / "speed"
     code = speed.main(["--model", models["student"], "--minutes", "0.005,0.01,0.02",

@@ -213,3 +213,50 @@ def test_state_updates_split_by_heads(monkeypatch):
     monkeypatch.setattr(ssd_mod, "_SERIAL_NUMEL", 2)
     test_chunked_matches_sequential_fp32(SHAPES[0], True, True)
     test_gradients_match_sequential_reference(torch.float64, 1e-10)
+
+
+@pytest.mark.parametrize("b,g,chunk,loop_max", [(1, 1, 8, 1024), (2, 2, 4, 1024),
+                                                (2, 2, 2, 8), (3, 1, 3, 4)])
+@pytest.mark.parametrize("D_kind", [None, "head", "head_dim"])
+@pytest.mark.parametrize("softplus,with_init", [(True, True), (False, False)])
+def test_no_grad_kernel_exact_in_fp64(b, g, chunk, loop_max, D_kind, softplus, with_init,
+                                      monkeypatch):
+    # The no-grad kernel (per-head intra-chunk products, dt and a per-head D folded into
+    # the decay matrices, states advanced in place, (n, h*p) state layout, the chunked
+    # recurrence above loop_max chunks) against the float64 recurrence: batches, groups,
+    # every D form, raw dt (no softplus, no bias), with and without initial states.
+    monkeypatch.setattr(ssd_mod, "_LOOP_MAX_CHUNKS", loop_max)
+    args, kw = _inputs(b, 37, 4, 3, g, 5, dtype=torch.float64, with_D=D_kind is not None,
+                       with_init=with_init, D_hdim=D_kind == "head_dim")
+    kw["dt_softplus"] = softplus
+    if not softplus:  # raw dt, used as given (a stable recurrence needs dt >= 0)
+        kw["dt_bias"] = None
+        args["dt"] = args["dt"].abs()
+    with torch.no_grad():
+        y, s = ssd_chunk_scan_torch(**args, chunk_size=chunk, return_final_states=True, **kw)
+    y_ref, s_ref = ssd_sequential_ref(**args, return_final_states=True, **kw)
+    assert _rel(y, y_ref) <= 1e-12
+    assert _rel(s, s_ref) <= 1e-12
+    grad_args = dict(args, x=args["x"].clone().requires_grad_(True))
+    y_grad = ssd_chunk_scan_torch(**grad_args, chunk_size=chunk, **kw)  # autograd path
+    assert _rel(y_grad.detach(), y_ref) <= 1e-12
+
+
+def test_no_grad_kernel_reads_strided_inputs():
+    # x, B and C as views into one projection (as Mamba2 splits its in_proj features):
+    # same result as contiguous copies, and the inputs are left untouched.
+    b, l, h, p, g, n = 2, 45, 4, 4, 2, 3
+    gen = torch.Generator().manual_seed(3)
+    xbc = torch.randn(b, l, h * p + 2 * g * n, generator=gen)
+    before = xbc.clone()
+    x, B, C = torch.split(xbc, [h * p, g * n, g * n], dim=-1)
+    x, B, C = x.view(b, l, h, p), B.view(b, l, g, n), C.view(b, l, g, n)
+    assert not x.is_contiguous()
+    dt, A, D = torch.rand(b, l, h, generator=gen), -torch.rand(h, generator=gen), torch.ones(h)
+    with torch.no_grad():
+        y = ssd_chunk_scan_torch(x, dt, A, B, C, chunk_size=8, D=D)
+        y_ref = ssd_chunk_scan_torch(x.contiguous(), dt, A, B.contiguous(), C.contiguous(),
+                                     chunk_size=8, D=D)
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
+    assert torch.equal(xbc, before)
+    assert _rel(y, ssd_sequential_ref(x, dt, A, B, C, D=D)) <= 1e-5

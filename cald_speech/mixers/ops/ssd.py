@@ -242,22 +242,23 @@ def ssd_chunk_scan_torch(
 
     dt = _discretize_dt(dt, dt_bias, dt_softplus, dt_limit, cd)  # (b, l, h)
     xf = x.to(cd)
-    # Frames past l (chunk padding) get dt = 0: no decay, no input: the final state is exact.
-    if inplace:
-        xdt = torch.empty(b, L, h, p, dtype=cd, device=x.device)
-        torch.mul(xf, dt.unsqueeze(-1), out=xdt[:, :l])
-        xdt[:, l:] = 0
-    else:
-        xdt = _pad_time(xf * dt.unsqueeze(-1), L, False)
-    dA = _pad_time(dt * A.to(cd), L, inplace)
     s0 = None if initial_states is None else initial_states.to(cd)
+    # Frames past l (chunk padding) get dt = 0: no decay, no input: the final state is exact.
+    dt = _pad_time(dt, L, inplace)
+    dA = dt * A.to(cd)
+    Bp, Cp = _pad_time(B.to(cd), L, inplace), _pad_time(C.to(cd), L, inplace)
+    # A per-head D is folded into the no-grad kernel (one pass less over y).
+    D_core = D.to(cd) if inplace and D is not None and D.dim() == 1 else None
     # Autocast (SpeechBrain's bf16/fp16 training) would run the matmuls below in half
     # precision; the fused kernel accumulates in fp32, and so does this path.
     with torch.autocast(x.device.type, enabled=False):
-        y, s = _ssd_core(xdt, dA, _pad_time(B.to(cd), L, inplace),
-                         _pad_time(C.to(cd), L, inplace), Q, s0, inplace)
+        if inplace:
+            y, s = _ssd_core_inplace(_pad_time(xf, L, True), dt, dA, Bp, Cp, Q, s0, D_core)
+        else:
+            y, s = _ssd_core(_pad_time(xf * dt[:, :l].unsqueeze(-1), L, False), dA, Bp, Cp,
+                             Q, s0, False)
     y = y[:, :l]
-    if D is not None:
+    if D is not None and D_core is None:
         Df = D.to(cd)
         Df = Df.unsqueeze(-1) if Df.dim() == 1 else Df
         y = y.addcmul_(xf, Df) if inplace and y.is_contiguous() else y + xf * Df
@@ -277,6 +278,27 @@ _INNER_CHUNK = 16
 _SERIAL_NUMEL = 32768
 
 
+def _chunk_views(dA, B, C, Q, inplace):
+    """Per-chunk views shared by both cores.
+
+    Returns the in-chunk cumulative log-decay ``cs`` (b, nc, Q, h), ``B`` and ``C`` as
+    (b, nc, g, Q, n) (the batch of every chunk-level matmul is (b, nc, g)), and
+    ``C B^T`` (b, nc, g, Q, Q) with its strict upper triangle zeroed.
+    """
+    b, L, h = dA.shape
+    g, n = B.shape[-2:]
+    nc = L // Q
+    cs = torch.cumsum(dA.view(b, nc, Q, h), dim=2)
+    Bc = B.view(b, nc, Q, g, n).transpose(2, 3)
+    Cc = C.view(b, nc, Q, g, n).transpose(2, 3)
+    if g > 1:
+        Bc, Cc = Bc.contiguous(), Cc.contiguous()
+    upper = torch.ones(Q, Q, dtype=torch.bool, device=dA.device).triu(1)
+    CB = torch.matmul(Cc, Bc.transpose(-1, -2))
+    CB = CB.masked_fill_(upper, 0.0) if inplace else CB.masked_fill(upper, 0.0)
+    return cs, Bc, Cc, CB
+
+
 def _ssd_core(xdt, dA, B, C, Q, s0, inplace):
     """The chunked scan on pre-multiplied inputs whose length is a multiple of ``Q``.
 
@@ -284,32 +306,24 @@ def _ssd_core(xdt, dA, B, C, Q, s0, inplace):
     ``s0`` (b, h, p, n) or None. Returns ``y`` (b, L, h, p) without the D term, and the
     final state (b, h, p, n).
     """
+    if inplace:
+        return _ssd_core_inplace(xdt, None, dA, B, C, Q, s0, None)
     b, L, h, p = xdt.shape
     g, n = B.shape[-2:]
     hg = h // g
     nc = L // Q
     dev, cd = xdt.device, xdt.dtype
-    cs = torch.cumsum(dA.view(b, nc, Q, h), dim=2)  # in-chunk cumulative log-decay
+    cs, Bc, Cc, CB = _chunk_views(dA, B, C, Q, False)
     xdt = xdt.view(b, nc, Q, h, p)
-    # B, C as (b, nc, g, Q, n): the batch of every chunk-level matmul is (b, nc, g).
-    Bc = B.view(b, nc, Q, g, n).transpose(2, 3)
-    Cc = C.view(b, nc, Q, g, n).transpose(2, 3)
-    if g > 1:
-        Bc, Cc = Bc.contiguous(), Cc.contiguous()
 
     # 1. Intra-chunk: Y[q] = sum_{s<=q} exp(cs_q - cs_s) (C_q . B_s) (x dt)_s.
-    causal = torch.ones(Q, Q, dtype=torch.bool, device=dev).tril()
-    CB = torch.matmul(Cc, Bc.transpose(-1, -2))  # (b, nc, g, Q, Q)
-    CB = (CB.masked_fill_ if inplace else CB.masked_fill)(~causal, 0.0).unsqueeze(3)
+    CB = CB.unsqueeze(3)
     cs_h = cs.transpose(2, 3).reshape(b, nc, g, hg, Q)
     M = cs_h.unsqueeze(-1) - cs_h.unsqueeze(-2)  # (b, nc, g, hg, Q, Q)
     # Clamping to [-80, 0] keeps exp() off its slow underflow path (exp(-80) ~ 2e-35 is
     # below fp32 resolution next to the diagonal term) and the masked upper triangle
     # finite; CB is already zero there.
-    if inplace:
-        M = M.clamp_(min=-80.0, max=0.0).exp_().mul_(CB)
-    else:
-        M = torch.exp(M.clamp(min=-80.0, max=0.0)) * CB
+    M = torch.exp(M.clamp(min=-80.0, max=0.0)) * CB
     X = xdt.view(b, nc, Q, g, hg, p).permute(0, 1, 3, 4, 2, 5)  # (b, nc, g, hg, Q, p)
     Y_diag = torch.matmul(M, X)  # (b, nc, g, hg, Q, p)
     del M, X
@@ -330,41 +344,25 @@ def _ssd_core(xdt, dA, B, C, Q, s0, inplace):
     s_init = (torch.zeros(b, h, p * n, dtype=cd, device=dev) if s0 is None
               else s0.reshape(b, h, p * n))
     if nc > _LOOP_MAX_CHUNKS:
-        Q2 = _INNER_CHUNK
-        L2 = -(-nc // Q2) * Q2
-        ones = torch.ones(b, L2, 1, 1, dtype=cd, device=dev)
-        incl, s_fin = _ssd_core(_pad_time(states, L2, inplace), _pad_time(a, L2, inplace),
-                                ones, ones, Q2, s_init.unsqueeze(-1), inplace)
-        s_fin = s_fin.squeeze(-1)
+        incl, s_fin = _chunk_states_chunked(states, a, s_init, False)
         prev = torch.cat([s_init.unsqueeze(1), incl[:, : nc - 1]], dim=1)
     else:
         decay = torch.exp(a).unsqueeze(-1)  # (b, nc, h, 1)
-        # The per-chunk updates are small: split them by heads below the intra-op
-        # parallel grain so that each runs on one thread, without waiting for the pool
-        # (which costs far more than the work when other processes load the cores).
+        # Split by heads below the intra-op grain (each piece on one thread); unbind
+        # once: indexing chunk c in the loop would make autograd write a full-size
+        # gradient per chunk (quadratic in the number of chunks).
         per = max(1, (_SERIAL_NUMEL - 1) // (b * p * n))
-        parts = [slice(i, min(i + per, h)) for i in range(0, h, per)]
-        if inplace:  # write each state straight into its slot
-            prev = torch.empty(b, nc + 1, h, p * n, dtype=cd, device=dev)
-            prev[:, 0] = s_init
+        pieces = []
+        for i in range(0, h, per):
+            sl = slice(i, min(i + per, h))
+            st, dc = states[:, :, sl].unbind(1), decay[:, :, sl].unbind(1)
+            entering, s_part = [], s_init[:, sl]
             for c in range(nc):
-                for sl in parts:
-                    torch.addcmul(states[:, c, sl], prev[:, c, sl], decay[:, c, sl],
-                                  out=prev[:, c + 1, sl])
-            s_fin, prev = prev[:, nc].clone(), prev[:, :nc]
-        else:
-            pieces = []
-            for sl in parts:
-                # unbind once: indexing chunk c in the loop would make autograd write a
-                # full-size gradient per chunk (quadratic in the number of chunks)
-                st, dc = states[:, :, sl].unbind(1), decay[:, :, sl].unbind(1)
-                entering, s_part = [], s_init[:, sl]
-                for c in range(nc):
-                    entering.append(s_part)
-                    s_part = torch.addcmul(st[c], s_part, dc[c])
-                pieces.append((torch.stack(entering, dim=1), s_part))
-            prev = torch.cat([pr for pr, _ in pieces], dim=2)
-            s_fin = torch.cat([sf for _, sf in pieces], dim=1)
+                entering.append(s_part)
+                s_part = torch.addcmul(st[c], s_part, dc[c])
+            pieces.append((torch.stack(entering, dim=1), s_part))
+        prev = torch.cat([pr for pr, _ in pieces], dim=2)
+        s_fin = torch.cat([sf for _, sf in pieces], dim=1)
     del states
 
     # 4. Output from the state entering each chunk: exp(cs_q) C_q S^T.
@@ -372,12 +370,123 @@ def _ssd_core(xdt, dA, B, C, Q, s0, inplace):
     Y = torch.matmul(Cc, prev).view(b, nc, g, Q, hg, p)
     decay_in = torch.exp(cs).view(b, nc, Q, g, hg, 1).transpose(2, 3)  # (b, nc, g, Q, hg, 1)
     Y_diag = Y_diag.transpose(3, 4)  # (b, nc, g, Q, hg, p)
-    if inplace:
-        Y = Y.mul_(decay_in).add_(Y_diag)
-    else:
-        Y = Y * decay_in + Y_diag
+    Y = Y * decay_in + Y_diag
     y = Y.transpose(2, 3).reshape(b, L, h, p)  # natural layout
     return y, s_fin.view(b, h, p, n)
+
+
+def _chunk_states_chunked(states, a, s_init, inplace):
+    """The inter-chunk recurrence solved by the chunked scan one level up.
+
+    ``states`` (b, nc, h, m) is what each chunk adds, ``a`` (b, nc, h) each chunk's
+    log-decay, ``s_init`` (b, h, m) the state before the first chunk. Returns the state
+    after every chunk (b, nc, h, m) and the final one (b, h, m). B = C = 1 and one
+    "frame" per chunk: a chunk of :data:`_INNER_CHUNK` chunks is one matrix product.
+    """
+    b, nc, h, m = states.shape
+    Q2 = _INNER_CHUNK
+    L2 = -(-nc // Q2) * Q2
+    ones = torch.ones(b, L2, 1, 1, dtype=states.dtype, device=states.device)
+    incl, s_fin = _ssd_core(_pad_time(states, L2, inplace), _pad_time(a, L2, inplace),
+                            ones, ones, Q2, s_init.unsqueeze(-1), inplace)
+    return incl[:, :nc], s_fin.squeeze(-1)
+
+
+def _ssd_core_inplace(x, dt, dA, B, C, Q, s0, D):
+    """:func:`_ssd_core` without autograd: fewer passes over memory, in place.
+
+    ``x`` (b, L, h, p) and ``dt`` (b, L, h) separately (``dt`` None: ``x`` is already
+    ``x * dt``), ``dA`` (b, L, h), ``B``/``C`` (b, L, g, n), ``s0`` (b, h, p, n) or
+    None, ``D`` (h,) or None (then added here: ``y`` includes ``D * x``). Same result
+    as the autograd path (tests compare them). Differences: the intra-chunk terms are
+    computed one head at a time (each head's (Q, Q) decay matrices stay in cache and
+    the matrix product reads ``x`` in place, without a permuted copy), with ``dt`` and
+    ``D`` folded into those matrices instead of passes over ``x``; the chunk states
+    are advanced in place, one element-wise call per chunk; the state entering a chunk
+    is read from the previous chunk's slot; the two output terms are combined in one
+    pass.
+    """
+    b, L, h, p = x.shape
+    g, n = B.shape[-2:]
+    hg, nc = h // g, L // Q
+    dev, cd = x.device, x.dtype
+    cs, Bc, Cc, CB = _chunk_views(dA, B, C, Q, True)
+    X = x.reshape(b, nc, Q, g, hg, p)
+    cs_gh = cs.view(b, nc, Q, g, hg)
+    dt_gh = None if dt is None else dt.view(b, nc, 1, Q, g, hg)
+    M = torch.empty(b, nc, Q, Q, dtype=cd, device=dev)
+    Y_diag = torch.empty(g, hg, b, nc, Q, p, dtype=cd, device=dev)
+    for gi in range(g):
+        for hi in range(hg):
+            # M[q, s] = exp(cs_q - cs_s) (C_q . B_s) dt_s, clamped as in the autograd path
+            c = cs_gh[:, :, :, gi, hi]
+            torch.sub(c.unsqueeze(-1), c.unsqueeze(-2), out=M)
+            M.clamp_(min=-80.0, max=0.0).exp_().mul_(CB[:, :, gi])
+            if dt_gh is not None:
+                M.mul_(dt_gh[..., gi, hi])
+            if D is not None:
+                M.diagonal(dim1=-2, dim2=-1).add_(D[gi * hg + hi])
+            torch.matmul(M, X[:, :, :, gi, hi], out=Y_diag[gi, hi])
+    del M, CB
+
+    # What each chunk adds to the state, stored (b, nc, g, n, hg*p) (the transpose of
+    # the autograd path's layout: both matrix products below then read plain rows),
+    # advanced in place to the state after each chunk.
+    to_end = torch.exp(cs[:, :, -1:] - cs)  # (b, nc, Q, h)
+    if dt is not None:
+        to_end.mul_(dt.view(b, nc, Q, h))
+    Xd = X.reshape(b, nc, Q, h, p) * to_end.unsqueeze(-1)
+    Xd = Xd.view(b, nc, Q, g, hg * p).transpose(2, 3)  # (b, nc, g, Q, hg*p)
+    states = torch.matmul(Bc.transpose(-1, -2), Xd)  # (b, nc, g, n, hg*p)
+    del Xd
+    a = cs[:, :, -1]  # (b, nc, h)
+    # s0 (b, h, p, n) in the same layout: (b, g, n, hg*p)
+    s_init = None if s0 is None else (
+        s0.reshape(b, g, hg, p, n).permute(0, 1, 4, 2, 3).reshape(b, g, n, hg * p))
+    if nc > _LOOP_MAX_CHUNKS:
+        # the chunked recurrence wants heads on dim 2: (b, nc, h, n*p), a copy
+        def by_head(t):
+            return t.reshape(-1, g, n, hg, p).transpose(2, 3).reshape(t.shape[0], -1, h, n * p)
+
+        def back(t):
+            return t.reshape(-1, g, hg, n, p).transpose(2, 3).reshape(b, -1, g, n, hg * p)
+
+        init = (torch.zeros(b, h, n * p, dtype=cd, device=dev) if s_init is None
+                else by_head(s_init).view(b, h, n * p))
+        incl, s_last = _chunk_states_chunked(by_head(states).view(b, nc, h, n * p), a,
+                                             init, True)
+        states, s_last = back(incl), back(s_last).view(b, g, n, hg * p)
+    else:
+        decay = torch.exp(a).view(b, nc, g, 1, hg, 1)
+        sv = states.view(b, nc, g, n, hg, p)
+        if s_init is not None:
+            sv[:, 0].addcmul_(s_init.view(b, g, n, hg, p), decay[:, 0])
+        for c in range(1, nc):
+            sv[:, c].addcmul_(sv[:, c - 1], decay[:, c])
+        s_last = states[:, nc - 1]
+    s_fin = s_last.reshape(b, g, n, hg, p).permute(0, 1, 3, 4, 2).reshape(b, h, p, n)
+
+    # Output from the state entering each chunk (the previous chunk's), then plus the
+    # intra-chunk term: Y = exp(cs_q) C_q S^T + Y_diag.
+    Y = torch.empty(b, nc, g, Q, hg * p, dtype=cd, device=dev)
+    if nc > 1:
+        if b == 1:  # a contiguous slice: written in place
+            torch.matmul(Cc[:, 1:], states[:, :-1], out=Y[:, 1:])
+        else:
+            Y[:, 1:] = torch.matmul(Cc[:, 1:], states[:, :-1])
+    if s_init is None:
+        Y[:, 0] = 0.0
+    else:
+        Y[:, 0] = torch.matmul(Cc[:, 0], s_init)
+    del states
+    Yv = Y.view(b, nc, g, Q, hg, p)
+    decay_in = torch.exp(cs).view(b, nc, Q, g, hg)
+    for gi in range(g):
+        for hi in range(hg):
+            out = Yv[:, :, gi, :, hi]
+            torch.addcmul(Y_diag[gi, hi], out, decay_in[:, :, :, gi, hi, None], out=out)
+    y = Yv.transpose(2, 3).reshape(b, nc * Q, h, p)  # natural layout
+    return y, s_fin
 
 
 def ssd_sequential_ref(
