@@ -77,6 +77,7 @@ from cald_speech.inference import (
     DEFAULT_WINDOW_S,
     Transcriber,
 )
+from cald_speech.inference.precision import PRECISIONS, check_precision
 
 #: The systems run by default (transcription); ``teacher-layers`` and ``layers-onepass``
 #: compare a layer student (GenDistiller, DistilHuBERT) with its teacher: every layer of
@@ -162,6 +163,9 @@ def build_parser():
     p.add_argument("--tiny", action="store_true",
                    help="--shape with tiny widths (for tests and smoke runs)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="compute precision of every system (default fp32; bf16: matrix "
+                        "products in bfloat16, cald_speech.inference.precision)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--time-cap", type=float, default=3600.0,
                    help="skip a configuration predicted to take longer (s, default 3600)")
@@ -207,7 +211,7 @@ def run_config(cfg):
     cfg : dict
         ``model`` (folder), ``mode`` (``one-pass`` / ``windowed``), ``minutes`` (synthetic
         audio) or ``audio`` (a file to transcribe), ``window_s``, ``overlap_s``,
-        ``norm_window_s``, ``projection_cache_mb``, ``device``, ``threads``,
+        ``norm_window_s``, ``projection_cache_mb``, ``precision``, ``device``, ``threads``,
         ``return_text``.
 
     Returns
@@ -228,7 +232,8 @@ def run_config(cfg):
                                       norm_window_s=cfg.get("norm_window_s",
                                                             DEFAULT_NORM_WINDOW_S),
                                       projection_cache_mb=cfg.get(
-                                          "projection_cache_mb", DEFAULT_PROJECTION_CACHE_MB))
+                                          "projection_cache_mb", DEFAULT_PROJECTION_CACHE_MB),
+                                      precision=cfg.get("precision", "fp32"))
     mode = cfg["mode"]
     asr.transcribe_waveform(synthetic_audio(WARMUP_S, seed=1), mode=mode, progress=False)
     audio = cfg.get("audio")
@@ -354,7 +359,8 @@ def plan(models, args):
                                  system=system, mode=mode, minutes=minutes, window_s=args.window_s,
                                  overlap_s=args.overlap_s, device=args.device,
                                  threads=args.threads,
-                                 projection_cache_mb=args.projection_cache_mb))
+                                 projection_cache_mb=args.projection_cache_mb,
+                                 precision=args.precision))
     return cfgs
 
 
@@ -543,6 +549,8 @@ def main(argv=None):
         return int(exc.code or 0)
     try:
         allocator = tune_allocator()
+        if not args.child:
+            check_precision(args.precision, args.device)
     except ConfigError as exc:
         return fail("cald-bench speed", exc)
     if args.child:

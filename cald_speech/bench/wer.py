@@ -36,6 +36,7 @@ from cald_speech.bench.report import (
 from cald_speech.cli import EXIT_FAILED, EXIT_OK, add_version, fail, parse
 from cald_speech.data.manifest import resolve_audio
 from cald_speech.errors import AudioError, CaldError, DataError
+from cald_speech.inference.precision import PRECISIONS
 
 __all__ = ["error_rates", "evaluate", "main", "norm_text", "read_items", "word_diff"]
 
@@ -299,6 +300,11 @@ def build_parser():
     p.add_argument("--window-s", type=float, default=30.0, help="teacher window (s)")
     p.add_argument("--overlap-s", type=float, default=2.0, help="window context per side (s)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="compute precision of both models (default fp32)")
+    p.add_argument("--student-precision", default=None, choices=PRECISIONS,
+                   help="the student's own precision (default: --precision); with the "
+                        "same folder twice, this measures what bf16 changes")
     p.add_argument("--out-dir", default="results/bench_wer", help="where the results go")
     return add_version(p)
 
@@ -314,8 +320,9 @@ def main(argv=None):
         items = read_items(args.csv, args.text_column, args.data_root, args.limit,
                            args.normalize)
         kw = dict(device=args.device, window_s=args.window_s, overlap_s=args.overlap_s)
-        teacher = Transcriber.from_pretrained(args.teacher, **kw)
-        student = Transcriber.from_pretrained(args.student, **kw)
+        teacher = Transcriber.from_pretrained(args.teacher, precision=args.precision, **kw)
+        student = Transcriber.from_pretrained(
+            args.student, precision=args.student_precision or args.precision, **kw)
         summary, utterances = evaluate(teacher, student, items, args.batch_size, args.mode)
     except CaldError as exc:
         return fail("cald-bench wer", exc)

@@ -17,6 +17,7 @@ from cald_speech.inference.classifier import Classifier
 from cald_speech.inference.cnn_blocks import DEFAULT_NORM_WINDOW_S
 from cald_speech.inference.formats import FORMATS
 from cald_speech.inference.long_form import DEFAULT_PROJECTION_CACHE_MB
+from cald_speech.inference.precision import PRECISIONS
 from cald_speech.inference.transcriber import MODES, Transcriber
 from cald_speech.inference.windows import DEFAULT_OVERLAP_S, DEFAULT_WINDOW_S
 
@@ -60,6 +61,9 @@ def build_parser():
     p.add_argument("--mode", default="auto", choices=MODES,
                    help="auto: one-pass for linear students, windows for the rest")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="fp32 (default), or bf16: matrix products in bfloat16, faster on "
+                        "CPUs with native bfloat16 (AVX512-BF16, AMX) and on GPUs")
     p.add_argument("--no-timestamps", action="store_true", help="skip the word alignment")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return add_version(p)
@@ -159,7 +163,8 @@ def main(argv=None):
         asr = Transcriber.from_pretrained(args.model, device=args.device,
                                           window_s=args.window_s, overlap_s=args.overlap_s,
                                           norm_window_s=args.norm_window_s,
-                                          projection_cache_mb=args.projection_cache_mb)
+                                          projection_cache_mb=args.projection_cache_mb,
+                                          precision=args.precision)
     except CaldError as exc:
         print(f"{PROG}: error: cannot load the model: {exc}", file=sys.stderr)
         return exit_status(exc)

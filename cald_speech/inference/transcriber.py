@@ -91,6 +91,7 @@ from cald_speech.inference.long_form import (
     lean_supported,
     long_form,
 )
+from cald_speech.inference.precision import check_precision, compute_precision
 from cald_speech.inference.progress import PROGRESS_AFTER_S, progress_bar
 from cald_speech.inference.windows import (
     DEFAULT_OVERLAP_S,
@@ -158,6 +159,10 @@ class Transcriber:
         ``cnn_block_s`` (default 30 s = 3 blocks, the span each window of the windowed
         mode normalises over by default); ``None`` or 0: the whole file, as a plain
         call of the model.
+    precision : str
+        ``"fp32"`` (default, the reference) or ``"bf16"``: matrix products in bfloat16
+        under autocast, everything else in float32
+        (:mod:`cald_speech.inference.precision`).
     info : dict, optional
         The folder's ``cald_info.json``.
 
@@ -185,9 +190,10 @@ class Transcriber:
                  overlap_s=DEFAULT_OVERLAP_S, cnn_block_s=DEFAULT_CNN_BLOCK_S,
                  encoder_block=DEFAULT_ENCODER_BLOCK,
                  projection_cache_mb=DEFAULT_PROJECTION_CACHE_MB,
-                 norm_window_s=DEFAULT_NORM_WINDOW_S,
+                 norm_window_s=DEFAULT_NORM_WINDOW_S, precision="fp32",
                  info=None):
         self.device = torch.device(device)
+        self.precision = check_precision(precision, self.device)
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
         self.info = dict(info or {})
@@ -333,7 +339,7 @@ class Transcriber:
         if n < self.receptive_field:
             return torch.zeros(0, vocab)
         total = int(frame_lengths(self.model, n))
-        with torch.inference_mode():
+        with torch.inference_mode(), compute_precision(self.precision, self.device):
             if mode == "plain":
                 logits = self._logits(wav[None].to(self.device, self.dtype))[0]
             elif mode == "one-pass":
@@ -532,7 +538,7 @@ class Transcriber:
         return results
 
     def _batch_log_probs(self, chunk):
-        with torch.inference_mode():
+        with torch.inference_mode(), compute_precision(self.precision, self.device):
             batch, mask, frames = padded_features(
                 self.model, [wav for _, wav, _, _ in chunk], self.device, self.cnn_block)
             logits = self._logits(batch, attention_mask=mask)
