@@ -27,7 +27,10 @@ How it measures:
   (growth exponent between 1 and 2), would exceed ``--time-cap`` / ``--mem-cap-gb`` is
   reported as skipped, not run;
 - the chunked SSD scan's achieved GFLOP/s (its matrix-multiply FLOPs over its time) is
-  measured next to a plain fp32 matmul's GFLOP/s in the same run.
+  measured next to a plain fp32 matmul's GFLOP/s in the same run (and, on CPU, next to
+  the oneDNN linear that inference uses for the projections);
+- forward passes run as inference runs them (:func:`~cald_speech.inference.precision.
+  compute_precision`: on CPU, oneDNN for the linear layers of every mixer alike).
 
 Other processes on the machine change the timings; the load average before and after
 is recorded with the results.
@@ -56,6 +59,11 @@ from cald_speech.allocator import tune_allocator
 from cald_speech.bench.report import machine_info, ram_gb, reset_hwm, status_mb
 from cald_speech.cli import add_version, fail
 from cald_speech.errors import ConfigError
+from cald_speech.inference.precision import (
+    OneDNNLinear,
+    compute_precision,
+    onednn_linear_available,
+)
 
 DEFAULT_LENGTHS = [250, 500, 1000, 2000, 4000, 7500, 15000, 30000]
 DEFAULT_MIXERS = ["attention", "bimamba2", "bimamba2_shared", "linear_attention", "linformer"]
@@ -168,8 +176,8 @@ def run_one(cfg, args):
             mixer.zero_grad(set_to_none=True)
             x.grad = None
             mixer(x).float().square().mean().backward()
-        else:
-            with torch.no_grad():
+        else:  # as inference runs it (oneDNN linears on CPU, cald_speech.inference)
+            with torch.no_grad(), compute_precision("fp32", device):
                 mixer(x)
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -266,6 +274,16 @@ def throughput(args, device="cpu"):
 
         gf, t = _gflops(mm, 2 * T * 768 * 768 * 2)
         out["matmul"] = dict(gflops=gf, time_s=t, shape=[T, 768, 1536])
+        if dev.type == "cpu" and onednn_linear_available():
+            lin = OneDNNLinear()
+            wt = w.t().contiguous()
+
+            def onednn():
+                with lin:
+                    torch.nn.functional.linear(a, wt)
+
+            gf, t = _gflops(onednn, 2 * T * 768 * 768 * 2)
+            out["linear_onednn"] = dict(gflops=gf, time_s=t, shape=[T, 768, 1536])
     return out
 
 

@@ -77,7 +77,7 @@ from cald_speech.inference import (
     DEFAULT_WINDOW_S,
     Transcriber,
 )
-from cald_speech.inference.precision import PRECISIONS, check_precision
+from cald_speech.inference.precision import PRECISIONS, check_precision, compute_precision
 
 #: The systems run by default (transcription); ``teacher-layers`` and ``layers-onepass``
 #: compare a layer student (GenDistiller, DistilHuBERT) with its teacher: every layer of
@@ -265,7 +265,7 @@ def run_layers_config(cfg):
     model = load_upstream(cfg["model"], device=device)
 
     def once(wav):
-        with torch.inference_mode():
+        with torch.inference_mode(), compute_precision(cfg.get("precision", "fp32"), device):
             layers, _ = upstream_layers(model, wav[None].to(device))
         return int(layers[-1].shape[1])
 

@@ -3,9 +3,11 @@
 The modules: :mod:`~.cnn_blocks` (the CNN front end in blocks), :mod:`~.long_form` (the
 encoder over a whole long sequence), :mod:`~.windows` (windows and stitching),
 :mod:`~.align` (CTC word alignment), :mod:`~.formats` (:class:`Transcript` as text, JSON,
-SRT), :mod:`~.transcriber` (:class:`Transcriber`), :mod:`~.classifier`
-(:class:`Classifier`), :mod:`~.progress` (progress bars) and :mod:`~.cli`
-(``cald-transcribe``). Audio is read by :func:`cald_speech.data.audio.load_audio`.
+SRT), :mod:`~.precision` (float32 or bfloat16 matrix products), :mod:`~.transcriber`
+(:class:`Transcriber`), :mod:`~.classifier` (:class:`Classifier`), :mod:`~.progress`
+(progress bars) and :mod:`~.cli` (``cald-transcribe``). Audio is read by
+:func:`cald_speech.data.audio.load_audio`; ``cald-transcribe`` sets the process's
+allocator with :func:`cald_speech.allocator.tune_allocator`.
 
 The package imports data, errors, features, mixers and model loading
 (:mod:`cald_speech.student`), never training code (brains, recipes, experiment).
@@ -30,6 +32,7 @@ from cald_speech.inference.long_form import (
     lean_supported,
     long_form,
 )
+from cald_speech.inference.precision import PRECISIONS
 from cald_speech.inference.transcriber import MODES, Transcriber, model_task
 from cald_speech.inference.windows import (
     DEFAULT_OVERLAP_S,
@@ -47,6 +50,7 @@ __all__ = [
     "DEFAULT_WINDOW_S",
     "FORMATS",
     "MODES",
+    "PRECISIONS",
     "Classifier",
     "Transcriber",
     "Transcript",

@@ -13,6 +13,7 @@ from cald_speech.data.audio import SAMPLE_RATE, load_audio
 from cald_speech.errors import AudioError, ConfigError
 from cald_speech.features import enable_feature_input
 from cald_speech.inference.cnn_blocks import padded_features
+from cald_speech.inference.precision import compute_precision
 from cald_speech.inference.transcriber import Transcriber, model_task
 from cald_speech.student import read_config
 
@@ -76,7 +77,8 @@ class Classifier:
         the padding), then the features share one padded batch.
         """
         x, mask, _ = padded_features(self.model.encoder, waveforms, self.device)
-        logits = self.model(x, attention_mask=mask).logits
+        with compute_precision("fp32", self.device):
+            logits = self.model(x, attention_mask=mask).logits
         labels = self.model.predict(logits)
         probs = {t: p.float().softmax(-1) for t, p in self.model.split_logits(logits).items()}
         for i, lab in enumerate(labels):

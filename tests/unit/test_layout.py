@@ -27,6 +27,8 @@ FORBIDDEN = {
     "pretrain": ("tasks", "distill", "inference", "bench", "demo", "mixers"),
     "bench": ("tasks", "distill", "demo", "pretrain", "frontend"),
     "demo": ("tasks", "distill", "student", "inference", "mixers", "pretrain", "frontend"),
+    "allocator": ("mixers", "data", "student", "tasks", "distill", "inference", "bench", "demo",
+                  "features", "pretrain", "frontend", "gendistiller"),
 }
 #: what inference may take from the tasks: the intent *model* (no training code)
 ALLOWED = {("inference", "cald_speech.tasks.intent.model")}

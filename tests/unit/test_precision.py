@@ -74,3 +74,45 @@ def test_cli_transcribes_in_bf16(tmp_path, models, capsys):
                  "--no-progress", "--format", "json"]) == 0
     assert '"duration": 1.0' in capsys.readouterr().out
     assert main([str(path), "--model", str(folder), "--precision", "fp8"]) == 2
+
+
+@pytest.mark.skipif(not prec.onednn_linear_available(), reason="no oneDNN in this build")
+@pytest.mark.parametrize("which,mode", [("student", "one-pass"), ("teacher", "windowed")])
+def test_onednn_linears_equal_aten_ones(models, which, mode, monkeypatch):
+    # fp32 on CPU: the linear layers run oneDNN's product (counted here); PyTorch's own
+    # kernel (CALD_CPU_LINEAR=aten) gives the same posteriors up to summation order.
+    kw = dict(window_s=1.0, overlap_s=0.2)
+    wav = _wav()
+    monkeypatch.setenv("CALD_CPU_LINEAR", "aten")
+    ref = Transcriber(models[which], CharTokenizer(), **kw).log_probs(wav, mode)
+    monkeypatch.setenv("CALD_CPU_LINEAR", "onednn")
+    calls = []
+    op = prec._onednn_op()
+
+    def counted(*args):
+        calls.append(args[0].shape)
+        return op(*args)
+
+    monkeypatch.setattr(prec, "_onednn_op", lambda: counted)
+    got = Transcriber(models[which], CharTokenizer(), **kw).log_probs(wav, mode)
+    assert len(calls) >= 3  # projections, feed-forward blocks, CTC head
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_onednn_mode_leaves_autograd_and_other_dtypes_alone():
+    import torch.nn.functional as F
+
+    x, w = torch.randn(4, 8, requires_grad=True), torch.randn(3, 8)
+    with prec.OneDNNLinear():
+        y = F.linear(x, w)  # autograd on: PyTorch's own, differentiable
+        assert y.grad_fn is not None
+        with torch.no_grad():
+            z = F.linear(x.double(), w.double())  # float64: PyTorch's own
+    assert z.dtype == torch.float64
+    torch.testing.assert_close(y, x @ w.t())
+
+
+def test_bad_cpu_linear_setting_is_a_config_error(monkeypatch):
+    monkeypatch.setenv("CALD_CPU_LINEAR", "blas")
+    with pytest.raises(ConfigError, match="CALD_CPU_LINEAR='blas'.*'onednn' or 'aten'"):
+        prec.compute_precision("fp32", "cpu")
