@@ -398,30 +398,36 @@ def _ssd_core_inplace(x, dt, dA, B, C, Q, s0, D):
     ``x`` (b, L, h, p) and ``dt`` (b, L, h) separately (``dt`` None: ``x`` is already
     ``x * dt``), ``dA`` (b, L, h), ``B``/``C`` (b, L, g, n), ``s0`` (b, h, p, n) or
     None, ``D`` (h,) or None (then added here: ``y`` includes ``D * x``). Same result
-    as the autograd path (tests compare them). Differences: the intra-chunk terms are
-    computed one head at a time (each head's (Q, Q) decay matrices stay in cache and
-    the matrix product reads ``x`` in place, without a permuted copy), with ``dt`` and
-    ``D`` folded into those matrices instead of passes over ``x``; the chunk states
-    are advanced in place, one element-wise call per chunk; the state entering a chunk
-    is read from the previous chunk's slot; the two output terms are combined in one
-    pass.
+    as the autograd path (tests compare them). Differences: everything runs one group
+    and one head at a time, reading ``x``, ``B`` and ``C`` where they lie (strided
+    views, no permuted copies), so each head's (Q, Q) decay matrices stay in cache;
+    ``dt`` and ``D`` are folded into those matrices instead of passes over ``x``; the
+    chunk states are stored (g, b, nc, n, hg*p), so that both of their matrix products
+    read plain rows, and advanced in place, one element-wise call per chunk; the state
+    entering a chunk is read from the previous chunk's slot; the output is combined in
+    one pass per head into the buffer of the state inputs, in the natural layout.
     """
     b, L, h, p = x.shape
     g, n = B.shape[-2:]
-    hg, nc = h // g, L // Q
+    hg, nc, hp = h // g, L // Q, (h // g) * p
     dev, cd = x.device, x.dtype
-    cs, Bc, Cc, CB = _chunk_views(dA, B, C, Q, True)
+    cs = torch.cumsum(dA.view(b, nc, Q, h), dim=2)  # in-chunk cumulative log-decay
     X = x.reshape(b, nc, Q, g, hg, p)
+    Bv, Cv = B.reshape(b, nc, Q, g, n), C.reshape(b, nc, Q, g, n)
     cs_gh = cs.view(b, nc, Q, g, hg)
     dt_gh = None if dt is None else dt.view(b, nc, 1, Q, g, hg)
+    upper = torch.ones(Q, Q, dtype=torch.bool, device=dev).triu(1)
+    CB = torch.empty(b, nc, Q, Q, dtype=cd, device=dev)
     M = torch.empty(b, nc, Q, Q, dtype=cd, device=dev)
     Y_diag = torch.empty(g, hg, b, nc, Q, p, dtype=cd, device=dev)
     for gi in range(g):
+        torch.matmul(Cv[:, :, :, gi], Bv[:, :, :, gi].transpose(-1, -2), out=CB)
+        CB.masked_fill_(upper, 0.0)
         for hi in range(hg):
             # M[q, s] = exp(cs_q - cs_s) (C_q . B_s) dt_s, clamped as in the autograd path
             c = cs_gh[:, :, :, gi, hi]
             torch.sub(c.unsqueeze(-1), c.unsqueeze(-2), out=M)
-            M.clamp_(min=-80.0, max=0.0).exp_().mul_(CB[:, :, gi])
+            M.clamp_(min=-80.0, max=0.0).exp_().mul_(CB)
             if dt_gh is not None:
                 M.mul_(dt_gh[..., gi, hi])
             if D is not None:
@@ -429,64 +435,60 @@ def _ssd_core_inplace(x, dt, dA, B, C, Q, s0, D):
             torch.matmul(M, X[:, :, :, gi, hi], out=Y_diag[gi, hi])
     del M, CB
 
-    # What each chunk adds to the state, stored (b, nc, g, n, hg*p) (the transpose of
-    # the autograd path's layout: both matrix products below then read plain rows),
-    # advanced in place to the state after each chunk.
+    # What each chunk adds to the state, per group: B^T (n, Q) @ (x dt decay-to-end)
+    # (Q, hg*p); then advanced in place to the state after each chunk.
     to_end = torch.exp(cs[:, :, -1:] - cs)  # (b, nc, Q, h)
     if dt is not None:
         to_end.mul_(dt.view(b, nc, Q, h))
-    Xd = X.reshape(b, nc, Q, h, p) * to_end.unsqueeze(-1)
-    Xd = Xd.view(b, nc, Q, g, hg * p).transpose(2, 3)  # (b, nc, g, Q, hg*p)
-    states = torch.matmul(Bc.transpose(-1, -2), Xd)  # (b, nc, g, n, hg*p)
-    del Xd
+    Xd = X * to_end.view(b, nc, Q, g, hg, 1)  # (b, nc, Q, g, hg, p), contiguous
+    Xd_g = Xd.view(b, nc, Q, g, hp)
+    states = torch.empty(g, b, nc, n, hp, dtype=cd, device=dev)
+    for gi in range(g):
+        torch.matmul(Bv[:, :, :, gi].transpose(-1, -2), Xd_g[:, :, :, gi], out=states[gi])
     a = cs[:, :, -1]  # (b, nc, h)
-    # s0 (b, h, p, n) in the same layout: (b, g, n, hg*p)
+    # s0 (b, h, p, n) in the same layout: (g, b, n, hg*p)
     s_init = None if s0 is None else (
-        s0.reshape(b, g, hg, p, n).permute(0, 1, 4, 2, 3).reshape(b, g, n, hg * p))
+        s0.reshape(b, g, hg, p, n).permute(1, 0, 4, 2, 3).reshape(g, b, n, hp))
     if nc > _LOOP_MAX_CHUNKS:
         # the chunked recurrence wants heads on dim 2: (b, nc, h, n*p), a copy
-        def by_head(t):
-            return t.reshape(-1, g, n, hg, p).transpose(2, 3).reshape(t.shape[0], -1, h, n * p)
-
-        def back(t):
-            return t.reshape(-1, g, hg, n, p).transpose(2, 3).reshape(b, -1, g, n, hg * p)
-
-        init = (torch.zeros(b, h, n * p, dtype=cd, device=dev) if s_init is None
-                else by_head(s_init).view(b, h, n * p))
-        incl, s_last = _chunk_states_chunked(by_head(states).view(b, nc, h, n * p), a,
-                                             init, True)
-        states, s_last = back(incl), back(s_last).view(b, g, n, hg * p)
+        init = (torch.zeros(b, h, n * p, dtype=cd, device=dev) if s_init is None else
+                s_init.view(g, b, n, hg, p).permute(1, 0, 3, 2, 4).reshape(b, h, n * p))
+        by_head = states.view(g, b, nc, n, hg, p).permute(1, 2, 0, 4, 3, 5)
+        incl, s_last = _chunk_states_chunked(by_head.reshape(b, nc, h, n * p), a, init, True)
+        states = incl.reshape(b, nc, g, hg, n, p).permute(2, 0, 1, 4, 3, 5).reshape(
+            g, b, nc, n, hp)
+        s_last = s_last.reshape(b, g, hg, n, p).permute(1, 0, 3, 2, 4)
     else:
-        decay = torch.exp(a).view(b, nc, g, 1, hg, 1)
-        sv = states.view(b, nc, g, n, hg, p)
+        decay = torch.exp(a).view(b, nc, g, hg).permute(2, 0, 1, 3)[:, :, :, None, :, None]
+        sv = states.view(g, b, nc, n, hg, p)
         if s_init is not None:
-            sv[:, 0].addcmul_(s_init.view(b, g, n, hg, p), decay[:, 0])
+            sv[:, :, 0].addcmul_(s_init.view(g, b, n, hg, p), decay[:, :, 0])
         for c in range(1, nc):
-            sv[:, c].addcmul_(sv[:, c - 1], decay[:, c])
-        s_last = states[:, nc - 1]
-    s_fin = s_last.reshape(b, g, n, hg, p).permute(0, 1, 3, 4, 2).reshape(b, h, p, n)
+            sv[:, :, c].addcmul_(sv[:, :, c - 1], decay[:, :, c])
+        s_last = sv[:, :, nc - 1]
+    s_fin = s_last.reshape(g, b, n, hg, p).permute(1, 0, 3, 4, 2).reshape(b, h, p, n)
 
-    # Output from the state entering each chunk (the previous chunk's), then plus the
-    # intra-chunk term: Y = exp(cs_q) C_q S^T + Y_diag.
-    Y = torch.empty(b, nc, g, Q, hg * p, dtype=cd, device=dev)
-    if nc > 1:
-        if b == 1:  # a contiguous slice: written in place
-            torch.matmul(Cc[:, 1:], states[:, :-1], out=Y[:, 1:])
+    # Output from the state entering each chunk (the previous chunk's), per group; then,
+    # per head, y = exp(cs_q) (C_q S^T) + Y_diag, written over Xd (no longer needed).
+    Y = torch.empty(g, b, nc, Q, hp, dtype=cd, device=dev)
+    for gi in range(g):
+        if nc > 1:
+            if b == 1:  # a contiguous slice: written in place
+                torch.matmul(Cv[:, 1:, :, gi], states[gi][:, :-1], out=Y[gi][:, 1:])
+            else:
+                Y[gi][:, 1:] = torch.matmul(Cv[:, 1:, :, gi], states[gi][:, :-1])
+        if s_init is None:
+            Y[gi][:, 0] = 0.0
         else:
-            Y[:, 1:] = torch.matmul(Cc[:, 1:], states[:, :-1])
-    if s_init is None:
-        Y[:, 0] = 0.0
-    else:
-        Y[:, 0] = torch.matmul(Cc[:, 0], s_init)
+            Y[gi][:, 0] = torch.matmul(Cv[:, 0, :, gi], s_init[gi])
     del states
-    Yv = Y.view(b, nc, g, Q, hg, p)
+    y = Xd
     decay_in = torch.exp(cs).view(b, nc, Q, g, hg)
     for gi in range(g):
         for hi in range(hg):
-            out = Yv[:, :, gi, :, hi]
-            torch.addcmul(Y_diag[gi, hi], out, decay_in[:, :, :, gi, hi, None], out=out)
-    y = Yv.transpose(2, 3).reshape(b, nc * Q, h, p)  # natural layout
-    return y, s_fin
+            torch.addcmul(Y_diag[gi, hi], Y[gi][..., hi * p:(hi + 1) * p],
+                          decay_in[:, :, :, gi, hi, None], out=y[:, :, :, gi, hi])
+    return y.view(b, L, h, p), s_fin
 
 
 def ssd_sequential_ref(
