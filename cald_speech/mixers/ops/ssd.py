@@ -278,8 +278,8 @@ _INNER_CHUNK = 16
 _SERIAL_NUMEL = 32768
 
 
-def _chunk_views(dA, B, C, Q, inplace):
-    """Per-chunk views shared by both cores.
+def _chunk_views(dA, B, C, Q):
+    """Per-chunk views of the autograd core.
 
     Returns the in-chunk cumulative log-decay ``cs`` (b, nc, Q, h), ``B`` and ``C`` as
     (b, nc, g, Q, n) (the batch of every chunk-level matmul is (b, nc, g)), and
@@ -295,8 +295,7 @@ def _chunk_views(dA, B, C, Q, inplace):
         Bc, Cc = Bc.contiguous(), Cc.contiguous()
     upper = torch.ones(Q, Q, dtype=torch.bool, device=dA.device).triu(1)
     CB = torch.matmul(Cc, Bc.transpose(-1, -2))
-    CB = CB.masked_fill_(upper, 0.0) if inplace else CB.masked_fill(upper, 0.0)
-    return cs, Bc, Cc, CB
+    return cs, Bc, Cc, CB.masked_fill(upper, 0.0)
 
 
 def _ssd_core(xdt, dA, B, C, Q, s0, inplace):
@@ -313,7 +312,7 @@ def _ssd_core(xdt, dA, B, C, Q, s0, inplace):
     hg = h // g
     nc = L // Q
     dev, cd = xdt.device, xdt.dtype
-    cs, Bc, Cc, CB = _chunk_views(dA, B, C, Q, False)
+    cs, Bc, Cc, CB = _chunk_views(dA, B, C, Q)
     xdt = xdt.view(b, nc, Q, h, p)
 
     # 1. Intra-chunk: Y[q] = sum_{s<=q} exp(cs_q - cs_s) (C_q . B_s) (x dt)_s.
