@@ -63,18 +63,23 @@ def _group_norm_pieces(layer, wav, piece_frames, device, dtype, progress):
     conv = layer.conv
     k, s = conv.kernel_size[0], conv.stride[0]
     total = (wav.numel() - k) // s + 1
-    counts, means, m2s = [], [], []
-    for f0 in range(0, total, piece_frames):
+    starts = range(0, total, piece_frames)
+    # The results are allocated before the loop: small tensors kept between the large
+    # per-piece temporaries would pin the heap and make it grow piece after piece.
+    counts = torch.empty(len(starts), dtype=torch.float64, device=device)
+    means = torch.empty(len(starts), conv.out_channels, dtype=torch.float64, device=device)
+    m2s = torch.empty_like(means)
+    for i, f0 in enumerate(starts):
         f1 = min(f0 + piece_frames, total)
         x = wav[f0 * s:(f1 - 1) * s + k].to(device=device, dtype=dtype)[None, None]
         h = conv(x)[0]
         var_b, mean_b = torch.var_mean(h.float(), dim=-1, correction=0)
-        counts.append(h.shape[-1])
-        means.append(mean_b.double())
-        m2s.append(var_b.double() * h.shape[-1])
+        counts[i] = h.shape[-1]
+        means[i] = mean_b
+        m2s[i] = var_b * h.shape[-1]
+        del x, h, var_b, mean_b
         progress.update(1)
-    counts = torch.tensor(counts, dtype=torch.float64, device=means[0].device)
-    return counts, torch.stack(means), torch.stack(m2s)
+    return counts, means, m2s
 
 
 def _merged_norm(layer, counts, means, m2s, dtype):
