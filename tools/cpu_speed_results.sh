@@ -3,7 +3,9 @@
 #   1. token mixers vs attention, forward, C = 768, T = 250 ... 30,000 frames, with the
 #      SSD scan's GFLOP/s next to a plain matmul's and the oneDNN linear's;
 #   2. wav2vec2-base: the one-pass and windowed teacher and two one-pass students
-#      (BiMamba2, shared-projection BiMamba2), 10 and 60 minutes, all in one run;
+#      (BiMamba2, shared-projection BiMamba2 with a 2 GiB projection cache), 10 and 60
+#      minutes, all in one run; then the windowed teacher and the shared-projection
+#      student with the default 512 MiB cache, in a second run;
 #   3. wav2vec2-large: the same systems from 30 s to 5 minutes;
 #   4. 2. again with --precision bf16;
 #   5. what bf16 changes in the transcripts of the offline starting model (its LJ test).
@@ -29,7 +31,11 @@ step "$OUT/bench_mixers_fwd23/mixers.json" $BENCH mixers --hidden 768 \
     --modes fwd --repeats 2 --out-dir "$OUT/bench_mixers_fwd23"
 step "$OUT/bench_speed_base23/speed.json" $BENCH speed --shape wav2vec2-base \
     --mixer bimamba2,bimamba2_shared --minutes 10,60 --time-cap 1200 \
-    --out-dir "$OUT/bench_speed_base23"
+    --projection-cache-mb 2048 --out-dir "$OUT/bench_speed_base23"
+step "$OUT/bench_speed_base23_shared512/speed.json" $BENCH speed --shape wav2vec2-base \
+    --mixer bimamba2_shared --systems teacher-windowed,student-onepass \
+    --projection-cache-mb 512 --minutes 10,60 --time-cap 1200 \
+    --out-dir "$OUT/bench_speed_base23_shared512"
 step "$OUT/bench_speed_large23/speed.json" $BENCH speed --shape wav2vec2-large-lv60 \
     --minutes 0.5,1,2,5 --time-cap 400 --out-dir "$OUT/bench_speed_large23"
 step "$OUT/bench_speed_base23_bf16/speed.json" $BENCH speed --shape wav2vec2-base \
