@@ -14,18 +14,19 @@ high-water mark instead of shrinking between operations; the high-water mark its
 moves little (the benchmarks record it). It changes nothing else: no numerical result
 depends on it.
 
-Who calls it: the console scripts that run models (``cald-transcribe``, ``cald-bench``
-and its per-configuration processes, the recipe driver, ``make demo``). A library user
-calls it once at start-up, or not at all. ``CALD_MALLOC=default`` in the environment
-leaves the allocator alone (the console scripts then change nothing); glibc's own
-``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` variables, when set, win too.
+Who calls it: the console scripts that run inference (``cald-transcribe``, ``cald-bench``
+and its per-configuration processes); training (the recipes) leaves the allocator as it
+is. A library user calls it once at start-up, or not at all. ``CALD_MALLOC=default`` in
+the environment leaves the allocator alone (the console scripts then change nothing);
+glibc's own ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` variables, when set,
+win too.
 
 Example
 -------
 >>> state = tune_allocator()
 >>> state["mode"] in ("tuned", "default", "unsupported")
 True
->>> allocator_info()["mode"] == state["mode"]
+>>> tune_allocator() == state  # once per process; later calls report what was done
 True
 """
 
@@ -34,8 +35,7 @@ import ctypes.util
 import os
 import platform
 
-__all__ = ["ALLOCATOR_ENV", "MMAP_THRESHOLD_MB", "TRIM_THRESHOLD_MB", "allocator_info",
-           "tune_allocator"]
+__all__ = ["ALLOCATOR_ENV", "MMAP_THRESHOLD_MB", "TRIM_THRESHOLD_MB", "tune_allocator"]
 
 #: Environment variable: ``default`` leaves the allocator as glibc configures it.
 ALLOCATOR_ENV = "CALD_MALLOC"
@@ -103,13 +103,3 @@ def tune_allocator(mmap_threshold_mb=MMAP_THRESHOLD_MB, trim_threshold_mb=TRIM_T
             _STATE.update(mode="default")
     return dict(_STATE)
 
-
-def allocator_info():
-    """What :func:`tune_allocator` did in this process (``mode`` ``None``: not called).
-
-    Example
-    -------
-    >>> "mode" in allocator_info()
-    True
-    """
-    return dict(_STATE)
