@@ -13,9 +13,9 @@ from cald_speech.errors import ConfigError
 
 glibc = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
 
-# Three no-grad scans of 4,096 frames at the base shape (12 heads x 64, d_state 64: tens
+# Six no-grad scans of 4,096 frames at the base shape (12 heads x 64, d_state 64: tens
 # of MB of temporaries each) after three warm-up ones (the heap settles); prints the minor
-# page faults the three took and the allocator's mode.
+# page faults the six took and the allocator's mode.
 _PROBE = """
 import json, resource, torch
 from cald_speech.allocator import tune_allocator
@@ -30,7 +30,7 @@ with torch.no_grad():
     for _ in range(3):
         ssd_scan(x, dt, A, B, C, dt_softplus=True, impl="torch")
     f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(3):
+    for _ in range(6):
         ssd_scan(x, dt, A, B, C, dt_softplus=True, impl="torch")
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
 print(json.dumps(dict(state, faults=faults)))
@@ -53,9 +53,10 @@ def test_tuned_process_reuses_freed_blocks():
     assert default["mode"] == "default" and tuned["mode"] == "tuned"
     assert tuned["mmap_threshold_mb"] == allocator.MMAP_THRESHOLD_MB
     # glibc's defaults hand the scan's temporaries fresh pages again and again (thousands
-    # of faults per scan); tuned, once the heap has settled, freed blocks are reused
-    assert default["faults"] > 10_000
-    assert tuned["faults"] < default["faults"] / 10
+    # of faults per scan); tuned, once the heap has settled, freed blocks are reused (at
+    # most a late growth of the heap, measured up to 3,072 faults, faults in once)
+    assert default["faults"] > 20_000
+    assert tuned["faults"] < default["faults"] / 5
 
 
 @glibc
