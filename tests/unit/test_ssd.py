@@ -8,6 +8,7 @@ import torch
 from cald_speech.errors import ConfigError
 from cald_speech.mixers.ops import fused as fused_mod
 from cald_speech.mixers.ops import ssd as ssd_mod
+from cald_speech.mixers.ops import ssd_nograd
 from cald_speech.mixers.ops.conv import causal_conv1d
 from cald_speech.mixers.ops.ssd import (
     resolve_impl,
@@ -215,33 +216,6 @@ def test_state_updates_split_by_heads(monkeypatch):
     test_gradients_match_sequential_reference(torch.float64, 1e-10)
 
 
-@pytest.mark.parametrize("b,g,chunk,loop_max", [(1, 1, 8, 1024), (2, 2, 4, 1024),
-                                                (2, 2, 2, 8), (3, 1, 3, 4)])
-@pytest.mark.parametrize("D_kind", [None, "head", "head_dim"])
-@pytest.mark.parametrize("softplus,with_init", [(True, True), (False, False)])
-def test_no_grad_kernel_exact_in_fp64(b, g, chunk, loop_max, D_kind, softplus, with_init,
-                                      monkeypatch):
-    # The no-grad kernel (per-head intra-chunk products, dt and a per-head D folded into
-    # the decay matrices, states advanced in place, (n, h*p) state layout, the chunked
-    # recurrence above loop_max chunks) against the float64 recurrence: batches, groups,
-    # every D form, raw dt (no softplus, no bias), with and without initial states.
-    monkeypatch.setattr(ssd_mod, "_LOOP_MAX_CHUNKS", loop_max)
-    args, kw = _inputs(b, 37, 4, 3, g, 5, dtype=torch.float64, with_D=D_kind is not None,
-                       with_init=with_init, D_hdim=D_kind == "head_dim")
-    kw["dt_softplus"] = softplus
-    if not softplus:  # raw dt, used as given (a stable recurrence needs dt >= 0)
-        kw["dt_bias"] = None
-        args["dt"] = args["dt"].abs()
-    with torch.no_grad():
-        y, s = ssd_chunk_scan_torch(**args, chunk_size=chunk, return_final_states=True, **kw)
-    y_ref, s_ref = ssd_sequential_ref(**args, return_final_states=True, **kw)
-    assert _rel(y, y_ref) <= 1e-12
-    assert _rel(s, s_ref) <= 1e-12
-    grad_args = dict(args, x=args["x"].clone().requires_grad_(True))
-    y_grad = ssd_chunk_scan_torch(**grad_args, chunk_size=chunk, **kw)  # autograd path
-    assert _rel(y_grad.detach(), y_ref) <= 1e-12
-
-
 def test_no_grad_kernel_reads_strided_inputs():
     # x, B and C as views into one projection (as Mamba2 splits its in_proj features):
     # same result as contiguous copies, and the inputs are left untouched.
@@ -260,3 +234,129 @@ def test_no_grad_kernel_reads_strided_inputs():
     torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
     assert torch.equal(xbc, before)
     assert _rel(y, ssd_sequential_ref(x, dt, A, B, C, D=D)) <= 1e-5
+
+
+# ---------------------------------------------------------------- no-grad kernels
+@pytest.fixture
+def kernel_spy(monkeypatch):
+    """Records which no-grad kernel ran and, for the factored one, its steep heads."""
+    calls = []
+    factored, exact = ssd_nograd._ssd_core_factored, ssd_nograd._ssd_core_exact
+
+    def spy_factored(*a):
+        calls.append(("factored", a[4].tolist()))
+        return factored(*a)
+
+    def spy_exact(*a):
+        calls.append(("exact", None))
+        return exact(*a)
+
+    monkeypatch.setattr(ssd_nograd, "_ssd_core_factored", spy_factored)
+    monkeypatch.setattr(ssd_nograd, "_ssd_core_exact", spy_exact)
+    return calls
+
+
+def _force_kernel(kernel, monkeypatch):
+    """"exact": always the exact kernel; "mixed": the factored one with every other
+    head steep (a steep head is computed correctly at any decay range)."""
+    if kernel == "exact":
+        monkeypatch.setattr(ssd_nograd, "FACTOR_MAX_STEEP", -1.0)
+    elif kernel == "mixed":
+        factored = ssd_nograd._ssd_core_factored
+
+        def every_other_steep(x, dt, cs, mid, steep, *rest):
+            steep = torch.arange(steep.numel()) % 2 == 0
+            return factored(x, dt, cs, mid, steep, *rest)
+
+        monkeypatch.setattr(ssd_nograd, "_ssd_core_factored", every_other_steep)
+
+
+@pytest.mark.parametrize("kernel", ["factored", "mixed", "exact"])
+@pytest.mark.parametrize("b,g,chunk,loop_max", [(1, 1, 8, 1024), (2, 2, 4, 1024),
+                                                (2, 2, 2, 8), (3, 1, 3, 4)])
+@pytest.mark.parametrize("D_kind", [None, "head", "head_dim"])
+@pytest.mark.parametrize("softplus,with_init", [(True, True), (False, False)])
+def test_no_grad_kernel_exact_in_fp64(kernel, b, g, chunk, loop_max, D_kind, softplus,
+                                      with_init, monkeypatch, kernel_spy):
+    # Each no-grad kernel (factored decay, factored with steep heads, exact decay
+    # matrices; the chunked recurrence above loop_max chunks) against the float64
+    # recurrence: batches, groups, every D form, raw dt (no softplus, no bias), with and
+    # without initial states.
+    monkeypatch.setattr(ssd_mod, "_LOOP_MAX_CHUNKS", loop_max)
+    _force_kernel(kernel, monkeypatch)
+    args, kw = _inputs(b, 37, 4, 3, g, 5, dtype=torch.float64, with_D=D_kind is not None,
+                       with_init=with_init, D_hdim=D_kind == "head_dim")
+    kw["dt_softplus"] = softplus
+    if not softplus:  # raw dt, used as given (a stable recurrence needs dt >= 0)
+        kw["dt_bias"] = None
+        args["dt"] = args["dt"].abs()
+    with torch.no_grad():
+        y, s = ssd_chunk_scan_torch(**args, chunk_size=chunk, return_final_states=True, **kw)
+    ran = {"factored": ("factored", [False] * 4), "mixed": ("factored", [True, False] * 2),
+           "exact": ("exact", None)}[kernel]
+    assert kernel_spy == [ran]
+    y_ref, s_ref = ssd_sequential_ref(**args, return_final_states=True, **kw)
+    assert _rel(y, y_ref) <= 1e-12
+    assert _rel(s, s_ref) <= 1e-12
+    grad_args = dict(args, x=args["x"].clone().requires_grad_(True))
+    y_grad = ssd_chunk_scan_torch(**grad_args, chunk_size=chunk, **kw)  # autograd path
+    assert _rel(y_grad.detach(), y_ref) <= 1e-12
+
+
+def _decays(b, l, h, chunk, per_chunk, seed):
+    """dt (A = -1) whose in-chunk decay range is about ``per_chunk`` for every head."""
+    gen = torch.Generator().manual_seed(seed)
+    scale = 1 + 0.1 * (2 * torch.rand(b, l, h, generator=gen, dtype=torch.float64) - 1)
+    return (per_chunk / (chunk - 1) * scale).float(), -torch.ones(h)
+
+
+def test_factored_kernel_as_accurate_as_exact_at_its_range(monkeypatch, kernel_spy):
+    # fp32, every chunk's decay range just below FACTOR_MAX_RANGE (the factors' largest
+    # values): the factored kernel's error stays that of the exact decay matrices.
+    b, l, h, p, g, n, chunk = 2, 640, 4, 8, 1, 8, 64
+    args, kw = _inputs(b, l, h, p, g, n, with_D=True, with_init=True)
+    args["dt"], args["A"] = _decays(b, l, h, chunk, 0.9 * ssd_nograd.FACTOR_MAX_RANGE, 1)
+    kw.update(dt_softplus=False, dt_bias=None)
+    ref = ssd_sequential_ref(**args, return_final_states=True, **kw)
+    errors = {}
+    for kernel in ("factored", "exact"):
+        _force_kernel(kernel, monkeypatch)
+        with torch.no_grad():
+            y, s = ssd_chunk_scan_torch(**args, chunk_size=chunk, return_final_states=True,
+                                        **kw)
+        errors[kernel] = max(_rel(y, ref[0]), _rel(s, ref[1]))
+    assert kernel_spy == [("factored", [False] * h), ("exact", None)]
+    assert errors["exact"] <= 1e-5
+    assert errors["factored"] <= 2 * errors["exact"]
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_steep_heads_and_resets(dtype, tol, kernel_spy):
+    # Heads 0 and 3 with resets inside chunks (beyond the factored range: steep), head 1
+    # with resets on chunks' first frames (outside the range: the factors of the state
+    # entering such a chunk underflow, as its true weight does), head 2 gentle.
+    b, l, h, p, g, n, chunk = 2, 200, 4, 4, 2, 6, 64
+    args, kw = _inputs(b, l, h, p, g, n, dtype=dtype, with_D=True, with_init=True)
+    dt, A = _decays(b, l, h, chunk, 20.0, 2)
+    dt = dt.to(dtype)
+    dt[:, 70, 0] = dt[:, 150, 3] = 300.0
+    dt[:, [64, 128], 1] = 300.0
+    args.update(dt=dt, A=A.to(dtype))
+    kw.update(dt_softplus=False, dt_bias=None)
+    with torch.no_grad():
+        y, s = ssd_chunk_scan_torch(**args, chunk_size=chunk, return_final_states=True, **kw)
+    assert kernel_spy == [("factored", [True, False, False, True])]
+    y_ref, s_ref = ssd_sequential_ref(**args, return_final_states=True, **kw)
+    assert torch.isfinite(y).all()
+    assert _rel(y, y_ref) <= tol
+    assert _rel(s, s_ref) <= tol
+
+
+def test_mostly_steep_heads_run_the_exact_kernel(kernel_spy):
+    args, kw = _inputs(1, 128, 4, 4, 1, 4)
+    args["dt"], args["A"] = _decays(1, 128, 4, 64, 2 * ssd_nograd.FACTOR_MAX_RANGE, 3)
+    kw.update(dt_softplus=False, dt_bias=None)
+    with torch.no_grad():
+        y = ssd_chunk_scan_torch(**args, chunk_size=64, **kw)
+    assert kernel_spy == [("exact", None)]
+    assert _rel(y, ssd_sequential_ref(**args, **kw)) <= 1e-5

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from cald_speech.errors import ConfigError
 from cald_speech.mixers.ops.fused import IMPL_ENV, load_kernel, resolve_impl, use_fused
+from cald_speech.mixers.ops.ssd_nograd import _ssd_core_exact, ssd_core_nograd
 
 __all__ = ["FUSED_CHUNK_SIZE", "IMPL_ENV", "TORCH_CHUNK_SIZE", "fused_scan_available",
            "resolve_impl", "ssd_chunk_scan_torch", "ssd_scan", "ssd_sequential_ref"]
@@ -253,7 +254,7 @@ def ssd_chunk_scan_torch(
     # precision; the fused kernel accumulates in fp32, and so does this path.
     with torch.autocast(x.device.type, enabled=False):
         if inplace:
-            y, s = _ssd_core_inplace(_pad_time(xf, L, True), dt, dA, Bp, Cp, Q, s0, D_core)
+            y, s = ssd_core_nograd(_pad_time(xf, L, True), dt, dA, Bp, Cp, Q, s0, D_core)
         else:
             y, s = _ssd_core(_pad_time(xf * dt[:, :l].unsqueeze(-1), L, False), dA, Bp, Cp,
                              Q, s0, False)
@@ -306,7 +307,8 @@ def _ssd_core(xdt, dA, B, C, Q, s0, inplace):
     final state (b, h, p, n).
     """
     if inplace:
-        return _ssd_core_inplace(xdt, None, dA, B, C, Q, s0, None)
+        cs = torch.cumsum(dA.view(dA.shape[0], -1, Q, dA.shape[2]), dim=2)
+        return _ssd_core_exact(xdt, None, cs, B, C, Q, s0, None)
     b, L, h, p = xdt.shape
     g, n = B.shape[-2:]
     hg = h // g
@@ -389,105 +391,6 @@ def _chunk_states_chunked(states, a, s_init, inplace):
     incl, s_fin = _ssd_core(_pad_time(states, L2, inplace), _pad_time(a, L2, inplace),
                             ones, ones, Q2, s_init.unsqueeze(-1), inplace)
     return incl[:, :nc], s_fin.squeeze(-1)
-
-
-def _ssd_core_inplace(x, dt, dA, B, C, Q, s0, D):
-    """:func:`_ssd_core` without autograd: fewer passes over memory, in place.
-
-    ``x`` (b, L, h, p) and ``dt`` (b, L, h) separately (``dt`` None: ``x`` is already
-    ``x * dt``), ``dA`` (b, L, h), ``B``/``C`` (b, L, g, n), ``s0`` (b, h, p, n) or
-    None, ``D`` (h,) or None (then added here: ``y`` includes ``D * x``). Same result
-    as the autograd path (tests compare them). Differences: everything runs one group
-    and one head at a time, reading ``x``, ``B`` and ``C`` where they lie (strided
-    views, no permuted copies), so each head's (Q, Q) decay matrices stay in cache;
-    ``dt`` and ``D`` are folded into those matrices instead of passes over ``x``; the
-    chunk states are stored (g, b, nc, n, hg*p), so that both of their matrix products
-    read plain rows, and advanced in place, one element-wise call per chunk; the state
-    entering a chunk is read from the previous chunk's slot; the output is combined in
-    one pass per head into the buffer of the state inputs, in the natural layout.
-    """
-    b, L, h, p = x.shape
-    g, n = B.shape[-2:]
-    hg, nc, hp = h // g, L // Q, (h // g) * p
-    dev, cd = x.device, x.dtype
-    cs = torch.cumsum(dA.view(b, nc, Q, h), dim=2)  # in-chunk cumulative log-decay
-    X = x.reshape(b, nc, Q, g, hg, p)
-    Bv, Cv = B.reshape(b, nc, Q, g, n), C.reshape(b, nc, Q, g, n)
-    cs_gh = cs.view(b, nc, Q, g, hg)
-    dt_gh = None if dt is None else dt.view(b, nc, 1, Q, g, hg)
-    upper = torch.ones(Q, Q, dtype=torch.bool, device=dev).triu(1)
-    CB = torch.empty(b, nc, Q, Q, dtype=cd, device=dev)
-    M = torch.empty(b, nc, Q, Q, dtype=cd, device=dev)
-    Y_diag = torch.empty(g, hg, b, nc, Q, p, dtype=cd, device=dev)
-    for gi in range(g):
-        torch.matmul(Cv[:, :, :, gi], Bv[:, :, :, gi].transpose(-1, -2), out=CB)
-        CB.masked_fill_(upper, 0.0)
-        for hi in range(hg):
-            # M[q, s] = exp(cs_q - cs_s) (C_q . B_s) dt_s, clamped as in the autograd path
-            c = cs_gh[:, :, :, gi, hi]
-            torch.sub(c.unsqueeze(-1), c.unsqueeze(-2), out=M)
-            M.clamp_(min=-80.0, max=0.0).exp_().mul_(CB)
-            if dt_gh is not None:
-                M.mul_(dt_gh[..., gi, hi])
-            if D is not None:
-                M.diagonal(dim1=-2, dim2=-1).add_(D[gi * hg + hi])
-            torch.matmul(M, X[:, :, :, gi, hi], out=Y_diag[gi, hi])
-    del M, CB
-
-    # What each chunk adds to the state, per group: B^T (n, Q) @ (x dt decay-to-end)
-    # (Q, hg*p); then advanced in place to the state after each chunk.
-    to_end = torch.exp(cs[:, :, -1:] - cs)  # (b, nc, Q, h)
-    if dt is not None:
-        to_end.mul_(dt.view(b, nc, Q, h))
-    Xd = X * to_end.view(b, nc, Q, g, hg, 1)  # (b, nc, Q, g, hg, p), contiguous
-    Xd_g = Xd.view(b, nc, Q, g, hp)
-    states = torch.empty(g, b, nc, n, hp, dtype=cd, device=dev)
-    for gi in range(g):
-        torch.matmul(Bv[:, :, :, gi].transpose(-1, -2), Xd_g[:, :, :, gi], out=states[gi])
-    a = cs[:, :, -1]  # (b, nc, h)
-    # s0 (b, h, p, n) in the same layout: (g, b, n, hg*p)
-    s_init = None if s0 is None else (
-        s0.reshape(b, g, hg, p, n).permute(1, 0, 4, 2, 3).reshape(g, b, n, hp))
-    if nc > _LOOP_MAX_CHUNKS:
-        # the chunked recurrence wants heads on dim 2: (b, nc, h, n*p), a copy
-        init = (torch.zeros(b, h, n * p, dtype=cd, device=dev) if s_init is None else
-                s_init.view(g, b, n, hg, p).permute(1, 0, 3, 2, 4).reshape(b, h, n * p))
-        by_head = states.view(g, b, nc, n, hg, p).permute(1, 2, 0, 4, 3, 5)
-        incl, s_last = _chunk_states_chunked(by_head.reshape(b, nc, h, n * p), a, init, True)
-        states = incl.reshape(b, nc, g, hg, n, p).permute(2, 0, 1, 4, 3, 5).reshape(
-            g, b, nc, n, hp)
-        s_last = s_last.reshape(b, g, hg, n, p).permute(1, 0, 3, 2, 4)
-    else:
-        decay = torch.exp(a).view(b, nc, g, hg).permute(2, 0, 1, 3)[:, :, :, None, :, None]
-        sv = states.view(g, b, nc, n, hg, p)
-        if s_init is not None:
-            sv[:, :, 0].addcmul_(s_init.view(g, b, n, hg, p), decay[:, :, 0])
-        for c in range(1, nc):
-            sv[:, :, c].addcmul_(sv[:, :, c - 1], decay[:, :, c])
-        s_last = sv[:, :, nc - 1]
-    s_fin = s_last.reshape(g, b, n, hg, p).permute(1, 0, 3, 4, 2).reshape(b, h, p, n)
-
-    # Output from the state entering each chunk (the previous chunk's), per group; then,
-    # per head, y = exp(cs_q) (C_q S^T) + Y_diag, written over Xd (no longer needed).
-    Y = torch.empty(g, b, nc, Q, hp, dtype=cd, device=dev)
-    for gi in range(g):
-        if nc > 1:
-            if b == 1:  # a contiguous slice: written in place
-                torch.matmul(Cv[:, 1:, :, gi], states[gi][:, :-1], out=Y[gi][:, 1:])
-            else:
-                Y[gi][:, 1:] = torch.matmul(Cv[:, 1:, :, gi], states[gi][:, :-1])
-        if s_init is None:
-            Y[gi][:, 0] = 0.0
-        else:
-            Y[gi][:, 0] = torch.matmul(Cv[:, 0, :, gi], s_init[gi])
-    del states
-    y = Xd
-    decay_in = torch.exp(cs).view(b, nc, Q, g, hg)
-    for gi in range(g):
-        for hi in range(hg):
-            torch.addcmul(Y_diag[gi, hi], Y[gi][..., hi * p:(hi + 1) * p],
-                          decay_in[:, :, :, gi, hi, None], out=y[:, :, :, gi, hi])
-    return y.view(b, L, h, p), s_fin
 
 
 def ssd_sequential_ref(
