@@ -236,9 +236,35 @@ def ssd_flops(T, heads, headdim, d_state, ngroups, chunk):
                     + 2 * d_state * heads * headdim)
 
 
+def _scan_decays(kind, T, h, n, dev, gen):
+    """``dt`` (1, T, h) and ``A`` (h,) for the scan's throughput, with its dt_bias.
+
+    ``"init"``: as a freshly initialised Mamba2 layer gives them (its ``dt_bias`` and
+    ``A_log``; the raw ``dt`` of its input projection on unit-variance input, standard
+    deviation 1/sqrt(3)). ``"steep"``: raw ``dt`` ~ N(0, 1) and ``A`` in [-9, -1], so
+    that every head decays by far more than the factored kernel's range in a chunk.
+    """
+    from cald_speech.mixers.mamba2 import _SSMCore
+
+    if kind == "init":
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            core = _SSMCore(h * 64, d_state=n, headdim=64)
+        dt = torch.randn(1, T, h, device=dev, generator=gen) / math.sqrt(3)
+        return dt, -torch.exp(core.A_log.detach()).to(dev), core.dt_bias.detach().to(dev)
+    dt = torch.randn(1, T, h, device=dev, generator=gen)
+    return dt, -torch.rand(h, device=dev, generator=gen) * 8 - 1, None
+
+
 def throughput(args, device="cpu"):
-    """GFLOP/s of the chunked SSD scan and of a plain matmul, measured now."""
+    """GFLOP/s of the chunked SSD scan and of a plain matmul, measured now.
+
+    The scan runs on the decays of a freshly initialised layer (``ssd_torch``) and, on
+    CPU, on steep decays (``ssd_torch_steep``: the exact-decay kernel); each record
+    says how many heads were steep.
+    """
     from cald_speech.mixers.ops.ssd import TORCH_CHUNK_SIZE, ssd_scan
+    from cald_speech.mixers.ops.ssd_nograd import steep_heads
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -247,24 +273,28 @@ def throughput(args, device="cpu"):
     chunk = args.chunk_size or TORCH_CHUNK_SIZE
     g = torch.Generator(device=dev).manual_seed(0)
     x = torch.randn(1, T, h, p, device=dev, generator=g)
-    dt = torch.randn(1, T, h, device=dev, generator=g)
-    A = -torch.rand(h, device=dev, generator=g) * 8 - 1
     B = torch.randn(1, T, 1, n, device=dev, generator=g)
     C = torch.randn(1, T, 1, n, device=dev, generator=g)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     out = {}
-    impls = ["torch"] + (["fused"] if dev.type == "cuda" and "fused" in _impls(
-        "bimamba2", "cuda") else [])
+    runs = [("torch", "init")] + ([("torch", "steep")] if dev.type == "cpu" else []) + (
+        [("fused", "init")] if dev.type == "cuda" and "fused" in _impls("bimamba2", "cuda")
+        else [])
     with torch.no_grad():
-        for impl in impls:
-            def scan(impl=impl):
+        for impl, kind in runs:
+            dt, A, dt_bias = _scan_decays(kind, T, h, n, dev, g)
+
+            def scan(impl=impl, dt=dt, A=A, dt_bias=dt_bias):
                 ssd_scan(x, dt, A, B, C, chunk_size=chunk if impl == "torch" else None,
-                         dt_softplus=True, impl=impl)
+                         dt_bias=dt_bias, dt_softplus=True, impl=impl)
                 sync()
             c = chunk if impl == "torch" else 256
             gf, t = _gflops(scan, ssd_flops(T, h, p, n, 1, c))
-            out[f"ssd_{impl}"] = dict(gflops=gf, time_s=t, T=T, heads=h, headdim=p,
-                                      d_state=n, chunk=c)
+            dA = torch.nn.functional.softplus(dt + (0 if dt_bias is None else dt_bias)) * A
+            name = f"ssd_{impl}" + ("_steep" if kind == "steep" else "")
+            out[name] = dict(gflops=gf, time_s=t, T=T, heads=h, headdim=p, d_state=n,
+                             chunk=c, decays=kind,
+                             steep_heads=int(steep_heads(dA[:, : T // c * c].cpu(), c).sum()))
         a = torch.randn(T, 768, device=dev, generator=g)
         w = torch.randn(768, 768 * 2, device=dev, generator=g)
 
@@ -490,7 +520,10 @@ def main(argv=None):
     flops = {dev: throughput(args, dev) for dev in args.devices}
     for dev, res in flops.items():
         for name, r in res.items():
-            print(f"{dev} {name}: {r['gflops']:.1f} GFLOP/s ({1e3 * r['time_s']:.1f} ms)")
+            steep = (f", {r['steep_heads']} of {r['heads']} heads steep"
+                     if "steep_heads" in r else "")
+            print(f"{dev} {name}: {r['gflops']:.1f} GFLOP/s ({1e3 * r['time_s']:.1f} ms"
+                  f"{steep})")
     results = run(args, child_argv)
     machine["load_avg_after"] = list(os.getloadavg())
     table = format_table(results)

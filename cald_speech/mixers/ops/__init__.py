@@ -2,7 +2,8 @@
 
 :mod:`~cald_speech.mixers.ops.fused` imports the fused kernels and decides, for every
 call, which path runs (and logs why); :mod:`~cald_speech.mixers.ops.ssd` and
-:mod:`~cald_speech.mixers.ops.conv` hold each op's PyTorch path and its reference.
+:mod:`~cald_speech.mixers.ops.conv` hold each op's PyTorch path and its reference;
+:mod:`~cald_speech.mixers.ops.ssd_nograd` the scan's kernels for inference on CPU.
 
 Example
 -------

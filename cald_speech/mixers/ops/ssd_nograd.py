@@ -37,7 +37,7 @@ True
 
 import torch
 
-__all__ = ["FACTOR_MAX_RANGE", "FACTOR_MAX_STEEP", "ssd_core_nograd"]
+__all__ = ["FACTOR_MAX_RANGE", "FACTOR_MAX_STEEP", "ssd_core_nograd", "steep_heads"]
 
 #: Largest in-chunk decay range (in log units) the factored kernel handles: its two
 #: factors stay within exp(32) ~ 8e13, far from overflow, and its error stays that of
@@ -53,13 +53,39 @@ def ssd_core_nograd(x, dt, dA, B, C, Q, s0, D):
 
     Arguments and return values as in the module docstring.
     """
-    b, L, h = dA.shape
-    cs = torch.cumsum(dA.view(b, L // Q, Q, h), dim=2)
-    hi, lo = cs.amax(2), cs.amin(2)
-    steep = ((hi - lo) > FACTOR_MAX_RANGE).flatten(0, 1).any(0)  # (h,)
+    cs, hi, lo = _chunk_decays(dA, Q)
+    steep = _steep(hi, lo)
     if steep.float().mean().item() > FACTOR_MAX_STEEP:
         return _ssd_core_exact(x, dt, cs, B, C, Q, s0, D)
     return _ssd_core_factored(x, dt, cs, (hi + lo).mul_(0.5), steep, B, C, Q, s0, D)
+
+
+def steep_heads(dA, chunk_size):
+    """Which heads the factored kernel treats as steep, for log-decays ``dA`` (b, L, h).
+
+    ``L`` must be a multiple of ``chunk_size``. A head is steep when, in some chunk, its
+    cumulative log-decay spans more than :data:`FACTOR_MAX_RANGE`.
+
+    Example
+    -------
+    >>> dA = -torch.ones(1, 64, 2)
+    >>> dA[0, 10, 1] = -100.0
+    >>> steep_heads(dA, 32).tolist()
+    [False, True]
+    """
+    _, hi, lo = _chunk_decays(dA, chunk_size)
+    return _steep(hi, lo)
+
+
+def _chunk_decays(dA, Q):
+    """In-chunk cumulative log-decay (b, nc, Q, h) and its max and min per chunk."""
+    b, L, h = dA.shape
+    cs = torch.cumsum(dA.reshape(b, L // Q, Q, h), dim=2)
+    return cs, cs.amax(2), cs.amin(2)
+
+
+def _steep(hi, lo):
+    return ((hi - lo) > FACTOR_MAX_RANGE).flatten(0, 1).any(0)
 
 
 def _state_layout(s0, g):
