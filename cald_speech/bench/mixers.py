@@ -213,7 +213,7 @@ def run_one(cfg, args):
 
 
 # ----------------------------------------------------------------- throughput
-def _gflops(fn, flops, repeats=3):
+def _gflops(fn, flops, repeats=5):
     fn()
     ts = []
     for _ in range(repeats):

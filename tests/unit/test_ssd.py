@@ -172,6 +172,31 @@ def test_causal_conv1d_matches_loop():
     torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_causal_conv1d_inference_path_matches_autograd_path(with_bias):
+    # Without autograd on CPU (float32) the convolution is oneDNN's channels-last
+    # conv2d; with autograd, shifted multiply-adds. Same values, on a strided view (as
+    # the Mamba2 block passes its xBC columns), bfloat16 input promoted to float32 as
+    # before, autocast leaving it in float32.
+    gen = torch.Generator().manual_seed(4)
+    rows = torch.randn(2, 37, 30, generator=gen)
+    x = rows[..., 5:25].transpose(1, 2)  # (2, 20, 37), a strided view
+    w = torch.randn(20, 4, generator=gen)
+    bias = torch.randn(20, generator=gen) if with_bias else None
+    with torch.no_grad():
+        fast = causal_conv1d(x, w, bias, activation="silu", impl="torch")
+    slow = causal_conv1d(x, w.clone().requires_grad_(True), bias, activation="silu",
+                         impl="torch")
+    torch.testing.assert_close(fast, slow.detach(), rtol=1e-6, atol=1e-6)
+    assert fast.shape == x.shape and fast.transpose(1, 2).is_contiguous()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        half = causal_conv1d(x.bfloat16(), w, bias, activation="silu", impl="torch")
+    assert half.dtype == torch.float32
+    ref = causal_conv1d(x.bfloat16().float(), w.clone().requires_grad_(True), bias,
+                        activation="silu", impl="torch")
+    torch.testing.assert_close(half, ref.detach(), rtol=1e-6, atol=1e-6)
+
+
 @pytest.fixture
 def few_loop_chunks(monkeypatch):
     monkeypatch.setattr(ssd_mod, "_LOOP_MAX_CHUNKS", 32)
