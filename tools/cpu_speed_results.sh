@@ -28,7 +28,7 @@ step() {  # step JSON command...
 }
 step "$OUT/bench_mixers_fwd23/mixers.json" $BENCH mixers --hidden 768 \
     --lengths 250 500 1000 2000 4000 7500 15000 30000 --mixers bimamba2 bimamba2_shared \
-    --modes fwd --repeats 2 --out-dir "$OUT/bench_mixers_fwd23"
+    --modes fwd --repeats 4 --out-dir "$OUT/bench_mixers_fwd23"
 step "$OUT/bench_speed_base23/speed.json" $BENCH speed --shape wav2vec2-base \
     --mixer bimamba2,bimamba2_shared --minutes 10,60 --time-cap 1200 \
     --projection-cache-mb 2048 --out-dir "$OUT/bench_speed_base23"

@@ -9,9 +9,9 @@ with pure PyTorch). It prints a table, writes ``mixers.json`` and one PNG per de
 
 How it measures:
 
-- every configuration runs in a **fresh subprocess**, so one configuration's memory or
-  allocator state cannot leak into the next, and a crash (e.g. out of memory) is
-  recorded rather than fatal;
+- every configuration, and the throughput measurement, runs in a **fresh subprocess**,
+  so one configuration's memory or allocator state cannot leak into the next, and a
+  crash (e.g. out of memory) is recorded rather than fatal;
 - time: one untimed warm-up pass, then ``--repeats`` timed passes; the fastest is
   reported and used for the speed-ups (other load only ever adds time); the median is
   kept in the JSON as ``time_median_s``;
@@ -503,8 +503,11 @@ def main(argv=None):
     except ConfigError as exc:
         return fail("cald-bench mixers", exc)
     if args.child:
-        print(json.dumps(dict(run_one(json.loads(args.child), args),
-                              allocator=allocator["mode"])))
+        cfg = json.loads(args.child)
+        if "throughput" in cfg:
+            print(json.dumps(throughput(args, cfg["throughput"])))
+        else:
+            print(json.dumps(dict(run_one(cfg, args), allocator=allocator["mode"])))
         return 0
     child_argv = [a for a in argv if a != "--quick"]
     for flag, val in (("--repeats", args.repeats), ("--time-cap", args.time_cap)):
@@ -517,8 +520,12 @@ def main(argv=None):
     out_dir.mkdir(parents=True, exist_ok=True)
     machine = dict(machine_info(), allocator=allocator)
     print("machine:", json.dumps(machine))
-    flops = {dev: throughput(args, dev) for dev in args.devices}
+    # in a child process too: the parent stays small, whatever the throughput runs
+    flops = {dev: _run_child({"throughput": dev}, args, child_argv) for dev in args.devices}
     for dev, res in flops.items():
+        if "status" in res:  # the child failed
+            print(f"{dev} throughput: {res['status']}: {res.get('reason', '')}")
+            continue
         for name, r in res.items():
             steep = (f", {r['steep_heads']} of {r['heads']} heads steep"
                      if "steep_heads" in r else "")
