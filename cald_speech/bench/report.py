@@ -35,25 +35,45 @@ __all__ = [
     "extrapolate",
     "format_table",
     "loglog_plot",
+    "cpu_info",
     "machine_info",
     "run_child",
     "write_json",
 ]
 
 
-def machine_info():
-    """CPU model, cores, memory, torch version and threads, GPU, load average."""
-    cpu = platform.processor() or ""
+def cpu_info(path="/proc/cpuinfo"):
+    """The first CPU of ``/proc/cpuinfo``: its name, family and model numbers (which
+    tell generations apart where the name does not: "AMD EPYC" is both family 25, Zen
+    3/4, and family 26, Zen 5) and its vector extensions.
+
+    Example
+    -------
+    >>> sorted(cpu_info())
+    ['cpu', 'cpu_family', 'cpu_model', 'cpu_simd']
+    """
+    fields = {}
     try:
-        with open("/proc/cpuinfo") as fh:
+        with open(path) as fh:
             for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
+                if not line.strip():
                     break
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
     except OSError:
         pass
+    simd = sorted(f for f in fields.get("flags", "").split()
+                  if f.startswith(("avx", "amx")) or f in ("fma", "f16c"))
+    return dict(cpu=fields.get("model name", platform.processor() or ""),
+                cpu_family=fields.get("cpu family"), cpu_model=fields.get("model"),
+                cpu_simd=" ".join(simd) or None)
+
+
+def machine_info():
+    """CPU (:func:`cpu_info`), cores, memory, torch version and threads, GPU, load
+    average."""
     info = dict(
-        cpu=cpu,
+        **cpu_info(),
         cores=os.cpu_count(),
         ram_gb=ram_gb(),
         platform=platform.platform(),

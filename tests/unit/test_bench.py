@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 
 from cald_speech.bench import cli, speed, wer
-from cald_speech.bench.report import extrapolate, format_table
+from cald_speech.bench.report import cpu_info, extrapolate, format_table
 from cald_speech.inference import Transcriber
 
 SR = 16000
@@ -139,6 +139,19 @@ def _corpus(root, n=3):
         writer.writeheader()
         writer.writerows(rows)
     return csv_path
+
+
+def test_cpu_info_tells_generations_apart(tmp_path):
+    two_cpus = ("processor\t: {i}\nvendor_id\t: AuthenticAMD\ncpu family\t: {fam}\n"
+                "model\t\t: {mod}\nmodel name\t: AMD EPYC\n"
+                "flags\t\t: fpu sse2 avx fma avx2 {extra} avx512_bf16\n\n")
+    path = tmp_path / "cpuinfo"
+    path.write_text(two_cpus.format(i=0, fam=25, mod=17, extra="f16c avx512f")
+                    + two_cpus.format(i=1, fam=26, mod=2, extra="amx_tile"))
+    info = cpu_info(path)
+    assert info == dict(cpu="AMD EPYC", cpu_family="25", cpu_model="17",
+                        cpu_simd="avx avx2 avx512_bf16 avx512f f16c fma")
+    assert cpu_info(tmp_path / "missing")["cpu_family"] is None
 
 
 def test_wer_benchmark_on_a_tiny_csv(tmp_path, models, capsys):

@@ -154,12 +154,10 @@ def _ssd_core_factored(x, dt, cs, mid, steep, B, C, Q, s0, D):
     with ``F_c = exp(r_{c+1} + a_c - r_c)``, ``G_c = exp(r_{c+1} + a_c - r'_c)`` and
     ``r = 0`` past the last chunk (so the last ``P`` is the final state).
     """
-    b, L, h, p = x.shape
-    g, n = B.shape[-2:]
-    hg, nc, hp = h // g, L // Q, (h // g) * p
+    X, Bv, Cv = _chunk_views(x, B, C, Q)
+    b, nc, _, g, hg, p = X.shape
+    h, n, hp = g * hg, Bv.shape[-1], hg * p
     dev, cd = x.device, x.dtype
-    X = x.reshape(b, nc, Q, g, hg, p)
-    Bv, Cv = B.reshape(b, nc, Q, g, n), C.reshape(b, nc, Q, g, n)
     a = cs[:, :, -1]  # (b, nc, h)
     r_u = mid.masked_fill(steep, 0.0)
     r_w = torch.where(steep, a, mid)
@@ -167,12 +165,7 @@ def _ssd_core_factored(x, dt, cs, mid, steep, B, C, Q, s0, D):
     w = (r_w.unsqueeze(2) - cs).clamp_(max=FACTOR_MAX_RANGE).exp_()
     if dt is not None:
         w.mul_(dt.view(b, nc, Q, h))
-    Xw = X * w.view(b, nc, Q, g, hg, 1)  # (b, nc, Q, g, hg, p), contiguous
-    Xw_g = Xw.view(b, nc, Q, g, hp)
-
-    states = torch.empty(g, b, nc, n, hp, dtype=cd, device=dev)
-    for gi in range(g):
-        torch.matmul(Bv[:, :, :, gi].transpose(-1, -2), Xw_g[:, :, :, gi], out=states[gi])
+    Xw, Xw_g, states = _state_inputs(X, w, Bv)
     r_next = torch.cat([r_u[:, 1:], r_u.new_zeros(b, 1, h)], dim=1)
     states.view(g, b, nc, n, hg, p).mul_(_by_group(torch.exp(r_next + a - r_w), g))
     p_init = _state_layout(s0, g)
@@ -209,7 +202,33 @@ def _ssd_core_factored(x, dt, cs, mid, steep, B, C, Q, s0, D):
     y = Xw
     if D is not None:
         y.addcmul_(X, D.view(g, hg, 1))
-    return y.view(b, L, h, p), s_fin
+    return y.view(x.shape), s_fin
+
+
+def _chunk_views(x, B, C, Q):
+    """``x`` (b, L, h, p), ``B`` and ``C`` (b, L, g, n) as chunks of ``Q`` frames:
+    (b, nc, Q, g, h/g, p) and twice (b, nc, Q, g, n)."""
+    b, L, h, p = x.shape
+    g, n = B.shape[-2:]
+    nc = L // Q
+    return (x.reshape(b, nc, Q, g, h // g, p), B.reshape(b, nc, Q, g, n),
+            C.reshape(b, nc, Q, g, n))
+
+
+def _state_inputs(X, w, Bv):
+    """What each chunk adds to its group's state, ``B^T (x w)`` per group.
+
+    ``X`` (b, nc, Q, g, hg, p) the inputs, ``w`` (b, nc, Q, h) their per-head weights,
+    ``Bv`` (b, nc, Q, g, n). Returns the weighted inputs (contiguous), the same as
+    (b, nc, Q, g, hg*p) and the states (g, b, nc, n, hg*p).
+    """
+    b, nc, Q, g, hg, p = X.shape
+    Xw = X * w.view(b, nc, Q, g, hg, 1)
+    Xw_g = Xw.view(b, nc, Q, g, hg * p)
+    states = torch.empty(g, b, nc, Bv.shape[-1], hg * p, dtype=X.dtype, device=X.device)
+    for gi in range(g):
+        torch.matmul(Bv[:, :, :, gi].transpose(-1, -2), Xw_g[:, :, :, gi], out=states[gi])
+    return Xw, Xw_g, states
 
 
 def _by_group(t, g):
@@ -238,12 +257,10 @@ def _ssd_core_exact(x, dt, cs, B, C, Q, s0, D):
     matrix products read plain rows, and advanced in place; the output is combined in
     one pass per head into the buffer of the state inputs, in the natural layout.
     """
-    b, L, h, p = x.shape
-    g, n = B.shape[-2:]
-    hg, nc, hp = h // g, L // Q, (h // g) * p
+    X, Bv, Cv = _chunk_views(x, B, C, Q)
+    b, nc, _, g, hg, p = X.shape
+    h, hp = g * hg, hg * p
     dev, cd = x.device, x.dtype
-    X = x.reshape(b, nc, Q, g, hg, p)
-    Bv, Cv = B.reshape(b, nc, Q, g, n), C.reshape(b, nc, Q, g, n)
     cs_gh = cs.view(b, nc, Q, g, hg)
     dt_gh = None if dt is None else dt.view(b, nc, 1, Q, g, hg)
     upper = torch.ones(Q, Q, dtype=torch.bool, device=dev).triu(1)
@@ -270,11 +287,7 @@ def _ssd_core_exact(x, dt, cs, B, C, Q, s0, D):
     to_end = torch.exp(cs[:, :, -1:] - cs)  # (b, nc, Q, h)
     if dt is not None:
         to_end.mul_(dt.view(b, nc, Q, h))
-    Xd = X * to_end.view(b, nc, Q, g, hg, 1)  # (b, nc, Q, g, hg, p), contiguous
-    Xd_g = Xd.view(b, nc, Q, g, hp)
-    states = torch.empty(g, b, nc, n, hp, dtype=cd, device=dev)
-    for gi in range(g):
-        torch.matmul(Bv[:, :, :, gi].transpose(-1, -2), Xd_g[:, :, :, gi], out=states[gi])
+    Xd, _, states = _state_inputs(X, to_end, Bv)
     s_init = _state_layout(s0, g)
     states, s_last = _advance_states(states, cs[:, :, -1], s_init)
     s_fin = _final_state(s_last, hg, p)
@@ -299,4 +312,4 @@ def _ssd_core_exact(x, dt, cs, B, C, Q, s0, D):
         for hi in range(hg):
             torch.addcmul(Y_diag[gi, hi], Y[gi][..., hi * p:(hi + 1) * p],
                           decay_in[:, :, :, gi, hi, None], out=y[:, :, :, gi, hi])
-    return y.view(b, L, h, p), s_fin
+    return y.view(x.shape), s_fin
