@@ -1,20 +1,18 @@
 #!/usr/bin/env bash
-# CPU speed results of the README ("Teacher vs student on CPU: the current code"):
+# CPU speed results of the README ("CPU speed on the current code"):
 #   1. token mixers vs attention, forward, C = 768, T = 250 ... 30,000 frames, with the
 #      SSD scan's GFLOP/s next to a plain matmul's and the oneDNN linear's;
 #   2. wav2vec2-base: the one-pass and windowed teacher and two one-pass students
-#      (BiMamba2, shared-projection BiMamba2 with a 2 GiB projection cache), 10 and 60
-#      minutes, all in one run; then the windowed teacher and the shared-projection
-#      student with the default 512 MiB cache, in a second run;
+#      (BiMamba2, shared-projection BiMamba2), 10 and 60 minutes, all in one run;
 #   3. wav2vec2-large: the same systems from 30 s to 5 minutes;
 #   4. 2. again with --precision bf16;
 #   5. what bf16 changes in the transcripts of the offline starting model (its LJ test).
 # Each step is skipped when its JSON exists: run it again to finish an interrupted run.
 # Run it alone on the machine: other load changes the timings.
-#   bash tools/cpu_speed_results.sh [OUT]          (default results)
+#   bash tools/cpu_speed_results.sh [OUT]          (default results/cpu_speed)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${1:-results}
+OUT=${1:-results/cpu_speed}
 BENCH=${BENCH:-.venv/bin/cald-bench}
 step() {  # step JSON command...
     local json=$1
@@ -26,25 +24,20 @@ step() {  # step JSON command...
         "$@"
     fi
 }
-step "$OUT/bench_mixers_fwd23/mixers.json" $BENCH mixers --hidden 768 \
+step "$OUT/mixers_fwd/mixers.json" $BENCH mixers --hidden 768 \
     --lengths 250 500 1000 2000 4000 7500 15000 30000 --mixers bimamba2 bimamba2_shared \
-    --modes fwd --repeats 4 --out-dir "$OUT/bench_mixers_fwd23"
-step "$OUT/bench_speed_base23/speed.json" $BENCH speed --shape wav2vec2-base \
-    --mixer bimamba2,bimamba2_shared --minutes 10,60 --time-cap 1200 \
-    --projection-cache-mb 2048 --out-dir "$OUT/bench_speed_base23"
-step "$OUT/bench_speed_base23_shared512/speed.json" $BENCH speed --shape wav2vec2-base \
-    --mixer bimamba2_shared --systems teacher-windowed,student-onepass \
-    --projection-cache-mb 512 --minutes 10,60 --time-cap 1200 \
-    --out-dir "$OUT/bench_speed_base23_shared512"
-step "$OUT/bench_speed_large23/speed.json" $BENCH speed --shape wav2vec2-large-lv60 \
-    --minutes 0.5,1,2,5 --time-cap 400 --out-dir "$OUT/bench_speed_large23"
-step "$OUT/bench_speed_base23_bf16/speed.json" $BENCH speed --shape wav2vec2-base \
+    --modes fwd --repeats 4 --out-dir "$OUT/mixers_fwd"
+step "$OUT/base/speed.json" $BENCH speed --shape wav2vec2-base \
+    --mixer bimamba2,bimamba2_shared --minutes 10,60 --time-cap 1200 --out-dir "$OUT/base"
+step "$OUT/large/speed.json" $BENCH speed --shape wav2vec2-large-lv60 \
+    --minutes 0.5,1,2,5 --time-cap 400 --out-dir "$OUT/large"
+step "$OUT/base_bf16/speed.json" $BENCH speed --shape wav2vec2-base \
     --mixer bimamba2,bimamba2_shared --minutes 10,60 --precision bf16 --time-cap 1200 \
-    --out-dir "$OUT/bench_speed_base23_bf16"
+    --out-dir "$OUT/base_bf16"
 if [ -f data/pretrain/manifests/test.csv ]; then
-    step "$OUT/bench_wer_bf16/wer.json" $BENCH wer --teacher models/pretrained-offline \
+    step "$OUT/wer_bf16/wer.json" $BENCH wer --teacher models/pretrained-offline \
         --student models/pretrained-offline --student-precision bf16 \
-        --csv data/pretrain/manifests/test.csv --out-dir "$OUT/bench_wer_bf16"
+        --csv data/pretrain/manifests/test.csv --out-dir "$OUT/wer_bf16"
 else
     echo "skipped the bf16 transcripts: no data/pretrain/manifests/test.csv" \
          "(STAGES=corpora,manifests bash tools/make_pretrained.sh makes it)"
