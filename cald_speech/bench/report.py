@@ -32,10 +32,10 @@ import torch
 
 __all__ = [
     "MemoryMeter",
+    "cpu_info",
     "extrapolate",
     "format_table",
     "loglog_plot",
-    "cpu_info",
     "machine_info",
     "run_child",
     "write_json",

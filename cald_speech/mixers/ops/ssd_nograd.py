@@ -178,8 +178,8 @@ def _ssd_core_factored(x, dt, cs, mid, steep, B, C, Q, s0, D):
     # Output: per group Z = (C B^T, lower triangle) Xw + C P_prev, y = u Z, written over
     # Xw (each group's Xw is read before it is written); steep heads read no Xw and add
     # their intra-chunk term from their decay matrices.
-    steep_heads = steep.nonzero().flatten().tolist()
-    for hs in steep_heads:
+    steep_list = steep.nonzero().flatten().tolist()
+    for hs in steep_list:
         Xw[:, :, :, hs // hg, hs % hg] = 0.0
     upper = torch.ones(Q, Q, dtype=torch.bool, device=dev).triu(1)
     CB = torch.empty(b, nc, Q, Q, dtype=cd, device=dev)
@@ -196,7 +196,7 @@ def _ssd_core_factored(x, dt, cs, mid, steep, B, C, Q, s0, D):
             if p_init is not None:
                 Z[bi, 0].addmm_(Cg[bi, 0], p_init[gi, bi])
         torch.mul(Z.view(b, nc, Q, hg, p), uv[:, :, :, gi], out=Xw[:, :, :, gi])
-        for hs in (hs for hs in steep_heads if hs // hg == gi):
+        for hs in (hs for hs in steep_list if hs // hg == gi):
             j = hs % hg
             Xw[:, :, :, gi, j] += _intra_exact(cs[..., hs], CB, dt, hs, X[:, :, :, gi, j])
     y = Xw
