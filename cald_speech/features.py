@@ -40,6 +40,7 @@ import weakref
 import torch
 
 from cald_speech.errors import ConfigError
+from cald_speech.preprocessor import WaveformSettings
 
 
 def base_model(model):
@@ -51,6 +52,34 @@ def base_model(model):
             "wav2vec2, HuBERT or WavLM model"
         )
     return inner
+
+
+def set_waveform_settings(model, settings):
+    """Records what ``model`` expects of its waveform (a hub ``preprocessor_config.json``).
+
+    Model loaders (:func:`cald_speech.student.load_model`, ``load_strict``, conversion)
+    call it; everything that feeds audio to a model reads it back with
+    :func:`waveform_settings`.
+
+    Example
+    -------
+    >>> from cald_speech.testing import tiny_teacher
+    >>> m = tiny_teacher()
+    >>> waveform_settings(m).do_normalize
+    False
+    >>> set_waveform_settings(m, WaveformSettings(do_normalize=True))
+    >>> waveform_settings(m).do_normalize
+    True
+    """
+    if not isinstance(settings, WaveformSettings):
+        raise TypeError(f"expected WaveformSettings, got {type(settings).__name__}")
+    base_model(model)._cald_waveform = settings
+
+
+def waveform_settings(model):
+    """What ``model`` expects of its waveform; the defaults (16 kHz, raw) when unset."""
+    settings = getattr(base_model(model), "_cald_waveform", None)
+    return WaveformSettings() if settings is None else settings
 
 
 def freeze_feature_encoder(model):
@@ -238,19 +267,22 @@ class FeatureCache:
         self.hits = 0  # features served without running the CNN
 
     def fingerprint(self, model):
-        """The CNN fingerprint of ``model``, computed once per CNN module."""
+        """The CNN fingerprint of ``model`` (computed once per CNN module) and what its
+        waveform settings change in the CNN's input (``-norm`` / ``-raw``)."""
         fe = base_model(model).feature_extractor
         if fe not in self._fp:
             self._fp[fe] = cnn_fingerprint(model)
-        return self._fp[fe]
+        return f"{self._fp[fe]}-{waveform_settings(model).cache_key()}"
 
     @torch.no_grad()
     def features(self, model, utt_id, wav):
         """CNN features (C, T') of one unpadded waveform (N,), from cache or computed.
 
-        An entry is used only when it was computed from the same CNN and the same
-        samples (a digest of the waveform is stored with it): a corpus re-synthesised
-        or repaired under the same IDs gets fresh features.
+        The waveform is given as read (16 kHz); the model's
+        :func:`waveform_settings` (per-utterance normalisation) are applied here, and
+        are part of the cache key. An entry is used only when it was computed from the
+        same CNN and the same samples (a digest of the waveform is stored with it): a
+        corpus re-synthesised or repaired under the same IDs gets fresh features.
         """
         fp = self.fingerprint(model)
         safe = str(utt_id).replace(os.sep, "_")
@@ -272,6 +304,7 @@ class FeatureCache:
         fe = base_model(model).feature_extractor
         run = getattr(fe, "_cald_cnn_forward", fe.forward)
         dev = next(fe.parameters()).device
+        wav = waveform_settings(model).normalize(wav.reshape(-1))
         feats = run(wav.reshape(1, -1).to(dev)).squeeze(0).to("cpu", self.dtype)
         if path is None:
             self._mem[key] = feats

@@ -46,6 +46,7 @@ from cald_speech.bench.wer import error_rates, read_items
 from cald_speech.cli import add_version, fail, parse
 from cald_speech.data.audio import SAMPLE_RATE, load_audio
 from cald_speech.errors import AudioError, CaldError, DataError
+from cald_speech.hub import resolve_model_source
 from cald_speech.inference import DEFAULT_NORM_WINDOW_S
 
 __all__ = ["build_recording", "main"]
@@ -157,6 +158,8 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     skipped = {}
     try:
+        folders = {"teacher": resolve_model_source(args.teacher, "teacher"),
+                   "student": resolve_model_source(args.student, "student")}
         items = read_items(args.csv, args.text_column, args.data_root, None, args.normalize)
         rec = build_recording(items, out / "longform.wav", args.gap_s, args.minutes, skipped)
     except CaldError as exc:
@@ -173,7 +176,7 @@ def main(argv=None):
     results = []
     for system in systems:
         role, mode = SYSTEMS[system]
-        cfg = dict(model=str(args.teacher if role == "teacher" else args.student),
+        cfg = dict(model=str(folders[role]),
                    system=system, mode=mode, audio=rec["path"], window_s=args.window_s,
                    overlap_s=args.overlap_s, norm_window_s=args.norm_window_s,
                    device=args.device, threads=args.threads, return_text=True)

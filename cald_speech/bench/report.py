@@ -349,7 +349,8 @@ def loglog_plot(series, path, panels, xlabel, title=None):
 
 def add_teacher_student_arguments(p):
     """The arguments the teacher-vs-student benchmarks share (models, test CSV, text)."""
-    p.add_argument("--teacher", required=True, metavar="DIR", help="packaged teacher folder")
+    p.add_argument("--teacher", required=True, metavar="DIR",
+                   help="packaged teacher folder, or a hub id in the local Hugging Face cache")
     p.add_argument("--student", required=True, metavar="DIR", help="packaged student folder")
     p.add_argument("--csv", required=True, help="SpeechBrain CSV (ID,duration,wav,...,wrd)")
     p.add_argument("--text-column", default="wrd", help="transcript column (default wrd)")

@@ -12,7 +12,8 @@
 all in one run, and prints a table, writes ``speed.json`` and ``speed.png`` (time and
 peak memory versus audio length, log-log) and records the machine.
 
-Models: ``--model DIR ...`` (packaged folders; a student folder gets
+Models: ``--model DIR ...`` (packaged folders or hub ids in the local Hugging Face
+cache, resolved before anything runs; a student folder gets
 ``student-onepass``, a teacher folder the two teacher systems), or ``--shape
 wav2vec2-base`` / ``wav2vec2-large-lv60``: a CTC teacher with the public checkpoint's
 architecture and random weights (seeded) and its BiMamba2 student, packaged into a
@@ -70,6 +71,7 @@ from cald_speech.bench.report import (
 from cald_speech.cli import add_version, fail
 from cald_speech.data.audio import SAMPLE_RATE
 from cald_speech.errors import CaldError, ConfigError
+from cald_speech.hub import resolve_model_source
 from cald_speech.inference import (
     DEFAULT_NORM_WINDOW_S,
     DEFAULT_OVERLAP_S,
@@ -140,7 +142,8 @@ def build_parser():
     )
     src = p.add_mutually_exclusive_group(required=False)
     src.add_argument("--model", nargs="+", metavar="DIR", default=None,
-                     help="packaged model folders (teachers and/or students)")
+                     help="packaged model folders (teachers and/or students) or hub ids "
+                          "in the local Hugging Face cache")
     src.add_argument("--shape", nargs="+", choices=SHAPES, default=None,
                      help="build a random-weight CTC teacher of this architecture and its "
                           "student (no folders needed)")
@@ -523,7 +526,8 @@ def folder_label(folder):
     return path.parent.name if path.name == "model" else path.name
 
 
-def _labelled_models(args, workdir):
+def _labelled_models(args, workdir, folders=()):
+    """(group, label, folder, role) of each model; ``folders``: (argument, local folder)."""
     models = []
     if args.shape:
         for shape in args.shape:
@@ -535,8 +539,8 @@ def _labelled_models(args, workdir):
                 who = label if len(paths["students"]) == 1 else f"{label} {name}"
                 models.append((label, who, path, "student"))
     else:
-        for folder in args.model:
-            models.append(("models", folder_label(folder), str(folder), _role(folder)))
+        for name, folder in folders:
+            models.append(("models", folder_label(name), str(folder), _role(folder)))
     return models
 
 
@@ -551,7 +555,8 @@ def main(argv=None):
         allocator = tune_allocator()
         if not args.child:
             check_precision(args.precision, args.device)
-    except ConfigError as exc:
+            folders = [(m, resolve_model_source(m)) for m in args.model or ()]
+    except CaldError as exc:
         return fail("cald-bench speed", exc)
     if args.child:
         print(json.dumps(dict(run_config(json.loads(args.child)), allocator=allocator["mode"])))
@@ -563,7 +568,7 @@ def main(argv=None):
     print("machine:", json.dumps(machine))
     workdir = tempfile.mkdtemp(prefix="cald-speed-")
     try:
-        models = _labelled_models(args, workdir)
+        models = _labelled_models(args, workdir, folders)
         results = run(models, args)
     except CaldError as exc:
         return fail("cald-bench speed", exc)

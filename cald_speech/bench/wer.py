@@ -36,6 +36,7 @@ from cald_speech.bench.report import (
 from cald_speech.cli import EXIT_FAILED, EXIT_OK, add_version, fail, parse
 from cald_speech.data.manifest import resolve_audio
 from cald_speech.errors import AudioError, CaldError, DataError
+from cald_speech.hub import resolve_model_source
 from cald_speech.inference.precision import PRECISIONS
 
 __all__ = ["error_rates", "evaluate", "main", "norm_text", "read_items", "word_diff"]
@@ -317,12 +318,14 @@ def main(argv=None):
     if args is None:
         return status
     try:
+        teacher_dir = resolve_model_source(args.teacher, "teacher")
+        student_dir = resolve_model_source(args.student, "student")
         items = read_items(args.csv, args.text_column, args.data_root, args.limit,
                            args.normalize)
         kw = dict(device=args.device, window_s=args.window_s, overlap_s=args.overlap_s)
-        teacher = Transcriber.from_pretrained(args.teacher, precision=args.precision, **kw)
+        teacher = Transcriber.from_pretrained(teacher_dir, precision=args.precision, **kw)
         student = Transcriber.from_pretrained(
-            args.student, precision=args.student_precision or args.precision, **kw)
+            student_dir, precision=args.student_precision or args.precision, **kw)
         summary, utterances = evaluate(teacher, student, items, args.batch_size, args.mode)
     except CaldError as exc:
         return fail("cald-bench wer", exc)

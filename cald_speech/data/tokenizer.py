@@ -508,8 +508,43 @@ def build_tokenizer(kind="char", texts=None, csv_path=None, column="wrd", vocab_
     )
 
 
+def has_tokenizer(folder):
+    """Whether a model folder holds a tokenizer :func:`load_tokenizer` reads.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> has_tokenizer(d), has_tokenizer(CharTokenizer().save(d) and d)
+    (False, True)
+    """
+    from cald_speech.data.hub_tokenizer import has_hub_tokenizer
+
+    folder = os.fspath(folder)
+    return os.path.isfile(os.path.join(folder, TOKENIZER_FILE)) or has_hub_tokenizer(folder)
+
+
+def _project_json(folder):
+    """The folder's ``tokenizer.json`` when it is one of the project's (has ``kind``)."""
+    path = os.path.join(folder, TOKENIZER_FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+    except ValueError:
+        return path  # reported by _read_json
+    return path if isinstance(d, dict) and "kind" in d else None
+
+
 def load_tokenizer(path):
-    """Loads a tokenizer saved by either class (a .json file, or a folder holding one).
+    """Loads a tokenizer: the project's ``tokenizer.json`` or a hub CTC vocabulary.
+
+    ``path`` is a .json file, or a model folder holding either the project's
+    ``tokenizer.json`` (:class:`CharTokenizer`, :class:`SentencePieceTokenizer`) or the
+    files of a hub CTC checkpoint (``vocab.json`` + ``tokenizer_config.json``, read as a
+    :class:`~cald_speech.data.hub_tokenizer.HubCTCTokenizer`); the project's file wins
+    when both are present.
 
     Example
     -------
@@ -518,7 +553,26 @@ def load_tokenizer(path):
     >>> tok = CharTokenizer(unk=True)
     >>> load_tokenizer(tok.save(d)) == tok
     True
+    >>> from cald_speech.data.hub_tokenizer import write_hub_vocabulary
+    >>> hub = tempfile.mkdtemp(); _ = write_hub_vocabulary(hub)
+    >>> len(load_tokenizer(hub))
+    32
     """
+    from cald_speech.data.hub_tokenizer import VOCAB_FILE, HubCTCTokenizer, has_hub_tokenizer
+
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        own = _project_json(path)
+        if own is None:
+            if has_hub_tokenizer(path):
+                return HubCTCTokenizer.load(path)
+            raise DataError(path, f"no tokenizer in the model folder ({TOKENIZER_FILE}, or "
+                            f"{VOCAB_FILE} + tokenizer_config.json)",
+                            "copy the model's tokenizer files into the folder, or package "
+                            "it with cald_speech.student.package_model(model, folder, tokenizer)")
+        path = own
+    elif os.path.basename(path) == VOCAB_FILE:
+        return HubCTCTokenizer.load(os.path.dirname(os.path.abspath(path)))
     d = _read_json(path)
     kinds = {CharTokenizer.kind: CharTokenizer, SentencePieceTokenizer.kind: SentencePieceTokenizer}
     if d["kind"] not in kinds:

@@ -47,6 +47,7 @@ from cald_speech.features import (
     record_time_masks,
     spec_augment_disabled,
     time_mask,
+    waveform_settings,
 )
 
 logger = logging.getLogger(__name__)
@@ -226,16 +227,17 @@ class DistillBrain(StageRecords, sb.Brain):
             feats, mask = cache.batch(unwrap(model), batch.id, singles)
             return feats.to(self.device), mask.to(self.device)
         mask = (torch.arange(wavs.shape[1], device=self.device)[None] < n[:, None]).long()
-        return wavs, mask
+        return waveform_settings(unwrap(model)).normalize_padded(wavs, n.tolist()), mask
 
     def teacher_inputs(self, batch, inputs, amask):
         """The student's inputs when both share a CNN (or take waveforms); else the teacher's."""
         cache = self.hparams.feature_cache
-        if cache is None or cache.fingerprint(self.teacher) == cache.fingerprint(
-            unwrap(self.modules.model)
-        ):
-            return inputs, amask
-        return self.model_inputs(batch, self.teacher)
+        student = unwrap(self.modules.model)
+        if cache is None:
+            same = waveform_settings(self.teacher) == waveform_settings(student)
+        else:
+            same = cache.fingerprint(self.teacher) == cache.fingerprint(student)
+        return (inputs, amask) if same else self.model_inputs(batch, self.teacher)
 
     def frame_mask(self, model, attention_mask, batch):
         """(B, T') bool mask of valid frames; items whose audio failed are all False.

@@ -29,9 +29,10 @@ class Word:
 
 def _word_starts(tokenizer, ids):
     """For each token id: (is a word separator, starts a new word)."""
+    from cald_speech.data.hub_tokenizer import HubCTCTokenizer
     from cald_speech.data.tokenizer import CharTokenizer, SentencePieceTokenizer
 
-    if isinstance(tokenizer, CharTokenizer):
+    if isinstance(tokenizer, (CharTokenizer, HubCTCTokenizer)):
         return [(i == tokenizer.word_sep_id, False) for i in ids]
     if isinstance(tokenizer, SentencePieceTokenizer):
         pieces = [tokenizer.sp.id_to_piece(i) for i in ids]
@@ -52,7 +53,7 @@ def align_words(log_probs, tokenizer, frame_shift, duration=None):
     ---------
     log_probs : torch.Tensor
         (T, V) log posteriors (blank = 0).
-    tokenizer : CharTokenizer or SentencePieceTokenizer
+    tokenizer : CharTokenizer, SentencePieceTokenizer or HubCTCTokenizer
         The model's tokenizer.
     frame_shift : float
         Seconds per frame (CNN stride / 16 kHz).

@@ -38,7 +38,9 @@ def build_parser():
     )
     p.add_argument("files", nargs="+", metavar="FILE", help="audio files")
     p.add_argument("--model", required=True, metavar="DIR",
-                   help="packaged model folder (config.json, model.safetensors, tokenizer.json)")
+                   help="model folder (config.json, weights, and tokenizer.json or a hub "
+                        "checkpoint's vocab.json + tokenizer_config.json), or a hub id in the "
+                        "local Hugging Face cache (e.g. facebook/wav2vec2-base-960h)")
     p.add_argument("--format", default="txt", choices=FORMATS,
                    help="txt (text), json (words with start/end/confidence) or srt subtitles")
     p.add_argument("--output-dir", metavar="D", default=None,

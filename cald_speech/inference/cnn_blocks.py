@@ -16,7 +16,7 @@ import torch
 
 from cald_speech.data.audio import SAMPLE_RATE
 from cald_speech.errors import ConfigError
-from cald_speech.features import base_model, frame_lengths, pad_features
+from cald_speech.features import base_model, frame_lengths, pad_features, waveform_settings
 from cald_speech.inference.progress import NoProgress
 
 #: Seconds of audio per CNN block in one-pass mode.
@@ -54,7 +54,15 @@ def cnn_geometry(config):
     return field_, stride
 
 
-def _group_norm_pieces(layer, wav, piece_frames, device, dtype, progress):
+def _samples(wav, lo, hi, device, dtype, affine):
+    """``wav[lo:hi]`` as the model's input: normalised in float32 (``affine``), then cast."""
+    x = wav[lo:hi].to(device=device, dtype=torch.float32)
+    if affine is not None:  # out of place: ``x`` may be a view of the caller's waveform
+        x = (x - affine[0]) * affine[1]
+    return x.to(dtype)
+
+
+def _group_norm_pieces(layer, wav, piece_frames, device, dtype, progress, affine=None):
     """(count, mean, M2) per channel of conv layer 0's output, per piece of the waveform.
 
     Pieces are disjoint runs of ``piece_frames`` layer-0 frames (the last may be
@@ -71,7 +79,7 @@ def _group_norm_pieces(layer, wav, piece_frames, device, dtype, progress):
     m2s = torch.empty_like(means)
     for i, f0 in enumerate(starts):
         f1 = min(f0 + piece_frames, total)
-        x = wav[f0 * s:(f1 - 1) * s + k].to(device=device, dtype=dtype)[None, None]
+        x = _samples(wav, f0 * s, (f1 - 1) * s + k, device, dtype, affine)[None, None]
         h = conv(x)[0]
         var_b, mean_b = torch.var_mean(h.float(), dim=-1, correction=0)
         counts[i] = h.shape[-1]
@@ -150,6 +158,10 @@ def cnn_features(model, wav, block_frames=None, progress=None, norm_blocks=None)
     ``receptive_field - stride`` samples and their frames are exactly those of a
     one-shot run. A group-norm CNN's first layer is normalised with statistics over the
     whole input, gathered in a first pass (two passes over layer 0, one over the rest).
+    A model whose waveform settings ask for ``do_normalize``
+    (:func:`cald_speech.features.waveform_settings`) gets the input normalised with the
+    mean and variance of the whole of ``wav`` (as transformers' feature extractor
+    normalises one input), block by block, without a normalised copy of the waveform.
 
     With ``norm_blocks``, an input of more blocks than that is normalised locally
     instead: the statistics are gathered per block (over the layer-0 frames that start
@@ -206,6 +218,8 @@ def cnn_features(model, wav, block_frames=None, progress=None, norm_blocks=None)
         block_frames = max(1, int(DEFAULT_CNN_BLOCK_S * SAMPLE_RATE) // stride)
     block_frames = int(block_frames)
     group = config.feat_extract_norm == "group"
+    settings = waveform_settings(model)
+    affine = settings.affine(wav) if settings.do_normalize else None
     bar = progress if progress is not None else NoProgress()
     with torch.inference_mode():
         if group:
@@ -218,7 +232,7 @@ def cnn_features(model, wav, block_frames=None, progress=None, norm_blocks=None)
             # piece i of layer-0 frames starts at the first sample of block i
             s0 = layers[0].conv.stride[0]
             pieces = _group_norm_pieces(layers[0], wav, block_frames * (stride // s0),
-                                        device, dtype, bar)
+                                        device, dtype, bar, affine)
             n_pieces = pieces[0].numel()
             local = norm_blocks is not None and n_pieces > norm_blocks
             if not local:
@@ -231,7 +245,7 @@ def cnn_features(model, wav, block_frames=None, progress=None, norm_blocks=None)
                          n_pieces - norm_blocks)
                 window = slice(lo, lo + norm_blocks)
                 mean, rstd = _merged_norm(layers[0], *(t[window] for t in pieces), dtype)
-            x = wav[a * stride:(b - 1) * stride + field_].to(device=device, dtype=dtype)
+            x = _samples(wav, a * stride, (b - 1) * stride + field_, device, dtype, affine)
             x = x[None, None]
             for i, layer in enumerate(layers):
                 x = _apply_group_norm_layer(layer, x, mean, rstd) if group and i == 0 else layer(x)

@@ -65,15 +65,20 @@ Example
 """
 
 import json
+import logging
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from cald_speech.data.audio import SAMPLE_RATE, check_finite, load_audio, resample
 from cald_speech.errors import AudioError, ConfigError, DataError
-from cald_speech.features import base_model, enable_feature_input, frame_lengths
+from cald_speech.features import (
+    base_model,
+    enable_feature_input,
+    frame_lengths,
+    waveform_settings,
+)
 from cald_speech.inference.align import align_words
 from cald_speech.inference.cnn_blocks import (
     DEFAULT_CNN_BLOCK_S,
@@ -100,6 +105,8 @@ from cald_speech.inference.windows import (
     window_plan,
 )
 from cald_speech.student import Student, encoder_layers, load_model, read_config
+
+logger = logging.getLogger(__name__)
 
 MODES = ("auto", "one-pass", "windowed", "plain")
 #: Peak amplitude below which a whole file counts as silent (-80 dBFS).
@@ -203,26 +210,32 @@ class Transcriber:
             raise ConfigError(f"{type(model).__name__} has no CTC head (lm_head); "
                               "Transcriber needs a ...ForCTC model or a student of one")
         if vocab.out_features != len(tokenizer):
-            raise ConfigError(
-                f"the model has {vocab.out_features} outputs but the tokenizer "
-                f"{len(tokenizer)} units; package the model with the tokenizer it was "
-                "trained with"
-            )
+            raise DataError(
+                getattr(tokenizer, "vocab_file", None) or "the tokenizer",
+                f"the tokenizer has {len(tokenizer)} units but the model's CTC head "
+                f"{vocab.out_features} outputs",
+                "use the tokenizer files the model was trained with (its vocab.json or "
+                "tokenizer.json)")
+        self.settings = waveform_settings(model)
+        self.rate = self.settings.sampling_rate
+        if self.rate != SAMPLE_RATE:
+            logger.warning("%s: the model takes %d Hz audio; every input is resampled to "
+                           "%d Hz", self.settings.source, self.rate, self.rate)
         self.receptive_field, self.stride = cnn_geometry(config)
-        self.frame_shift = self.stride / SAMPLE_RATE
-        if window_s * SAMPLE_RATE < self.receptive_field:
+        self.frame_shift = self.stride / self.rate
+        if window_s * self.rate < self.receptive_field:
             raise ConfigError(f"window_s={window_s} is shorter than one frame")
         if overlap_s < 0:
             raise ConfigError(f"overlap_s must be >= 0, got {overlap_s}")
         self.window_s = float(window_s)
         self.overlap_s = float(overlap_s)
-        self.window_frames = int(frame_lengths(model, int(window_s * SAMPLE_RATE)))
+        self.window_frames = int(frame_lengths(model, int(window_s * self.rate)))
         self.context_frames = int(round(overlap_s / self.frame_shift))
         if self.window_frames - 2 * self.context_frames < 1:
             raise ConfigError(
                 f"window_s={window_s} must be longer than twice overlap_s={overlap_s}"
             )
-        self.cnn_block = max(1, int(cnn_block_s * SAMPLE_RATE) // self.stride)
+        self.cnn_block = max(1, int(cnn_block_s * self.rate) // self.stride)
         self.encoder_block = int(encoder_block)
         if projection_cache_mb < 0:
             raise ConfigError(f"projection_cache_mb must be >= 0, got {projection_cache_mb}")
@@ -256,9 +269,10 @@ class Transcriber:
             Missing files, a model without a CTC head, a tokenizer that does not fit.
         """
         from cald_speech.data.tokenizer import load_tokenizer
+        from cald_speech.hub import resolve_model_source
         from cald_speech.tasks.intent.model import is_intent_model
 
-        folder = Path(folder)
+        folder = resolve_model_source(folder)
         if is_intent_model(folder):
             raise ConfigError(
                 f"{folder} holds an intent model; use Classifier.from_pretrained(folder)"
@@ -272,10 +286,7 @@ class Transcriber:
                 "(no CTC head); Transcriber needs a CTC model: fine-tune it first "
                 "(recipes/LibriSpeech/ASR), or classify with an intent model"
             )
-        if not (folder / "tokenizer.json").is_file():
-            raise DataError(folder, "no tokenizer.json in the model folder",
-                            "package the model with cald_speech.student.package_model")
-        tokenizer = load_tokenizer(folder / "tokenizer.json")
+        tokenizer = load_tokenizer(folder)
         info = {}
         if (folder / "cald_info.json").is_file():
             try:
@@ -291,7 +302,7 @@ class Transcriber:
         ``"windowed"`` beyond it."""
         if self.linear and self._fits(int(frame_lengths(self.model, num_samples))):
             return "one-pass"
-        if num_samples <= self.window_s * SAMPLE_RATE:
+        if num_samples <= self.window_s * self.rate:
             return "plain"
         return "windowed"
 
@@ -306,7 +317,7 @@ class Transcriber:
         if mode == "windowed":
             frames = min(frames, self.window_frames)  # a window's context included
         if not self._fits(frames):
-            limit_s = self.max_frames * self.stride / SAMPLE_RATE
+            limit_s = self.max_frames * self.stride / self.rate
             fix = f"use --mode windowed with --window-s at most {limit_s:.1f}"
             raise ConfigError(
                 f"this model's layers take at most {self.max_frames} frames "
@@ -341,6 +352,7 @@ class Transcriber:
         total = int(frame_lengths(self.model, n))
         with torch.inference_mode(), compute_precision(self.precision, self.device):
             if mode == "plain":
+                wav = self.settings.normalize(wav)
                 logits = self._logits(wav[None].to(self.device, self.dtype))[0]
             elif mode == "one-pass":
                 logits = self._one_pass(wav, progress)
@@ -392,7 +404,7 @@ class Transcriber:
     # ------------------------------------------------------------------ transcripts
     def _transcript(self, wav, meta, mode, timestamps, progress):
         n = wav.numel()
-        duration = n / SAMPLE_RATE
+        duration = n / self.rate
         base = dict(duration=duration, sample_rate=meta.get("sample_rate", SAMPLE_RATE),
                     channels=meta.get("channels", 1), path=meta.get("path"))
         if n == 0 or float(wav.abs().max()) < SILENCE_PEAK:
@@ -410,8 +422,7 @@ class Transcriber:
             text, words = self.tokenizer.decode_ctc(lp.argmax(-1)), []
         return Transcript(text, words, mode=mode, **base)
 
-    @staticmethod
-    def _as_waveform(wav, sample_rate):
+    def _as_waveform(self, wav, sample_rate):
         wav = torch.as_tensor(np.asarray(wav) if not torch.is_tensor(wav) else wav)
         wav = wav.float()
         channels = 1
@@ -422,8 +433,8 @@ class Transcriber:
             raise ConfigError(f"expected a (samples,) or (channels, samples) waveform, got "
                               f"shape {tuple(wav.shape)}")
         check_finite("<waveform>", wav.numpy())
-        if sample_rate != SAMPLE_RATE:
-            wav = resample(wav, sample_rate, SAMPLE_RATE)
+        if sample_rate != self.rate:
+            wav = resample(wav, sample_rate, self.rate)
         return wav, {"sample_rate": int(sample_rate), "channels": channels}
 
     def transcribe_waveform(self, wav, sample_rate=SAMPLE_RATE, mode="auto", timestamps=True,
@@ -471,7 +482,7 @@ class Transcriber:
         AudioError
             Missing, a directory, empty, truncated, not audio or undecodable.
         """
-        wav, meta = load_audio(path)
+        wav, meta = load_audio(path, target_sr=self.rate)
         meta["path"] = str(path)
         return self._transcript(wav, meta, mode, timestamps, progress)
 
@@ -509,7 +520,7 @@ class Transcriber:
         for i, item in enumerate(items):
             try:
                 if isinstance(item, (str, os.PathLike)):
-                    wav, meta = load_audio(item)
+                    wav, meta = load_audio(item, target_sr=self.rate)
                     meta["path"] = str(item)
                 else:
                     wav, meta = self._as_waveform(item, sample_rate)
@@ -520,7 +531,7 @@ class Transcriber:
                 continue
             n = wav.numel()
             resolved = self._resolve(mode, n) if n else "plain"
-            short = n <= self.window_s * SAMPLE_RATE
+            short = n <= self.window_s * self.rate
             silent = n == 0 or float(wav.abs().max()) < SILENCE_PEAK
             if short and not silent and resolved in ("plain", "one-pass") and \
                     n >= self.receptive_field:
@@ -531,10 +542,10 @@ class Transcriber:
             chunk = pending[k:k + batch_size]
             for (i, wav, meta, resolved), lp in zip(chunk, self._batch_log_probs(chunk)):
                 n = wav.numel()
-                base = dict(duration=n / SAMPLE_RATE, path=meta.get("path"),
+                base = dict(duration=n / self.rate, path=meta.get("path"),
                             sample_rate=meta.get("sample_rate", SAMPLE_RATE),
                             channels=meta.get("channels", 1))
-                results[i] = self._decode(lp, n / SAMPLE_RATE, timestamps, resolved, base)
+                results[i] = self._decode(lp, n / self.rate, timestamps, resolved, base)
         return results
 
     def _batch_log_probs(self, chunk):

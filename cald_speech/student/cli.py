@@ -9,6 +9,7 @@ from pathlib import Path
 from cald_speech.cli import add_version, fail, parse
 from cald_speech.errors import CaldError, ConfigError, DataError
 from cald_speech.families import SUPPORTED_CLASSES
+from cald_speech.hub import resolve_model_source
 from cald_speech.mixers import get_mixer_class
 from cald_speech.mixers.ops.fused import IMPL_ENV
 from cald_speech.student.conversion import INITS, check_conversion, convert
@@ -45,13 +46,16 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="cald-convert",
         description=(
-            "Convert a local transformers wav2vec2 / HuBERT / WavLM folder into a "
+            "Convert a local transformers wav2vec2 / HuBERT / WavLM folder (or a hub id "
+            "in the local Hugging Face cache; never downloaded) into a "
             "linear-time student folder (attention replaced by a mixer, every other "
             "weight copied) and print where the parameters went. Supported classes: "
             + ", ".join(SUPPORTED_CLASSES)
         ),
     )
-    parser.add_argument("src", help="folder of the transformers model (config.json + weights)")
+    parser.add_argument("src", help="folder of the transformers model (config.json + "
+                        "weights), or a hub id (org/name[@revision]) in the local "
+                        "Hugging Face cache")
     parser.add_argument("dst", help="output folder of the student")
     parser.add_argument("--mixer", default="bimamba2",
                         help="mixer name (default: bimamba2; see cald_speech.mixers)")
@@ -79,7 +83,7 @@ def main(argv=None):
     if args is None:
         return status
     try:
-        src, dst = Path(args.src), Path(args.dst)
+        src, dst = resolve_model_source(args.src, "source model"), Path(args.dst)
         config = read_config(src)
         if "cald" in config:
             raise ConfigError(f"{src} already holds a student; convert its teacher instead")

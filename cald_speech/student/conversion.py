@@ -39,6 +39,7 @@ from torch import nn
 
 from cald_speech.errors import ConfigError
 from cald_speech.families import SUPPORTED_CLASSES
+from cald_speech.features import set_waveform_settings, waveform_settings
 from cald_speech.mixers import available_mixers, build_mixer, get_mixer_class
 from cald_speech.student.io import load_model
 from cald_speech.student.model import (
@@ -218,6 +219,7 @@ def convert(model, mixer="bimamba2", init="attention", keep_attention=(), **mixe
         param.grad = None
     install_mixers(student_model, mixers)
     student_model.train(model.training)
+    set_waveform_settings(student_model, waveform_settings(model))  # the teacher's input
 
     cald = {
         "format_version": 1,

@@ -26,6 +26,8 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 from cald_speech.errors import ConfigError, DataError
+from cald_speech.features import set_waveform_settings
+from cald_speech.preprocessor import WaveformSettings
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +135,8 @@ def load_strict(model_cls, directory, allow_new=(), **kwargs):
     Returns
     -------
     transformers.PreTrainedModel
+        With the folder's waveform settings (``preprocessor_config.json``) attached
+        (:func:`cald_speech.features.waveform_settings`).
 
     Raises
     ------
@@ -191,6 +195,7 @@ def load_strict(model_cls, directory, allow_new=(), **kwargs):
         raise DataError(weights, f"has {len(mismatched)} tensor(s) of another shape than "
                         f"{directory / CONFIG_NAME} asks for ({', '.join(mismatched[:4])})",
                         "use the config.json saved with these weights")
+    set_waveform_settings(model, WaveformSettings.from_folder(directory))
     return model
 
 

@@ -14,6 +14,7 @@ from transformers import PreTrainedModel
 
 from cald_speech.errors import ConfigError
 from cald_speech.families import SUPPORTED_CLASSES
+from cald_speech.features import waveform_settings
 from cald_speech.student.files import (
     CONFIG_NAME,
     load_strict,
@@ -22,13 +23,21 @@ from cald_speech.student.files import (
     to_device,
 )
 from cald_speech.student.model import Student, supported_class
+from cald_speech.student.speechbrain_files import write_speechbrain_files
+
+#: Tokenizer files of either format (the project's, a hub CTC vocabulary's).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json",
+                   "special_tokens_map.json", "added_tokens.json")
 
 
 def package_model(model, folder, tokenizer=None, info=None):
     """Writes a self-contained model folder for inference.
 
-    ``config.json`` + ``model.safetensors`` (student or transformer), the tokenizer
-    (``tokenizer.json``) when given, and ``cald_info.json`` with what produced it.
+    ``config.json`` + ``model.safetensors`` (student or transformer), what the model
+    expects of its waveform (``preprocessor_config.json``), the tokenizer when given
+    (the project's ``tokenizer.json``, or a hub vocabulary's ``vocab.json``,
+    ``tokenizer_config.json`` and ``special_tokens_map.json``; the files of any other
+    tokenizer are removed), and ``cald_info.json`` with what produced it.
 
     Example
     -------
@@ -37,7 +46,7 @@ def package_model(model, folder, tokenizer=None, info=None):
     >>> from cald_speech.testing import tiny_teacher
     >>> folder = package_model(convert(tiny_teacher()), tempfile.mkdtemp(), info={"run": 1})
     >>> sorted(os.listdir(folder))
-    ['cald_info.json', 'config.json', 'model.safetensors']
+    ['cald_info.json', 'config.json', 'model.safetensors', 'preprocessor_config.json']
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -46,10 +55,14 @@ def package_model(model, folder, tokenizer=None, info=None):
         model.save_pretrained(folder, safe_serialization=True)
     else:  # a Student, or another model that writes its own folder
         model.save_pretrained(folder)
+    waveform_settings(model).save(folder)
     if tokenizer is not None:
+        for name in TOKENIZER_FILES:  # one tokenizer: none left from the source folder
+            (folder / name).unlink(missing_ok=True)
         tokenizer.save(str(folder / "tokenizer.json"))
     meta = {"torch": torch.__version__, **(info or {})}
     (folder / "cald_info.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    write_speechbrain_files(folder)  # hyperparams.yaml for SpeechBrain's from_hparams
     respect_umask(folder)
     return str(folder)
 
@@ -80,6 +93,9 @@ def load_model(directory, device="cpu"):
     ...     type(load_model(folder)).__name__
     'Wav2Vec2Model'
     """
+    from cald_speech.hub import resolve_model_source  # a hub id: its locally cached snapshot
+
+    directory = resolve_model_source(directory)
     if (Path(directory) / "gendistiller.json").is_file():
         raise ConfigError(f"{directory} holds a layer student (GenDistiller or DistilHuBERT); "
                           "load it with cald_speech.gendistiller.load_upstream")

@@ -64,7 +64,9 @@ except ImportError as exc:  # pragma: no cover - depends on the installed releas
 
 from cald_speech.errors import ConfigError, DataError
 from cald_speech.families import FAMILIES, SUPPORTED_CLASSES
+from cald_speech.features import set_waveform_settings, waveform_settings
 from cald_speech.mixers import Mixer, build_saved_mixer
+from cald_speech.preprocessor import WaveformSettings
 from cald_speech.student.files import (
     CONFIG_NAME,
     WEIGHTS_NAME,
@@ -383,6 +385,7 @@ class Student(nn.Module):
         source = extra_files_from if extra_files_from is not None else self.source_path
         if source:
             copy_extra_files(source, directory)
+        waveform_settings(self.model).save(directory)  # the settings in force win
         respect_umask(directory)
 
     @classmethod
@@ -434,4 +437,5 @@ class Student(nn.Module):
                             "copy the config.json saved with the student, or convert "
                             "again") from exc
         load_weights(model, weights, device)
+        set_waveform_settings(model, WaveformSettings.from_folder(directory))
         return cls(model, cald, source_path=str(directory)).eval()

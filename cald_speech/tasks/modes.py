@@ -14,6 +14,9 @@ mode            model trained                                                tea
                                                                               co-trained
 ``waypoint``    convert(``pretrained_source``)                               ``waypoint_dir``/step-N
 ==============  ===========================================================  ============
+
+Each source is a local model folder or a hub id (``org/name``) in the local Hugging
+Face cache (:func:`cald_speech.hub.resolve_model_source`; never downloaded).
 """
 
 import logging
@@ -21,6 +24,7 @@ import os
 
 from cald_speech.distill.guidance import MODES, Guidance, discover_waypoints
 from cald_speech.errors import ConfigError, DataError
+from cald_speech.hub import resolve_model_source
 from cald_speech.student import Student, convert
 
 logger = logging.getLogger(__name__)
@@ -35,13 +39,36 @@ def _require(hp, key, mode):
     return hp[key]
 
 
+def _local(source, what):
+    """A source as a local path string: a hub id becomes its cached snapshot folder."""
+    return str(resolve_model_source(source, what))
+
+
 def check_folder(path, what):
-    if not os.path.isdir(str(path)):
+    """The local folder of a model source (a folder, or a hub id in the local cache).
+
+    Returns it as a string; raises DataError naming ``what`` when it is not a folder, or
+    (from :func:`~cald_speech.hub.resolve_model_source`) when a hub id is not cached.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> check_folder(folder, "teacher") == folder
+    True
+    >>> check_folder("/no/such/folder", "teacher")
+    Traceback (most recent call last):
+      ...
+    cald_speech.errors.DataError: /no/such/folder: teacher folder not found (fix: ...)
+    """
+    folder = resolve_model_source(path, what)
+    if not folder.is_dir():
         raise DataError(
             path, f"{what} folder not found",
-            "give a local model folder (save_pretrained output) or train it first",
+            "give a local model folder (save_pretrained output), a hub id in the local "
+            "Hugging Face cache, or train it first",
         )
-    return str(path)
+    return str(folder)
 
 
 def build_models(hp, load_task_model):
@@ -67,7 +94,8 @@ def build_models(hp, load_task_model):
     mixer_name = mixer.pop("name", "bimamba2")
 
     def make_student(source):
-        base = load_task_model(source) if isinstance(source, (str, os.PathLike)) else source
+        is_source = isinstance(source, (str, os.PathLike))
+        base = load_task_model(_local(source, "student")) if is_source else source
         if isinstance(base, Student):
             return base
         return convert(
@@ -80,14 +108,15 @@ def build_models(hp, load_task_model):
     if mode in ("target", "hybrid", "unguided"):
         student_src = hp.get("student_source") or _require(hp, "teacher_source", mode)
         if mode != "unguided":
-            teacher = load_task_model(_require(hp, "teacher_source", mode)).eval()
+            teacher = load_task_model(_local(_require(hp, "teacher_source", mode),
+                                             "teacher")).eval()
         model = make_student(student_src)
         if mode == "hybrid":
             kwargs["switch_step"] = _require(hp, "switch_step", mode)
             kwargs["logit_kd_after_switch"] = hp.get("logit_kd_after_switch", True)
     elif mode == "trajectory":
         src = _require(hp, "pretrained_source", mode)
-        teacher = load_task_model(src)
+        teacher = load_task_model(_local(src, "pretrained model"))
         # The student converts the very teacher it follows: a head drawn at load time
         # (a self-supervised checkpoint has none) is drawn once and shared.
         model = make_student(hp.get("student_source") or teacher)

@@ -28,7 +28,8 @@ def load_ctc_model(source, vocab_size, pad_token_id=0):
         arch = (read_config(source).get("architectures") or [""])[0]
         supported_class(arch)
         ctc_cls = family_class(family_of_class(arch), "ctc")
-        logger.info("%s: new CTC head with %d outputs on %s", source, vocab_size, arch)
+        logger.warning("%s: new CTC head with %d outputs on %s (randomly initialised)",
+                       source, vocab_size, arch)
         model = load_strict(ctc_cls, source, allow_new=("lm_head.*",), vocab_size=vocab_size,
                             pad_token_id=pad_token_id, ignore_mismatched_sizes=True)
     head = getattr(model, "lm_head", None)
@@ -63,6 +64,7 @@ def share_start_head(model, hp, guidance, load_task, vocab_size):
     keeps its newly drawn head, and the log says why that matters.
     """
     src = hp.get("student_source") or hp.get("pretrained_source")
+    src = check_folder(src, "student source")
     if has_ctc_head(src, vocab_size):
         return
     start = dict(guidance.waypoints).get(0)

@@ -9,8 +9,18 @@ from functools import partial
 
 from cald_speech.errors import ConfigError
 from cald_speech.tasks.asr.brain import CTCBrain
-from cald_speech.tasks.asr.data import ASR_DATA_DEFAULTS, asr_datasets
-from cald_speech.tasks.asr.model import ctc_model_from_config, load_ctc_model, share_start_head
+from cald_speech.tasks.asr.data import ASR_DATA_DEFAULTS, _normalizer, asr_datasets
+from cald_speech.tasks.asr.model import (
+    ctc_model_from_config,
+    has_ctc_head,
+    load_ctc_model,
+    share_start_head,
+)
+from cald_speech.tasks.asr.vocab import (
+    report_unknown_characters,
+    resolve_tokenizer,
+    source_folders,
+)
 from cald_speech.tasks.modes import build_models
 from cald_speech.tasks.recipe import COMMON_KEYS, Task, recipe_entry, run_recipe
 
@@ -28,12 +38,24 @@ class AsrTask(Task):
     defaults = {**ASR_DATA_DEFAULTS, **CTCBrain.TASK_DEFAULTS}
     brain_class = CTCBrain
 
+    def __init__(self):
+        self.origin, self.new_head = None, None
+
     def check(self, hp):
         if hp["best_metric"] not in ("WER", "CER"):
             raise ConfigError(f"best_metric '{hp['best_metric']}' is not one of ['WER', 'CER']")
+        # The model's own vocabulary when its folder has one (before anything is built).
+        hp["tokenizer"], self.origin, self.new_head = resolve_tokenizer(hp)
+        logger.info("tokenizer: %r, from %s", hp["tokenizer"], self.origin)
 
     def models(self, hp, csvs):
         vocab = len(hp["tokenizer"])
+        if self.new_head is None:  # a folder with a vocabulary but another head size
+            self.new_head = next((f"{key} {folder} has no CTC head of {vocab} outputs: a new "
+                                  "one" for key, folder in source_folders(hp)
+                                  if not has_ctc_head(folder, vocab)), None)
+        if self.new_head is not None:
+            logger.warning("new CTC head: %s", self.new_head)
         load_task = partial(load_ctc_model, vocab_size=vocab)
         model, teacher, guidance, loader = build_models(hp, load_task)
         if guidance is not None and guidance.mode == "waypoint":
@@ -51,10 +73,11 @@ class AsrTask(Task):
 
     def datasets(self, hp, csvs, model):
         train, valid, tests = asr_datasets(hp, csvs, hp["tokenizer"])
+        report_unknown_characters(csvs, hp["tokenizer"], hp["text_column"], _normalizer(hp))
         return train, valid, {split: (ds, {}) for split, ds in tests.items()}
 
     def package(self, hp):
-        return hp["tokenizer"], {}
+        return hp["tokenizer"], {"tokenizer": self.origin, "new_head": self.new_head}
 
 
 def run_asr(argv):
