@@ -221,3 +221,17 @@ def resolve_model_source(source, what="model"):
     except (LocalEntryNotFoundError, OSError, ValueError):
         raise _not_cached(source, what, repo_id, revision, cache) from None
     return Path(folder)
+
+
+def source_record(source):
+    """How a run records a model source: a hub id as given, a path made absolute.
+
+    Example
+    -------
+    >>> source_record("facebook/no-such-model-here"), source_record("/tmp/x/../y")
+    ('facebook/no-such-model-here', '/tmp/y')
+    """
+    text = os.fspath(source)
+    if is_hub_id(text) and not os.path.exists(text):
+        return text
+    return os.path.abspath(text)

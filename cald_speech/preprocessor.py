@@ -165,8 +165,10 @@ class WaveformSettings:
         return str(path)
 
     def cache_key(self):
-        """What the settings change in a CNN's output: ``"norm"`` or ``"raw"``."""
-        return "norm" if self.do_normalize else "raw"
+        """What the settings change in a CNN's output: ``"norm"`` or ``"raw"`` (and the
+        rate when it is not 16 kHz, e.g. ``"raw8000"``)."""
+        key = "norm" if self.do_normalize else "raw"
+        return key if self.sampling_rate == 16000 else f"{key}{self.sampling_rate}"
 
     # ------------------------------------------------------------------ applying
     def affine(self, wav):

@@ -30,7 +30,14 @@ TOKENIZER_FILE = "tokenizer.json"
 CASES = ("upper", "lower", None)
 
 
-def _apply_case(text, case):
+def apply_case(text, case):
+    """``text`` in a tokenizer's case (``"upper"``, ``"lower"``, or ``None``: as it is).
+
+    Example
+    -------
+    >>> apply_case("It's", "upper"), apply_case("It's", None)
+    ("IT'S", "It's")
+    """
     if case == "upper":
         return text.upper()
     if case == "lower":
@@ -145,7 +152,7 @@ class CharTokenizer:
         """
         seen = set()
         for t in texts:
-            seen.update(ch for ch in _apply_case(str(t), case) if not ch.isspace())
+            seen.update(ch for ch in apply_case(str(t), case) if not ch.isspace())
         seen.discard(word_sep)
         if not seen:
             raise DataError("texts", "no characters found to build a vocabulary from",
@@ -174,7 +181,7 @@ class CharTokenizer:
 
     def encode(self, text):
         """Text → list of ids (whitespace runs → one word separator; no blanks)."""
-        text = _apply_case(str(text), self.case)
+        text = apply_case(str(text), self.case)
         ids = []
         words = text.split()
         for w, word in enumerate(words):
@@ -323,7 +330,7 @@ class SentencePieceTokenizer:
             if csv_path is None:
                 raise ConfigError("pass texts=[...] or csv_path= to train a SentencePiece model")
             texts = read_csv_column(csv_path, column)
-        sentences = [" ".join(_apply_case(str(t), case).split()) for t in texts]
+        sentences = [" ".join(apply_case(str(t), case).split()) for t in texts]
         sentences = [s for s in sentences if s]
         if not sentences:
             raise DataError(csv_path or "texts", "no non-empty sentence to train on",
@@ -373,7 +380,7 @@ class SentencePieceTokenizer:
 
     def encode(self, text):
         """Text → list of piece ids (never the blank)."""
-        return list(self.sp.encode(" ".join(_apply_case(str(text), self.case).split())))
+        return list(self.sp.encode(" ".join(apply_case(str(text), self.case).split())))
 
     def decode(self, ids):
         """Piece ids → text; blanks are dropped."""

@@ -27,6 +27,7 @@ import os
 import speechbrain as sb
 import torch
 
+from cald_speech.data.audio import SAMPLE_RATE, resample
 from cald_speech.distill.checkpoints import RandomState
 from cald_speech.distill.faults import FaultGuard, all_finite
 from cald_speech.distill.guidance import Guidance
@@ -217,17 +218,33 @@ class DistillBrain(StageRecords, sb.Brain):
 
     # ------------------------------------------------------------------ inputs
     def model_inputs(self, batch, model):
-        """``input_values`` (features when cached) and the sample-level attention mask."""
+        """``input_values`` (features when cached) and the sample-level attention mask.
+
+        The model's waveform settings (:func:`~cald_speech.features.waveform_settings`)
+        apply: each utterance normalised alone when it asks for ``do_normalize``, and
+        resampled from the corpus's 16 kHz when it was trained at another rate.
+        """
         wavs, rel = batch.sig
         wavs = wavs.to(self.device)
         n = (rel * wavs.shape[1]).round().long()
+        settings = waveform_settings(unwrap(model))
         cache = self.hparams.feature_cache
+        if cache is None and settings.sampling_rate == SAMPLE_RATE:
+            mask = (torch.arange(wavs.shape[1], device=self.device)[None] < n[:, None]).long()
+            return settings.normalize_padded(wavs, n.tolist()), mask
+        singles = [w[:k] for w, k in zip(wavs, n)]
+        if settings.sampling_rate != SAMPLE_RATE:
+            singles = [resample(w, SAMPLE_RATE, settings.sampling_rate) for w in singles]
         if cache is not None:
-            singles = [w[:k].cpu() for w, k in zip(wavs, n)]
-            feats, mask = cache.batch(unwrap(model), batch.id, singles)
+            feats, mask = cache.batch(unwrap(model), batch.id, [w.cpu() for w in singles])
             return feats.to(self.device), mask.to(self.device)
-        mask = (torch.arange(wavs.shape[1], device=self.device)[None] < n[:, None]).long()
-        return waveform_settings(unwrap(model)).normalize_padded(wavs, n.tolist()), mask
+        lengths = [int(w.numel()) for w in singles]
+        padded = wavs.new_zeros(len(singles), max(lengths))
+        for i, w in enumerate(singles):
+            padded[i, : lengths[i]] = w
+        mask = (torch.arange(padded.shape[1], device=self.device)[None]
+                < torch.tensor(lengths, device=self.device)[:, None]).long()
+        return settings.normalize_padded(padded, lengths), mask
 
     def teacher_inputs(self, batch, inputs, amask):
         """The student's inputs when both share a CNN (or take waveforms); else the teacher's."""

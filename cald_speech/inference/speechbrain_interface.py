@@ -458,7 +458,7 @@ class CaldIntentClassifier(Pretrained):
     >>> labels = LabelMaps({"alarm_set": ("alarm", "set"), "play_music": ("play", "music")})
     >>> folder = package_model(IntentModel.new(tiny_teacher(), labels), tempfile.mkdtemp())
     >>> slu = CaldIntentClassifier.from_hparams(source=folder, savedir=tempfile.mkdtemp())
-    >>> [out["intent"] in ("alarm_set", "play_music") for out in
+    >>> [out["scenario"] in ("alarm", "play") for out in
     ...  slu.classify_batch(torch.randn(2, 8000), torch.tensor([1.0, 0.5]))]
     [True, True]
     """

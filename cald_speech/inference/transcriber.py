@@ -14,6 +14,14 @@ Any format libsndfile reads, any rate and channel count: files are read by
 16 kHz). Digital silence gives an empty transcript; unreadable, empty, truncated or
 non-audio files raise :class:`~cald_speech.errors.AudioError` naming the file and the fix.
 
+The model's own conventions apply: a hub checkpoint's ``vocab.json`` +
+``tokenizer_config.json`` (decoded exactly as ``Wav2Vec2CTCTokenizer.batch_decode``) and
+its ``preprocessor_config.json`` (:class:`~cald_speech.preprocessor.WaveformSettings`):
+audio is read at the model's ``sampling_rate`` (resampled, and said once at load); with
+``do_normalize`` each input is brought to zero mean and unit variance — the whole file
+in one-pass and plain mode (as transformers normalises one input), each window on its
+own in windowed mode (as if it were a file), each utterance of a padded batch alone.
+
 How long audio is computed (``mode``)
 -------------------------------------
 ``"one-pass"`` (default for students whose every layer is a linear-time mixer)

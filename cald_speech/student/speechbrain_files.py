@@ -76,7 +76,7 @@ _CUSTOM_PY = f'''{MARKER} (written by cald_speech.student.package_model).
 
 Loaded by speechbrain.inference.interfaces.foreign_class(source=<this folder>,
 pymodule_file="custom.py", classname="CaldIntentClassifier", savedir=...); the class
-lives in the cald-speech package (pip install cald-speech).
+lives in the cald-speech package, which must be installed.
 """
 
 from {RUNTIME} import CaldIntentClassifier

@@ -285,3 +285,36 @@ def test_transcripts_are_mapped_onto_the_vocabulary(normalising):
     expected = Wav2Vec2CTCTokenizer.from_pretrained(normalising)("IT'S A CAT").input_ids
     assert tok.encode("it's a cat") == expected
     assert np.array_equal(tok.decode_ctc([0, 7, 7, 0, 4, 6]), "A T")
+
+
+@pytest.mark.parametrize("cached", [False, True])
+@pytest.mark.parametrize("rate", [16000, 8000])
+def test_training_inputs_follow_the_models_settings(normalising, tmp_path, cached, rate):
+    """Training batches (16 kHz corpus) reach the model as transformers' feature extractor
+    would give each utterance alone: resampled to its rate, normalised."""
+    from types import SimpleNamespace
+
+    from cald_speech.data.audio import resample
+    from cald_speech.distill.brain import DistillBrain
+    from cald_speech.features import enable_feature_input, set_waveform_settings
+    from cald_speech.preprocessor import WaveformSettings
+
+    model = load_model(normalising)
+    set_waveform_settings(model, WaveformSettings(sampling_rate=rate, do_normalize=True))
+    enable_feature_input(model)
+    wavs = [_wav(0.5, seed=8), _wav(0.3, seed=9, offset=-0.3)]
+    padded = torch.zeros(2, wavs[0].numel())
+    padded[0], padded[1, : wavs[1].numel()] = wavs[0], wavs[1]
+    rel = torch.tensor([1.0, wavs[1].numel() / wavs[0].numel()])
+    batch = SimpleNamespace(sig=(padded, rel), id=["a", "b"])
+    brain = SimpleNamespace(device="cpu", hparams=SimpleNamespace(
+        feature_cache=FeatureCache(tmp_path / "c") if cached else None))
+    inputs, mask = DistillBrain.model_inputs(brain, batch, model)
+    with torch.no_grad():
+        got = model(inputs, attention_mask=mask).logits
+        for i, w in enumerate(wavs):
+            x = resample(w, 16000, rate)
+            x = (x - x.mean()) / torch.sqrt(x.var(correction=0) + 1e-7)
+            assert int(mask[i].sum()) == x.numel()
+            ref = model(x[None]).logits[0]
+            torch.testing.assert_close(got[i, : ref.shape[0]], ref, atol=1e-4, rtol=1e-4)

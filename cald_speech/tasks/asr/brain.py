@@ -9,6 +9,7 @@ import os
 import speechbrain as sb
 import torch.nn.functional as F
 
+from cald_speech.data.tokenizer import apply_case
 from cald_speech.distill.brain import DistillBrain
 from cald_speech.distill.stages import stage_file, write_stats_json
 
@@ -57,7 +58,7 @@ class CTCBrain(DistillBrain):
         tok = self.hparams.tokenizer
         best = log_probs.argmax(dim=-1).cpu()
         hyps = [tok.decode_ctc(best[i, : int(n)].tolist()).split() for i, n in enumerate(in_len)]
-        refs = [w.split() for w in batch.words]
+        refs = [apply_case(w, tok.case).split() for w in batch.words]  # the units' case
         self.wer_metric.append(batch.id, hyps, refs)
         self.cer_metric.append(batch.id, [list(" ".join(h)) for h in hyps],
                                [list(" ".join(r)) for r in refs])

@@ -28,7 +28,7 @@ from cald_speech.tasks.modes import check_folder
 logger = logging.getLogger(__name__)
 
 #: The folders a mode starts from, in the order their tokenizer is looked for.
-SOURCE_KEYS = {"finetune": ("model_source",)}
+SOURCE_KEYS = {"finetune": ("model_source",), "probe": ()}  # a probe trains a new head
 CALD_SOURCE_KEYS = ("teacher_source", "student_source", "pretrained_source")
 
 

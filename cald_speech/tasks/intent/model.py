@@ -428,7 +428,9 @@ def load_encoder(source):
     A CTC model (e.g. the ASR recipe's pretrained or fine-tuned model) gives its
     encoder; its CTC head is dropped. Returned in train mode.
     """
-    source = str(source)
+    from cald_speech.hub import resolve_model_source
+
+    source = str(resolve_model_source(source))
     if not os.path.isdir(source):
         raise DataError(
             source, "model folder not found",

@@ -25,7 +25,7 @@ from cald_speech.tasks.intent.model import (
     load_encoder,
     load_head,
 )
-from cald_speech.tasks.modes import build_models
+from cald_speech.tasks.modes import build_models, check_folder
 from cald_speech.tasks.recipe import COMMON_KEYS, Task, recipe_entry, run_recipe
 
 logger = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ def build_intent_models(hp, labels):
     mode = hp.get("mode")
     if mode == "finetune":
         if hp.get("model_source"):
-            src = hp["model_source"]
+            src = check_folder(hp["model_source"], "model source")
             return heads.model(load_encoder(src), src), None, None, None
         if hp.get("model_config"):
             enc = encoder_from_config(hp["model_config"], hp.get("model_family", "wav2vec2"))

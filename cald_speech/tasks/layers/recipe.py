@@ -7,11 +7,11 @@ Unlabelled audio is enough: the manifests need ``ID``, ``duration`` and ``wav``.
 """
 
 import logging
-import os
 
 from cald_speech.data.pipeline import audio_dataset
 from cald_speech.errors import ConfigError
 from cald_speech.gendistiller import ARCHITECTURES, build_layer_student
+from cald_speech.hub import source_record
 from cald_speech.student import Student, load_model
 from cald_speech.tasks.layers.brain import LayerDistillBrain
 from cald_speech.tasks.modes import check_folder
@@ -71,7 +71,7 @@ class LayerDistillTask(Task):
         return train, valid, {s: (make(s, "ascending"), {}) for s in hp["test_splits"]}
 
     def package(self, hp):
-        return None, {"teacher": os.path.abspath(hp["teacher_source"])}
+        return None, {"teacher": source_record(hp["teacher_source"])}
 
 
 def run_layer_distill(argv):

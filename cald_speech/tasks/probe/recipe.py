@@ -6,10 +6,10 @@ teacher's own layers are compared by CER/WER on held-out voices. The ASR task's 
 Brain and metrics, with a :class:`~cald_speech.tasks.probe.model.ProbeModel`.
 """
 
-import os
 
 from cald_speech.errors import ConfigError
 from cald_speech.gendistiller import load_upstream
+from cald_speech.hub import source_record
 from cald_speech.tasks.asr.recipe import ASR_KEYS, AsrTask
 from cald_speech.tasks.modes import check_folder
 from cald_speech.tasks.probe.model import ProbeModel
@@ -41,7 +41,7 @@ class ProbeTask(AsrTask):
         return model, None, None, None
 
     def package(self, hp):
-        return hp["tokenizer"], {"upstream": os.path.abspath(hp["upstream_source"])}
+        return hp["tokenizer"], {"upstream": source_record(hp["upstream_source"])}
 
 
 def run_probe(argv):
