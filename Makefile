@@ -3,11 +3,14 @@ VENV   ?= .venv
 PYTHON ?= python3
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
-# Extras installed into the venv; `cuda` is added when an NVIDIA GPU is present.
-EXTRAS ?= dev$(shell command -v nvidia-smi >/dev/null 2>&1 && echo ,cuda)
+# Extras installed into the venv (`lm`: KenLM for beam search with an n-gram LM); `cuda`
+# is added when an NVIDIA GPU is present.
+EXTRAS ?= dev,lm$(shell command -v nvidia-smi >/dev/null 2>&1 && echo ,cuda)
+# KenLM's estimator and binary converter (cald-lm build), compiled from its sdist.
+LM_TOOLS := $(VENV)/bin/lmplz
 DEMO_SCALE ?= small
 
-.PHONY: install system-tools test test-interp demo lint clean
+.PHONY: install system-tools lm-tools test test-interp demo lint clean
 
 # mamba-ssm's Mamba2 kernels are Triton: installed without compiling its CUDA extension
 # (no nvcc, no download from GitHub), after the build requirements its setup.py imports.
@@ -19,7 +22,10 @@ MAMBA_NOBUILD := MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE
 INTERP_SITE   := $(VENV)/triton-interp
 INTERP_STAMP  := $(INTERP_SITE)/.installed-stamp
 
-$(STAMP): setup.py
+$(LM_TOOLS): tools/build_kenlm.sh
+	bash tools/build_kenlm.sh $(VENV)/bin
+
+$(STAMP): setup.py $(LM_TOOLS)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(MAMBA_BUILD)
@@ -39,6 +45,8 @@ $(INTERP_STAMP): $(STAMP) Makefile
 
 system-tools:
 	@bash tools/check_system.sh
+
+lm-tools: $(LM_TOOLS)
 
 install: $(STAMP) system-tools
 

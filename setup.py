@@ -45,6 +45,9 @@ setup(
         #     pip install --no-build-isolation mamba-ssm==2.3.2.post1
         "cuda": ["mamba-ssm==2.3.2.post1", "triton>=3.5"],
         "dev": ["pytest>=8", "ruff>=0.5"],
+        # Beam search with an n-gram LM (SpeechBrain's KenLM scorer needs pygtrie). kenlm
+        # is a source distribution: it compiles (a C++ compiler, zlib; ~1 min).
+        "lm": ["kenlm==0.3.0", "pygtrie>=2.5"],
     },
     entry_points={
         "console_scripts": [
@@ -53,6 +56,7 @@ setup(
             "cald-convert=cald_speech.student.cli:main",
             "cald-transcribe=cald_speech.inference.cli:main",
             "cald-bench=cald_speech.bench.cli:main",
+            "cald-lm=cald_speech.lm.cli:main",
         ],
     },
     classifiers=[

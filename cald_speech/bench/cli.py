@@ -5,6 +5,9 @@ Commands:
 ``cald-bench wer --teacher DIR --student DIR --csv test.csv``
     WER/CER of both models on the same items, their agreement, per-utterance diffs
     (:mod:`cald_speech.bench.wer`).
+``cald-bench decoding --model DIR --csv test.csv --dev-csv dev.csv --lm LM.arpa``
+    Greedy vs beam search vs beam search with an n-gram LM on the same posteriors, LM
+    weights chosen on dev (:mod:`cald_speech.bench.decoding`).
 ``cald-bench speed (--model DIR ... | --shape wav2vec2-base ...) --minutes 0.5,1,5,10,30,60``
     Wall time, real-time factor and peak memory vs audio length of the teacher (one
     pass and windowed) and the student (one pass) (:mod:`cald_speech.bench.speed`).
@@ -31,7 +34,7 @@ the speed benchmark a PNG) under ``--out-dir``, prints a table and records the m
 Example
 -------
 >>> main([])  # doctest: +ELLIPSIS
-usage: cald-bench {wer,speed,longform,compare,runs,layers,mixers} ...
+usage: cald-bench {wer,decoding,speed,longform,compare,runs,layers,mixers} ...
 ...
 2
 """
@@ -46,6 +49,7 @@ from cald_speech.errors import ConfigError
 
 COMMANDS = {
     "wer": ("cald_speech.bench.wer", "WER/CER of teacher and student, agreement, diffs"),
+    "decoding": ("cald_speech.bench.decoding", "greedy vs beam vs beam + n-gram LM"),
     "speed": ("cald_speech.bench.speed", "time, RTF and peak memory vs audio length"),
     "longform": ("cald_speech.bench.longform", "long recording: windowed teacher vs student"),
     "compare": ("cald_speech.bench.compare", "paired bootstrap of two models on one split"),

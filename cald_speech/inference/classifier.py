@@ -14,7 +14,7 @@ from cald_speech.errors import AudioError, ConfigError
 from cald_speech.features import enable_feature_input
 from cald_speech.inference.cnn_blocks import padded_features
 from cald_speech.inference.precision import compute_precision
-from cald_speech.inference.transcriber import Transcriber, model_task
+from cald_speech.inference.transcriber import as_waveform, model_task
 from cald_speech.student import read_config
 
 
@@ -97,7 +97,7 @@ class Classifier:
         sample_rate : int
             Its rate (resampled to 16 kHz; the original is reported).
         """
-        wav, meta = Transcriber._as_waveform(wav, sample_rate)
+        wav, meta = as_waveform(wav, sample_rate)
         if wav.numel() == 0:
             raise AudioError("<waveform>", "empty waveform", "give at least a few samples")
         out = self._classify([wav])[0]

@@ -15,6 +15,7 @@ from cald_speech.cli import EXIT_FAILED, EXIT_OK, add_version, exit_status, fail
 from cald_speech.errors import CaldError, ConfigError
 from cald_speech.inference.classifier import Classifier
 from cald_speech.inference.cnn_blocks import DEFAULT_NORM_WINDOW_S
+from cald_speech.inference.decoding import add_decoding_options, decoding_kwargs
 from cald_speech.inference.formats import FORMATS
 from cald_speech.inference.long_form import DEFAULT_PROJECTION_CACHE_MB
 from cald_speech.inference.precision import PRECISIONS
@@ -67,6 +68,7 @@ def build_parser():
                    help="fp32 (default), or bf16: matrix products in bfloat16, faster on "
                         "CPUs with native bfloat16 (AVX512-BF16, AMX) and on GPUs")
     p.add_argument("--no-timestamps", action="store_true", help="skip the word alignment")
+    add_decoding_options(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return add_version(p)
 
@@ -162,13 +164,18 @@ def main(argv=None):
     if is_intent_model(args.model):
         return _classify_main(args)
     try:
+        decoding = decoding_kwargs(args)
+    except ConfigError as exc:
+        return fail(PROG, exc)
+    try:
         asr = Transcriber.from_pretrained(args.model, device=args.device,
                                           window_s=args.window_s, overlap_s=args.overlap_s,
                                           norm_window_s=args.norm_window_s,
                                           projection_cache_mb=args.projection_cache_mb,
-                                          precision=args.precision)
+                                          precision=args.precision, **decoding)
     except CaldError as exc:
-        print(f"{PROG}: error: cannot load the model: {exc}", file=sys.stderr)
+        what = "the language model" if args.lm and str(args.lm) in str(exc) else "the model"
+        print(f"{PROG}: error: cannot load {what}: {exc}", file=sys.stderr)
         return exit_status(exc)
     files = args.files
     out_dir = Path(args.output_dir) if args.output_dir else None

@@ -96,6 +96,12 @@ from cald_speech.inference.cnn_blocks import (
     cnn_geometry,
     padded_features,
 )
+from cald_speech.inference.decoding import (
+    DEFAULT_LM_WEIGHT,
+    DEFAULT_WORD_BONUS,
+    BeamDecoder,
+    check_beam_options,
+)
 from cald_speech.inference.formats import Transcript
 from cald_speech.inference.long_form import (
     DEFAULT_ENCODER_BLOCK,
@@ -148,6 +154,31 @@ def _length_limits(model):
     return model.is_linear_time(), model.max_frames()
 
 
+def as_waveform(wav, sample_rate, target_rate=SAMPLE_RATE):
+    """A waveform held in memory as a file read gives it: ``(mono float32 CPU tensor at
+    target_rate, {"sample_rate", "channels"})``.
+
+    Example
+    -------
+    >>> wav, meta = as_waveform(torch.ones(2, 4410), 44100)
+    >>> wav.shape, meta
+    (torch.Size([1600]), {'sample_rate': 44100, 'channels': 2})
+    """
+    wav = torch.as_tensor(np.asarray(wav) if not torch.is_tensor(wav) else wav)
+    wav = wav.detach().to("cpu", torch.float32)  # as read from a file (a CUDA tensor too)
+    channels = 1
+    if wav.dim() == 2:
+        channels = wav.shape[0]
+        wav = wav.mean(dim=0)
+    elif wav.dim() != 1:
+        raise ConfigError(f"expected a (samples,) or (channels, samples) waveform, got "
+                          f"shape {tuple(wav.shape)}")
+    check_finite("<waveform>", wav.numpy())
+    if sample_rate != target_rate:
+        wav = resample(wav, sample_rate, target_rate)
+    return wav, {"sample_rate": int(sample_rate), "channels": channels}
+
+
 class Transcriber:
     """Speech-to-text with a CTC student or teacher, for inputs of any length.
 
@@ -180,6 +211,13 @@ class Transcriber:
         (:mod:`cald_speech.inference.precision`).
     info : dict, optional
         The folder's ``cald_info.json``.
+    beam_size : int, optional
+        Decode with a CTC prefix beam search of this width (default: greedy).
+    lm : str or os.PathLike, optional
+        A KenLM n-gram model (ARPA or binary) fused into the beam search.
+    lm_weight, word_bonus : float
+        The LM's weight and the score added per word
+        (:class:`~cald_speech.inference.decoding.BeamDecoder`).
 
     Notes
     -----
@@ -206,7 +244,8 @@ class Transcriber:
                  encoder_block=DEFAULT_ENCODER_BLOCK,
                  projection_cache_mb=DEFAULT_PROJECTION_CACHE_MB,
                  norm_window_s=DEFAULT_NORM_WINDOW_S, precision="fp32",
-                 info=None):
+                 info=None, beam_size=None, lm=None, lm_weight=DEFAULT_LM_WEIGHT,
+                 word_bonus=DEFAULT_WORD_BONUS):
         self.device = torch.device(device)
         self.precision = check_precision(precision, self.device)
         self.model = model.to(self.device).eval()
@@ -256,6 +295,9 @@ class Transcriber:
         self.linear, self.max_frames = _length_limits(model)
         self.dtype = next(model.parameters()).dtype
         enable_feature_input(self.model)
+        self.decoder = None
+        if check_beam_options(beam_size, lm, lm_weight, word_bonus) is not None:
+            self.decoder = BeamDecoder(tokenizer, beam_size, lm, lm_weight, word_bonus)
 
     @classmethod
     def from_pretrained(cls, folder, device="cpu", **kwargs):
@@ -424,26 +466,16 @@ class Transcriber:
         return self._decode(lp, duration, timestamps, mode, base)
 
     def _decode(self, lp, duration, timestamps, mode, base):
-        if timestamps:
+        if self.decoder is not None:
+            text, words = self.decoder.decode(lp, self.frame_shift, duration, timestamps)
+        elif timestamps:
             text, words = align_words(lp, self.tokenizer, self.frame_shift, duration)
         else:
             text, words = self.tokenizer.decode_ctc(lp.argmax(-1)), []
         return Transcript(text, words, mode=mode, **base)
 
     def _as_waveform(self, wav, sample_rate):
-        wav = torch.as_tensor(np.asarray(wav) if not torch.is_tensor(wav) else wav)
-        wav = wav.float()
-        channels = 1
-        if wav.dim() == 2:
-            channels = wav.shape[0]
-            wav = wav.mean(dim=0)
-        elif wav.dim() != 1:
-            raise ConfigError(f"expected a (samples,) or (channels, samples) waveform, got "
-                              f"shape {tuple(wav.shape)}")
-        check_finite("<waveform>", wav.numpy())
-        if sample_rate != self.rate:
-            wav = resample(wav, sample_rate, self.rate)
-        return wav, {"sample_rate": int(sample_rate), "channels": channels}
+        return as_waveform(wav, sample_rate, self.rate)
 
     def transcribe_waveform(self, wav, sample_rate=SAMPLE_RATE, mode="auto", timestamps=True,
                             progress=None):

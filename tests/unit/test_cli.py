@@ -29,7 +29,7 @@ def _main(target):
 
 def test_every_console_script_is_listed():
     assert set(SCRIPTS) == {"cald-synth", "cald-prepare", "cald-convert", "cald-transcribe",
-                            "cald-bench"}
+                            "cald-bench", "cald-lm"}
 
 
 @pytest.mark.parametrize("prog, target", sorted({**SCRIPTS, **MODULES}.items()))
@@ -50,6 +50,7 @@ def test_version_and_usage_errors(prog, target, capsys):
     ("cald-bench", ["runs", "{missing}"]),
     ("cald-bench", ["compare", "--a", "{missing}", "--b", "{missing}"]),
     ("cald-transcribe", ["--model", "{missing}", "{tmp}/a.wav"]),
+    ("cald-lm", ["build", "{missing}", "--out", "{tmp}/lm.arpa"]),
 ])
 def test_missing_input_is_exit_1_naming_the_path(prog, argv, tmp_path, capsys):
     missing = str(tmp_path / "missing-folder")

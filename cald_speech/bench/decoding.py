@@ -1,0 +1,280 @@
+"""Greedy vs beam search vs beam search with an n-gram LM, on the same posteriors.
+
+``cald-bench decoding --model DIR [--model DIR ...] --csv test.csv --dev-csv dev.csv
+--lm LM.arpa`` computes each model's frame posteriors of every item once, then decodes
+them three ways — greedy (argmax), prefix beam search, beam search fused with the LM —
+and scores each against the references (jiwer, as ``cald-bench wer``). The LM weight and
+word bonus are chosen on the dev split only (a small grid, :func:`tune_lm`); test is
+decoded once with the choice. It also times decoding against the transcription itself:
+with ``--long-minutes N`` the test audio is concatenated to N minutes, transcribed in the
+model's default mode (one pass for linear students) and decoded, giving the share of
+decoding in the time of a long transcription. Writes ``decoding.json`` (and a PNG) under
+``--out-dir``, prints a table and records the machine.
+
+Example
+-------
+>>> grid = lm_grid([0.5, 1.0], [0.0, 2.0])
+>>> grid
+[(0.5, 0.0), (0.5, 2.0), (1.0, 0.0), (1.0, 2.0)]
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from cald_speech.bench.report import format_table, machine_info, write_json
+from cald_speech.cli import EXIT_OK, add_version, fail, parse
+from cald_speech.errors import CaldError, ConfigError, DataError
+
+#: The default grid of (LM weight, word bonus) searched on dev.
+LM_WEIGHTS = (0.25, 0.5, 0.75, 1.0, 1.5)
+WORD_BONUSES = (0.0, 1.0, 2.0, 3.0)
+
+
+def lm_grid(weights=LM_WEIGHTS, bonuses=WORD_BONUSES):
+    """Every (LM weight, word bonus) pair of the grid."""
+    return [(float(w), float(b)) for w in weights for b in bonuses]
+
+
+def posteriors(asr, items, mode="auto"):
+    """``(log posteriors per item ID, failed ID -> message, seconds)`` of a Transcriber."""
+    from cald_speech.data.audio import load_audio
+    from cald_speech.errors import AudioError
+
+    out, failed = {}, {}
+    t0 = time.perf_counter()
+    for it in items:
+        try:
+            wav, _ = load_audio(it["wav"], target_sr=asr.rate)
+        except AudioError as exc:
+            failed[it["ID"]] = str(exc)
+            continue
+        out[it["ID"]] = asr.log_probs(wav, mode=mode, progress=False)
+    return out, failed, time.perf_counter() - t0
+
+
+def decode(asr, lps, decoder=None):
+    """``(ID -> normalised text, seconds)``: greedy with ``decoder=None``."""
+    from cald_speech.bench.wer import norm_text
+
+    t0 = time.perf_counter()
+    hyps = {}
+    for key, lp in lps.items():
+        if decoder is None:
+            text = asr.tokenizer.decode_ctc(lp.argmax(-1))
+        else:
+            text = decoder.decode(lp, asr.frame_shift, timestamps=False)[0]
+        hyps[key] = norm_text(text)
+    return hyps, time.perf_counter() - t0
+
+
+def score(items, hyps):
+    """jiwer's corpus WER/CER of the items that have a hypothesis."""
+    from cald_speech.bench.wer import error_rates
+
+    kept = [it for it in items if it["ID"] in hyps]
+    return error_rates([it["ref"] for it in kept], [hyps[it["ID"]] for it in kept])
+
+
+def tune_lm(asr, dev_items, dev_lps, lm, beam_size, grid=None):
+    """The (LM weight, word bonus) of the grid with the lowest dev WER (ties: CER, then
+    the smaller weight); returns ``(best dict, every grid point)``."""
+    from cald_speech.inference.decoding import BeamDecoder
+
+    points = []
+    for weight, bonus in grid or lm_grid():
+        decoder = BeamDecoder(asr.tokenizer, beam_size, lm, weight, bonus)
+        hyps, seconds = decode(asr, dev_lps, decoder)
+        s = score(dev_items, hyps)
+        points.append({"lm_weight": weight, "word_bonus": bonus, "wer": s["wer"],
+                       "cer": s["cer"], "seconds": seconds})
+    best = min(points, key=lambda p: (p["wer"], p["cer"], p["lm_weight"], p["word_bonus"]))
+    return best, points
+
+
+def _long_audio(items, minutes, rate):
+    """The test items' audio concatenated (repeated as needed) to ``minutes``."""
+    from cald_speech.data.audio import load_audio
+
+    target = int(minutes * 60 * rate)
+    pieces, n = [], 0
+    while n < target:
+        for it in items:
+            wav, _ = load_audio(it["wav"], target_sr=rate)
+            pieces.append(wav)
+            n += wav.numel()
+            if n >= target:
+                break
+    return torch.cat(pieces)[:target]
+
+
+def run_model(folder, test, dev, lm, beam_size, grid, mode, long_minutes, device):
+    """Every measurement of one model (see the module doc)."""
+    from cald_speech.hub import resolve_model_source
+    from cald_speech.inference import Transcriber
+    from cald_speech.inference.decoding import BeamDecoder
+
+    asr = Transcriber.from_pretrained(resolve_model_source(folder), device=device)
+    lps, failed, post_s = posteriors(asr, test, mode)
+    audio_min = sum(lp.shape[0] for lp in lps.values()) * asr.frame_shift / 60
+    result = {"model": str(folder), "items": len(lps), "failed": failed,
+              "audio_minutes": audio_min, "posterior_seconds": post_s, "rows": []}
+    beam = BeamDecoder(asr.tokenizer, beam_size)
+    rows = [("greedy", None), (f"beam {beam_size}", beam)]
+    if lm is not None:
+        dev_lps, _, _ = posteriors(asr, dev, mode)
+        best, points = tune_lm(asr, dev, dev_lps, lm, beam_size, grid)
+        result["lm_tuning"] = {"dev_items": len(dev_lps), "best": best, "grid": points}
+        rows.append((f"beam {beam_size} + LM", BeamDecoder(
+            asr.tokenizer, beam_size, lm, best["lm_weight"], best["word_bonus"])))
+    for name, decoder in rows:
+        hyps, seconds = decode(asr, lps, decoder)
+        result["rows"].append({"decoding": name, **score(test, hyps),
+                               "decode_seconds": seconds,
+                               "decode_s_per_audio_min": seconds / audio_min if audio_min
+                               else None,
+                               "settings": None if decoder is None else decoder.settings()})
+    if long_minutes:
+        wav = _long_audio(test, long_minutes, asr.rate)
+        t0 = time.perf_counter()
+        lp = asr.log_probs(wav, mode="auto", progress=False)
+        transcribe_s = time.perf_counter() - t0
+        timing = {"minutes": long_minutes, "mode": asr.default_mode(wav.numel()),
+                  "posterior_seconds": transcribe_s}
+        for name, decoder in rows:
+            t0 = time.perf_counter()
+            if decoder is None:
+                asr.tokenizer.decode_ctc(lp.argmax(-1))
+            else:
+                decoder.decode(lp, asr.frame_shift)
+            sec = time.perf_counter() - t0
+            timing[name] = {"decode_seconds": sec, "share_of_transcription":
+                            sec / (transcribe_s + sec)}
+        result["long"] = timing
+    return result
+
+
+def table(results):
+    """The results as one text table."""
+    rows = []
+    for res in results:
+        greedy = res["rows"][0]["wer"]
+        for r in res["rows"]:
+            rows.append(dict(model=Path(res["model"]).name, decoding=r["decoding"],
+                             wer=100 * r["wer"], cer=100 * r["cer"],
+                             rel=(100 * (r["wer"] - greedy) / greedy) if greedy else None,
+                             dec=r["decode_s_per_audio_min"]))
+    cols = [("model", "model", "s"), ("decoding", "decoding", "s"), ("wer", "WER %", ".2f"),
+            ("cer", "CER %", ".2f"), ("rel", "WER change vs greedy, %", "+.1f"),
+            ("dec", "decode s per audio min", ".3f")]
+    return format_table(rows, cols)
+
+
+def plot(results, path):
+    """WER and CER per decoding and model, side by side (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, key in zip(axes, ("wer", "cer")):
+        width = 0.8 / max(1, len(results))
+        for k, res in enumerate(results):
+            xs = [i + k * width for i in range(len(res["rows"]))]
+            ax.bar(xs, [100 * r[key] for r in res["rows"]], width,
+                   label=Path(res["model"]).name)
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(results[0]["rows"]))])
+        ax.set_xticklabels([r["decoding"] for r in results[0]["rows"]])
+        ax.set_ylabel(f"{key.upper()} % (test)")
+        ax.set_title(f"{key.upper()} by decoding")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
+def build_parser():
+    """The ``cald-bench decoding`` argument parser."""
+    p = argparse.ArgumentParser(
+        prog="cald-bench decoding",
+        description="Greedy vs beam search vs beam search + n-gram LM on the same "
+                    "posteriors; LM weights chosen on a dev split only.")
+    p.add_argument("--model", action="append", required=True, metavar="DIR",
+                   help="model folder or hub id (repeatable)")
+    p.add_argument("--csv", required=True, help="test manifest (ID,duration,wav,...,wrd)")
+    p.add_argument("--dev-csv", default=None,
+                   help="dev manifest the LM weight and word bonus are chosen on (needed "
+                        "with --lm)")
+    p.add_argument("--lm", default=None, help="KenLM ARPA or binary file")
+    p.add_argument("--beam-size", type=int, default=16, help="beam width (default 16)")
+    p.add_argument("--lm-weights", type=float, nargs="+", default=list(LM_WEIGHTS),
+                   help=f"grid of LM weights (default {' '.join(map(str, LM_WEIGHTS))})")
+    p.add_argument("--word-bonuses", type=float, nargs="+", default=list(WORD_BONUSES),
+                   help=f"grid of word bonuses (default {' '.join(map(str, WORD_BONUSES))})")
+    p.add_argument("--text-column", default="wrd", help="transcript column (default wrd)")
+    p.add_argument("--normalize", action="store_true",
+                   help="normalise the references (numbers, abbreviations, punctuation)")
+    p.add_argument("--limit", type=int, default=None, help="first N items of each split")
+    p.add_argument("--mode", default="auto", help="Transcriber mode (default auto)")
+    p.add_argument("--long-minutes", type=float, default=0.0,
+                   help="also time decoding against transcribing the test audio "
+                        "concatenated to this many minutes (default: off)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--out-dir", default="results/bench_decoding",
+                   help="where decoding.json and decoding.png go (default "
+                        "results/bench_decoding)")
+    return add_version(p)
+
+
+def main(argv=None):
+    """Entry point of ``cald-bench decoding``; returns the exit status."""
+    from cald_speech.bench.wer import read_items
+    from cald_speech.inference.decoding import check_beam_options
+
+    prog = "cald-bench decoding"
+    args, status = parse(build_parser(), argv)
+    if args is None:
+        return status
+    try:
+        check_beam_options(args.beam_size, args.lm)
+        if args.lm is not None and args.dev_csv is None:
+            raise ConfigError("--lm needs --dev-csv: the LM weight and word bonus are "
+                              "chosen on a dev split, never on the test split")
+        test = read_items(args.csv, args.text_column, None, args.limit, args.normalize)
+        dev = (read_items(args.dev_csv, args.text_column, None, args.limit, args.normalize)
+               if args.dev_csv else [])
+        grid = lm_grid(args.lm_weights, args.word_bonuses)
+        results = [run_model(m, test, dev, args.lm, args.beam_size, grid, args.mode,
+                             args.long_minutes, args.device) for m in args.model]
+    except CaldError as exc:
+        return fail(prog, exc)
+    if not any(r["items"] for r in results):
+        return fail(prog, DataError(args.csv, "no readable item"))
+    print(table(results))
+    for res in results:
+        if "lm_tuning" in res:
+            b = res["lm_tuning"]["best"]
+            print(f"{Path(res['model']).name}: LM weight {b['lm_weight']:g}, word bonus "
+                  f"{b['word_bonus']:g} chosen on dev (WER {100 * b['wer']:.2f} %)")
+        if "long" in res:
+            lg = res["long"]
+            shares = ", ".join(f"{k} {100 * v['share_of_transcription']:.1f} %"
+                               for k, v in lg.items() if isinstance(v, dict))
+            print(f"{Path(res['model']).name}, {lg['minutes']:g} min in {lg['mode']} mode: "
+                  f"posteriors {lg['posterior_seconds']:.1f} s; decoding's share: {shares}")
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {"results": results, "csv": args.csv, "dev_csv": args.dev_csv, "lm": args.lm,
+               "machine": machine_info(), "options": vars(args)}
+    print(f"wrote {write_json(out / 'decoding.json', summary)}, "
+          f"{plot(results, out / 'decoding.png')}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

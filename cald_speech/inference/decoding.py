@@ -1,0 +1,405 @@
+"""CTC beam search with optional n-gram language-model fusion, and word timings for it.
+
+Greedy decoding (the argmax path, :func:`~cald_speech.inference.align.align_words`) stays
+the default. :class:`BeamDecoder` runs SpeechBrain's prefix beam search
+(:class:`speechbrain.decoders.ctc.CTCPrefixBeamSearcher`, adapted from pyctcdecode) over
+the frame log-posteriors of a whole input — one-pass and windowed transcription give one
+posterior sequence, decoded once — with shallow fusion of a KenLM model (ARPA or binary,
+through the ``kenlm`` module of the ``lm`` extra): each word's score adds
+``lm_weight`` x its LM log-probability and ``word_bonus`` per word.
+
+Works with every tokenizer the project reads: characters (the word separator becomes the
+space), SentencePiece (words start at ``▁``) and hub CTC vocabularies (the word delimiter
+becomes the space). Special units (``<s>``, ``</s>``, ``<unk>``) are never emitted by the
+beam search. Word timings: the beam's words come with their frame spans; each word's
+units are force-aligned to the posteriors inside its span
+(:func:`torchaudio.functional.forced_align`), which gives its start, end and
+confidence (the mean posterior of its units on the frames aligned to them — the same
+definition as for greedy words).
+
+Example
+-------
+>>> import torch
+>>> from cald_speech.data.tokenizer import CharTokenizer
+>>> tok = CharTokenizer()
+>>> path = [0, 21, 21, 0, 16, 1, 1, 24, 16, 0]             # T O | W O
+>>> probs = torch.nn.functional.one_hot(torch.tensor(path), 29) * 0.88 + 0.003
+>>> probs[:, 0] += 0.02                                      # blank beats other units
+>>> text, words = BeamDecoder(tok, beam_size=4).decode(probs.log(), frame_shift=0.02)
+>>> text, [(w.word, w.start, w.end) for w in words]
+('TO WO', [('TO', 0.02, 0.1), ('WO', 0.14, 0.18)])
+"""
+
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+from cald_speech.errors import ConfigError, DataError
+from cald_speech.inference.align import Word
+
+logger = logging.getLogger(__name__)
+
+#: Defaults of the beam search (SpeechBrain's prefix beam search; weights as pyctcdecode's).
+DEFAULT_BEAM_SIZE = 16
+DEFAULT_LM_WEIGHT = 0.5
+DEFAULT_WORD_BONUS = 1.5
+#: Share of an ARPA model's words that must be spellable with the model's units.
+MIN_LM_COVERAGE = 0.5
+
+
+def check_beam_options(beam_size=None, lm=None, lm_weight=DEFAULT_LM_WEIGHT,
+                       word_bonus=DEFAULT_WORD_BONUS):
+    """Checks decoding options; returns ``beam_size`` as an int or ``None`` (greedy).
+
+    Example
+    -------
+    >>> check_beam_options(), check_beam_options(8)
+    (None, 8)
+    >>> check_beam_options(None, lm="lm.arpa")
+    Traceback (most recent call last):
+      ...
+    cald_speech.errors.ConfigError: an LM (lm.arpa) is used by the beam search only; ...
+    """
+    if beam_size is None:
+        if lm is not None:
+            raise ConfigError(f"an LM ({lm}) is used by the beam search only; fix: give a "
+                              f"beam size too (e.g. --beam-size {DEFAULT_BEAM_SIZE})")
+        return None
+    if isinstance(beam_size, bool) or int(beam_size) != beam_size or int(beam_size) < 1:
+        raise ConfigError(f"beam size must be a positive integer, got {beam_size!r}; fix: "
+                          f"--beam-size {DEFAULT_BEAM_SIZE} (or leave it out for greedy "
+                          "decoding)")
+    for name, value in (("lm weight", lm_weight), ("word bonus", word_bonus)):
+        try:
+            float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} must be a number, got {value!r}") from None
+    return int(beam_size)
+
+
+def add_decoding_options(parser):
+    """Adds ``--beam-size``, ``--lm``, ``--lm-weight``, ``--word-bonus`` to a parser.
+
+    Example
+    -------
+    >>> import argparse
+    >>> p = argparse.ArgumentParser()
+    >>> add_decoding_options(p)
+    >>> vars(p.parse_args(["--beam-size", "8"]))["beam_size"]
+    8
+    """
+    g = parser.add_argument_group("decoding (default: greedy)")
+    g.add_argument("--beam-size", type=int, default=None, metavar="N",
+                   help=f"CTC prefix beam search of width N (e.g. {DEFAULT_BEAM_SIZE}); "
+                        "default: greedy decoding")
+    g.add_argument("--lm", default=None, metavar="PATH",
+                   help="KenLM n-gram model (ARPA or binary) fused into the beam search "
+                        "(needs --beam-size; build one with cald-lm build)")
+    g.add_argument("--lm-weight", type=float, default=DEFAULT_LM_WEIGHT, metavar="A",
+                   help=f"weight of the LM log-probability (default {DEFAULT_LM_WEIGHT:g})")
+    g.add_argument("--word-bonus", type=float, default=DEFAULT_WORD_BONUS, metavar="B",
+                   help=f"score added per word (default {DEFAULT_WORD_BONUS:g})")
+
+
+def decoding_kwargs(args):
+    """The :class:`~cald_speech.inference.Transcriber` options of parsed arguments,
+    checked (a :class:`~cald_speech.errors.ConfigError` for a bad combination)."""
+    check_beam_options(args.beam_size, args.lm, args.lm_weight, args.word_bonus)
+    return {"beam_size": args.beam_size, "lm": args.lm, "lm_weight": args.lm_weight,
+            "word_bonus": args.word_bonus}
+
+
+def _tokenizer_kind(tokenizer):
+    from cald_speech.data.hub_tokenizer import HubCTCTokenizer
+    from cald_speech.data.tokenizer import CharTokenizer, SentencePieceTokenizer
+
+    for cls, kind in ((CharTokenizer, "char"), (HubCTCTokenizer, "hub"),
+                      (SentencePieceTokenizer, "sentencepiece")):
+        if isinstance(tokenizer, cls):
+            return kind
+    raise ConfigError(f"no beam search for a {type(tokenizer).__name__}")
+
+
+def beam_vocabulary(tokenizer):
+    """``(units as text, ids never emitted)`` for the beam search.
+
+    The word separator / delimiter becomes ``" "``; SentencePiece pieces stay pieces
+    (``▁`` starts a word); blank and special units are never emitted.
+
+    Example
+    -------
+    >>> from cald_speech.data.tokenizer import CharTokenizer
+    >>> vocab, never = beam_vocabulary(CharTokenizer(unk=True))
+    >>> vocab[:4], vocab[-1], never
+    (['', ' ', 'A', 'B'], '<unk>', [29])
+    """
+    kind = _tokenizer_kind(tokenizer)
+    if kind == "sentencepiece":
+        vocab = list(tokenizer.pieces)
+        never = [i for i in (tokenizer.unk_id,) if i is not None and i > 0]
+    elif kind == "char":
+        vocab = list(tokenizer.symbols)
+        vocab[tokenizer.word_sep_id] = " "
+        never = [] if tokenizer.unk_id is None else [tokenizer.unk_id]
+    else:
+        vocab = list(tokenizer.symbols)
+        if tokenizer.word_sep_id is None:
+            raise DataError(tokenizer.vocab_file, "has no word delimiter, so a beam search "
+                            "cannot tell words apart", "set word_delimiter_token in "
+                            "tokenizer_config.json")
+        vocab[tokenizer.word_sep_id] = " "
+        never = sorted(i for i in tokenizer.hf.all_special_ids if i != tokenizer.blank_id)
+    vocab[tokenizer.blank_id] = ""
+    return vocab, never
+
+
+def _arpa_unigrams(path, limit=20000):
+    """Up to ``limit`` words of an ARPA file's unigram section (no special tokens)."""
+    words = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        section = None
+        for line in f:
+            line = line.strip()
+            if line.startswith("\\"):
+                section = line
+                if section.startswith("\\2-grams") or section == "\\end\\":
+                    break
+                continue
+            if section == "\\1-grams:" and line:
+                parts = line.split("\t")
+                if len(parts) >= 2 and parts[1] not in ("<s>", "</s>", "<unk>"):
+                    words.append(parts[1])
+                    if len(words) >= limit:
+                        break
+    return words
+
+
+def check_lm_file(path, tokenizer):
+    """Checks an LM file before the beam search loads it: present, readable by KenLM,
+    and — for ARPA — made of words the model can spell.
+
+    Raises
+    ------
+    DataError
+        Missing, empty, truncated or foreign file; an LM of another alphabet (e.g. lower
+        case words for a model of upper-case letters).
+    ConfigError
+        The ``kenlm`` module is not installed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "language model file not found",
+                        "give an ARPA or KenLM binary file (build one with cald-lm build)")
+    if path.stat().st_size == 0:
+        raise DataError(path, "is empty", "build the LM again (cald-lm build)")
+    try:
+        import kenlm  # noqa: F401
+        import pygtrie  # noqa: F401  (SpeechBrain's KenLM scorer needs it)
+    except ImportError:
+        raise ConfigError("LM fusion needs the kenlm and pygtrie modules; fix: pip install "
+                          "-e '.[lm]' (kenlm compiles from source: see the README)") from None
+    if is_binary_lm(path):
+        return
+    words = _arpa_unigrams(path)
+    vocab, never = beam_vocabulary(tokenizer)
+    units = {v for i, v in enumerate(vocab) if v.strip() and i not in never}
+    if _tokenizer_kind(tokenizer) == "sentencepiece":
+        units = {ch for v in units for ch in v.replace("\u2581", "")}
+    spellable = [w for w in words if all(ch in units for ch in w)]
+    if words and len(spellable) < MIN_LM_COVERAGE * len(words):
+        sample = ", ".join(repr(w) for w in words[:3])
+        raise DataError(path, f"only {len(spellable)} of its first {len(words)} words "
+                        f"({sample}, ...) can be spelled with the model's units "
+                        f"({''.join(sorted(units))[:60]}): an LM of another alphabet or case",
+                        "build it for this model: cald-lm build TEXT --model MODEL_DIR "
+                        f"--out {path.name}")
+
+
+class _quiet_stderr:
+    """Sends the process's stderr (C++ libraries write there) to a file inside the block;
+    :meth:`text` is what was written."""
+
+    def __enter__(self):
+        import tempfile
+
+        self._file = tempfile.TemporaryFile(mode="w+b")
+        sys.stderr.flush()
+        self._saved = os.dup(2)
+        os.dup2(self._file.fileno(), 2)
+        return self
+
+    def __exit__(self, *exc):
+        sys.stderr.flush()
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+        return False
+
+    def text(self):
+        self._file.seek(0)
+        return self._file.read().decode("utf-8", "replace")
+
+
+def is_binary_lm(path):
+    """True for a KenLM binary file (``build_binary`` output), by its magic bytes."""
+    with open(path, "rb") as f:
+        return f.read(4) == b"mmap"
+
+
+class BeamDecoder:
+    """CTC prefix beam search, optionally fused with a KenLM n-gram model.
+
+    Arguments
+    ---------
+    tokenizer : CharTokenizer, SentencePieceTokenizer or HubCTCTokenizer
+        The model's tokenizer (blank = 0).
+    beam_size : int
+        Hypotheses kept per frame.
+    lm : str or os.PathLike, optional
+        An ARPA or KenLM binary file of words in the model's alphabet.
+    lm_weight : float
+        Weight of the LM log-probability (``alpha``).
+    word_bonus : float
+        Score added per word (``beta``), against the LM's preference for short outputs.
+    beam_prune_logp, token_prune_min_logp : float
+        SpeechBrain's pruning thresholds (beams this far below the best, units below
+        this log-probability on a frame).
+    """
+
+    def __init__(self, tokenizer, beam_size=DEFAULT_BEAM_SIZE, lm=None,
+                 lm_weight=DEFAULT_LM_WEIGHT, word_bonus=DEFAULT_WORD_BONUS,
+                 beam_prune_logp=-10.0, token_prune_min_logp=-5.0):
+        from speechbrain.decoders.ctc import CTCPrefixBeamSearcher
+
+        self.beam_size = check_beam_options(beam_size, lm, lm_weight, word_bonus)
+        self.tokenizer = tokenizer
+        self.kind = _tokenizer_kind(tokenizer)
+        self.vocab, self.never = beam_vocabulary(tokenizer)
+        self.lm = None if lm is None else str(lm)
+        self.lm_weight, self.word_bonus = float(lm_weight), float(word_bonus)
+        if self.lm is not None:
+            check_lm_file(self.lm, tokenizer)
+        unigrams = None
+        if self.lm is not None and is_binary_lm(self.lm):
+            words = Path(self.lm).with_suffix(".words.txt")  # written by cald-lm build
+            if words.is_file():
+                unigrams = words.read_text(encoding="utf-8").split()
+        sb_logger = logging.getLogger("speechbrain.decoders.ctc")
+        level = sb_logger.level
+        sb_logger.setLevel(logging.ERROR)  # its "Found space_token" / arpa notes
+        try:
+            with _quiet_stderr() as said:  # KenLM's loading progress bar
+                self.searcher = CTCPrefixBeamSearcher(
+                    blank_index=tokenizer.blank_id, vocab_list=self.vocab, space_token=" ",
+                    kenlm_model_path=self.lm, unigrams=unigrams, alpha=self.lm_weight,
+                    beta=self.word_bonus, beam_size=self.beam_size,
+                    beam_prune_logp=beam_prune_logp,
+                    token_prune_min_logp=token_prune_min_logp)
+        except (OSError, RuntimeError, ValueError) as exc:
+            detail = " ".join(str(exc).split()) or " ".join(said.text().split())[-200:]
+            raise DataError(self.lm, f"cannot be read by KenLM ({detail})",
+                            "give a complete ARPA or KenLM binary file; build it again with "
+                            "cald-lm build") from None
+        finally:
+            sb_logger.setLevel(level)
+
+    def __repr__(self):
+        lm = f", lm={os.path.basename(self.lm)}, weight {self.lm_weight:g}, bonus " \
+             f"{self.word_bonus:g}" if self.lm else ""
+        return f"BeamDecoder(beam {self.beam_size}{lm})"
+
+    def settings(self):
+        """The options as a JSON-able dict (for reports)."""
+        return {"decoder": "beam", "beam_size": self.beam_size, "lm": self.lm,
+                "lm_weight": self.lm_weight if self.lm else None,
+                "word_bonus": self.word_bonus if self.lm else None}
+
+    def best(self, log_probs):
+        """The best hypothesis of SpeechBrain's searcher for (T, V) log posteriors."""
+        lp = log_probs.detach().float().cpu()
+        if self.never:
+            lp = lp.clone()
+            lp[:, self.never] = float("-inf")
+        return self.searcher(lp[None])[0][0]
+
+    def decode(self, log_probs, frame_shift, duration=None, timestamps=True):
+        """``(text, words)`` of (T, V) log posteriors, as
+        :func:`~cald_speech.inference.align.align_words` gives them for greedy decoding.
+        """
+        if log_probs.shape[0] == 0:
+            return "", []
+        hyp = self.best(log_probs)
+        text = " ".join(hyp.text.split())
+        if not timestamps:
+            return text, []
+        words = []
+        limit = float("inf") if duration is None else float(duration)
+        for word, (start, end) in hyp.text_frames or []:
+            word = word.strip()
+            if not word:
+                continue
+            first, last, conf = self._align(log_probs, word, int(start), int(end))
+            words.append(Word(word, round(min(first * frame_shift, limit), 6),
+                              round(min((last + 1) * frame_shift, limit), 6), conf))
+        return text, words
+
+    def _word_ids(self, word):
+        if self.kind == "sentencepiece":
+            return self.tokenizer.encode(word)
+        ids = []
+        index = {v: i for i, v in enumerate(self.vocab) if v}
+        for ch in word:
+            i = index.get(ch)
+            if i is None:
+                return None
+            ids.append(i)
+        return ids
+
+    def _align(self, log_probs, word, start, end):
+        """(first frame, last frame, confidence) of ``word`` in frames [start, end]."""
+        from torchaudio.functional import forced_align
+
+        lp = log_probs[start:end + 1].float()
+        ids = self._word_ids(word)
+        if ids:
+            try:
+                path, scores = forced_align(lp[None], torch.tensor([ids], dtype=torch.int32),
+                                            blank=self.tokenizer.blank_id)
+            except RuntimeError:
+                path = None
+            if path is not None:
+                on = (path[0] != self.tokenizer.blank_id).nonzero().flatten()
+                if on.numel():
+                    conf = float(scores[0, on].exp().mean())
+                    return start + int(on[0]), start + int(on[-1]), conf
+        best = lp.max(dim=-1).values.exp()  # no alignment: the span and its argmax mass
+        return start, end, float(best.mean())
+
+
+def lm_words_in_alphabet(text, tokenizer):
+    """Normalised words of ``text`` for an LM of ``tokenizer``'s units (case applied,
+    word separators and specials removed); words with other characters dropped.
+
+    Example
+    -------
+    >>> from cald_speech.data.tokenizer import CharTokenizer
+    >>> lm_words_in_alphabet("It's a café!", CharTokenizer())
+    ["IT'S", 'A']
+    """
+    from cald_speech.data.tokenizer import apply_case
+
+    vocab, never = beam_vocabulary(tokenizer)
+    units = {v for i, v in enumerate(vocab) if v.strip() and i not in never}
+    if _tokenizer_kind(tokenizer) == "sentencepiece":
+        units = {ch for v in units for ch in v.replace("\u2581", "")}
+    text = apply_case(str(text), getattr(tokenizer, "case", None))
+    words = re.findall(r"\S+", text)
+    out = []
+    for w in words:
+        w = w.strip(".,;:!?\"()[]{}")
+        if w and all(ch in units for ch in w):
+            out.append(w)
+    return out
