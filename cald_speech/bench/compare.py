@@ -1,10 +1,12 @@
 """Is one model better than another on the same test items? A paired bootstrap.
 
-``cald-bench compare --a RUN ... --b RUN ...`` reads the per-utterance transcripts
-that the CTC recipe writes at test time (``wer_<split>.txt``, SpeechBrain's
-``ErrorRateStats`` alignments), recomputes every utterance's word and character errors
-(CER as the recipe computes it: characters of the words joined by single spaces), and
-compares the two sides utterance by utterance:
+``cald-bench compare --a RUN ... --b RUN ...`` reads the per-utterance scores that
+the CTC recipe writes at test time (``wer_<split>_utterances.jsonl``: reference,
+hypothesis, word and character errors and reference lengths, computed by
+:mod:`cald_speech.data.metrics`, the engine of the recipe's own WER and CER), and
+compares the two sides utterance by utterance. Runs older than that file are read from
+their ``wer_<split>.txt`` (SpeechBrain's ``ErrorRateStats`` alignments), rescored by the
+same engine. It reports:
 
 - the corpus WER and CER of each side, and their difference A - B;
 - a 95 % interval of that difference and the share of resamples in which A has fewer
@@ -24,6 +26,7 @@ Example
 """
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -33,10 +36,13 @@ import numpy as np
 
 from cald_speech.bench.report import format_table, machine_info, write_json
 from cald_speech.cli import add_version, fail, parse
+from cald_speech.data.metrics import utterance_scores
 from cald_speech.errors import CaldError
 
 _HEADER = re.compile(r"^(\S+), %WER ")
 EPS = "<eps>"
+#: per-utterance counts compared, in the order of :func:`utterance_counts`' columns
+COLUMNS = ("word_errors", "ref_words", "char_errors", "ref_chars")
 
 
 def read_alignments(path):
@@ -91,20 +97,13 @@ def utterance_counts(pairs):
     >>> utterance_counts([("THE CAT", "A CAT")]).tolist()
     [[1, 2, 3, 7]]
     """
-    import jiwer
+    pairs = list(pairs)
+    scores = utterance_scores([r for r, _ in pairs], [h for _, h in pairs])
+    return _rows(scores)
 
-    from cald_speech.bench.wer import utterance_errors
 
-    rows = []
-    for ref, hyp in pairs:
-        w_err, w_ref = utterance_errors(ref, hyp)
-        if ref:
-            c = jiwer.process_characters(ref, hyp)
-            c_err = c.substitutions + c.deletions + c.insertions
-        else:
-            c_err = len(hyp)
-        rows.append((w_err, w_ref, c_err, len(ref)))
-    return np.asarray(rows, dtype=np.int64).reshape(-1, 4)
+def _rows(scores):
+    return np.asarray([[u[k] for k in COLUMNS] for u in scores], dtype=np.int64).reshape(-1, 4)
 
 
 def paired_bootstrap(err_a, err_b, total, resamples=10000, seed=0):
@@ -144,14 +143,49 @@ def paired_bootstrap(err_a, err_b, total, resamples=10000, seed=0):
                 utterances=n, resamples=resamples)
 
 
-def _alignment_file(run, split):
-    path = Path(run) / f"wer_{split}.txt"
-    if not path.is_file():
+def read_scores(run, split):
+    """``{utterance id: scores}`` of ``run``'s test split ``split``.
+
+    From ``wer_<split>_utterances.jsonl`` (what the recipe writes: one JSON object per
+    utterance with ``ID``, ``ref``, ``hyp`` and the :data:`COLUMNS`), else from an older
+    run's ``wer_<split>.txt``, rescored by :func:`cald_speech.data.metrics.utterance_scores`.
+    The scores hold ``ref`` and the :data:`COLUMNS`.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> run = tempfile.mkdtemp()
+    >>> u = dict(ID="u1", ref="THE CAT", hyp="A CAT", word_errors=1, ref_words=2,
+    ...          char_errors=3, ref_chars=7)
+    >>> with open(os.path.join(run, "wer_test_utterances.jsonl"), "w") as f:
+    ...     json.dump(u, f)
+    >>> read_scores(run, "test")["u1"]["char_errors"]
+    3
+    """
+    path = Path(run) / f"wer_{split}_utterances.jsonl"
+    if path.is_file():
+        out = {}
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                u = json.loads(line)
+                out[str(u["ID"])] = {k: u[k] for k in ("ref", *COLUMNS)}
+            except (ValueError, KeyError, TypeError) as exc:
+                raise CaldError(f"{path}, line {n}: not a per-utterance score of the CTC "
+                                f"recipe ({type(exc).__name__}: {exc}); rerun its test "
+                                "stage") from exc
+        return out
+    text = Path(run) / f"wer_{split}.txt"
+    if not text.is_file():
         raise CaldError(
-            f"{path}: no per-utterance results of split '{split}'. Pass the output_folder "
-            f"of a finished CTC recipe run, or the split it was tested on (--split)."
+            f"{path} (or {text.name}): no per-utterance results of split '{split}'. Pass "
+            f"the output_folder of a finished CTC recipe run, or the split it was tested "
+            f"on (--split)."
         )
-    return path
+    pairs = read_alignments(text)
+    scores = utterance_scores([r for r, _ in pairs.values()], [h for _, h in pairs.values()])
+    return dict(zip(pairs, scores))
 
 
 def compare(runs_a, runs_b, split="test-clean", resamples=10000, seed=0):
@@ -168,16 +202,15 @@ def compare(runs_a, runs_b, split="test-clean", resamples=10000, seed=0):
                         f"and {len(runs_b)}): the i-th of each are paired")
     a_rows, b_rows, unmatched = [], [], 0
     for ra, rb in zip(runs_a, runs_b):
-        ua = read_alignments(_alignment_file(ra, split))
-        ub = read_alignments(_alignment_file(rb, split))
+        ua, ub = read_scores(ra, split), read_scores(rb, split)
         common = sorted(set(ua) & set(ub))
-        mismatch = [u for u in common if ua[u][0] != ub[u][0]]
+        mismatch = [u for u in common if ua[u]["ref"] != ub[u]["ref"]]
         if mismatch:
             raise CaldError(f"{ra} and {rb}: utterance {mismatch[0]} has different "
                             "references; were they tested on the same manifest?")
         unmatched += len(set(ua) ^ set(ub))
-        a_rows.append(utterance_counts([ua[u] for u in common]))
-        b_rows.append(utterance_counts([ub[u] for u in common]))
+        a_rows.append(_rows([ua[u] for u in common]))
+        b_rows.append(_rows([ub[u] for u in common]))
     a, b = np.concatenate(a_rows), np.concatenate(b_rows)
     out = dict(split=split, runs_a=[str(r) for r in runs_a], runs_b=[str(r) for r in runs_b],
                unmatched=unmatched)

@@ -82,7 +82,7 @@ def score(items, hyps):
 def tune_lm(asr, dev_items, dev_lps, lm, beam_size, grid=None):
     """The (LM weight, word bonus) of the grid with the lowest dev WER (ties: CER, then
     the smaller weight); returns ``(best dict, every grid point)``."""
-    from cald_speech.inference.decoding import BeamDecoder
+    from cald_speech.decoding import BeamDecoder
 
     points = []
     for weight, bonus in grid or lm_grid():
@@ -113,9 +113,9 @@ def _long_audio(items, minutes, rate):
 
 def run_model(folder, test, dev, lm, beam_size, grid, mode, long_minutes, device):
     """Every measurement of one model (see the module doc)."""
+    from cald_speech.decoding import BeamDecoder
     from cald_speech.hub import resolve_model_source
     from cald_speech.inference import Transcriber
-    from cald_speech.inference.decoding import BeamDecoder
 
     asr = Transcriber.from_pretrained(resolve_model_source(folder), device=device)
     lps, failed, post_s = posteriors(asr, test, mode)
@@ -234,7 +234,7 @@ def build_parser():
 def main(argv=None):
     """Entry point of ``cald-bench decoding``; returns the exit status."""
     from cald_speech.bench.wer import read_items
-    from cald_speech.inference.decoding import check_beam_options
+    from cald_speech.decoding import check_beam_options
 
     prog = "cald-bench decoding"
     args, status = parse(build_parser(), argv)

@@ -45,6 +45,7 @@ from cald_speech.bench.report import (
 from cald_speech.bench.wer import error_rates, read_items
 from cald_speech.cli import add_version, fail, parse
 from cald_speech.data.audio import SAMPLE_RATE, load_audio
+from cald_speech.decoding import add_decoding_options, decoding_kwargs
 from cald_speech.errors import AudioError, CaldError, DataError
 from cald_speech.hub import resolve_model_source
 from cald_speech.inference import DEFAULT_NORM_WINDOW_S
@@ -143,6 +144,7 @@ def build_parser():
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--timeout", type=float, default=7200.0, help="per-system time limit (s)")
     p.add_argument("--out-dir", default="results/bench_longform", help="where results go")
+    add_decoding_options(p)  # teacher and student decoded alike
     p.add_argument("--in-process", action="store_true",
                    help="run the systems in this process (smoke tests only: peak memory is "
                         "then not per system)")
@@ -158,6 +160,7 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     skipped = {}
     try:
+        decoding = decoding_kwargs(args)
         folders = {"teacher": resolve_model_source(args.teacher, "teacher"),
                    "student": resolve_model_source(args.student, "student")}
         items = read_items(args.csv, args.text_column, args.data_root, None, args.normalize)
@@ -179,7 +182,8 @@ def main(argv=None):
         cfg = dict(model=str(folders[role]),
                    system=system, mode=mode, audio=rec["path"], window_s=args.window_s,
                    overlap_s=args.overlap_s, norm_window_s=args.norm_window_s,
-                   device=args.device, threads=args.threads, return_text=True)
+                   device=args.device, threads=args.threads, return_text=True,
+                   decoding=decoding)
         print(f"running {system} ...", file=sys.stderr)
         if args.in_process:
             from cald_speech.bench.speed import run_config

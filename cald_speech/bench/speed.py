@@ -236,7 +236,8 @@ def run_config(cfg):
                                                             DEFAULT_NORM_WINDOW_S),
                                       projection_cache_mb=cfg.get(
                                           "projection_cache_mb", DEFAULT_PROJECTION_CACHE_MB),
-                                      precision=cfg.get("precision", "fp32"))
+                                      precision=cfg.get("precision", "fp32"),
+                                      **cfg.get("decoding", {}))
     mode = cfg["mode"]
     asr.transcribe_waveform(synthetic_audio(WARMUP_S, seed=1), mode=mode, progress=False)
     audio = cfg.get("audio")

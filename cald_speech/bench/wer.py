@@ -34,8 +34,10 @@ from cald_speech.bench.report import (
     write_json,
 )
 from cald_speech.cli import EXIT_FAILED, EXIT_OK, add_version, fail, parse
+from cald_speech.data import metrics
 from cald_speech.data.manifest import resolve_audio
-from cald_speech.errors import AudioError, CaldError, DataError
+from cald_speech.decoding import add_decoding_options, decoding_kwargs
+from cald_speech.errors import AudioError, CaldError, ConfigError, DataError
 from cald_speech.hub import resolve_model_source
 from cald_speech.inference.precision import PRECISIONS
 
@@ -54,7 +56,7 @@ def norm_text(text):
 
 
 def error_rates(refs, hyps):
-    """Corpus-level WER and CER (jiwer) with the word error counts.
+    """Corpus-level WER and CER with the word error counts (:mod:`cald_speech.data.metrics`).
 
     Arguments
     ---------
@@ -65,59 +67,49 @@ def error_rates(refs, hyps):
     -------
     dict
         ``wer``, ``cer``, ``substitutions``, ``deletions``, ``insertions``, ``hits``,
-        ``ref_words``, ``items``.
+        ``ref_words``, ``items``, and ``word_errors``, ``char_errors``, ``ref_chars``,
+        ``empty_references`` (rates ``None`` with no item).
     """
-    import jiwer
-
-    if not refs:
-        return dict(wer=None, cer=None, substitutions=0, deletions=0, insertions=0, hits=0,
-                    ref_words=0, items=0)
-    words = jiwer.process_words(list(refs), list(hyps))
-    chars = jiwer.process_characters(list(refs), list(hyps))
-    return dict(
-        wer=words.wer, cer=chars.cer, substitutions=words.substitutions,
-        deletions=words.deletions, insertions=words.insertions, hits=words.hits,
-        ref_words=words.hits + words.substitutions + words.deletions, items=len(refs),
-    )
+    return metrics.error_rates(refs, hyps)
 
 
 def utterance_errors(ref, hyp):
     """Word errors (S + D + I) of one utterance and the number of reference words.
 
+    An empty reference gives the hypothesis words as errors and 0 reference words.
+
     Example
     -------
     >>> utterance_errors("A B C", "A X C D")
     (2, 3)
+    >>> utterance_errors("", "UM ER")
+    (2, 0)
     """
-    import jiwer
-
-    if not ref and not hyp:
-        return 0, 0
-    if not ref:
-        return len(hyp.split()), 0
-    out = jiwer.process_words(ref, hyp)
-    return out.substitutions + out.deletions + out.insertions, len(ref.split())
+    u = metrics.utterance_scores([ref], [hyp])[0]
+    return u["word_errors"], u["ref_words"]
 
 
 def word_diff(ref, hyp):
-    """The differing words of two texts, as ``-ref`` / ``+hyp`` / ``ref->hyp`` tokens.
+    """The differing words of two texts (jiwer's alignment), one token per word error.
+
+    ``ref->hyp`` is a substitution, ``-ref`` a deletion and ``+hyp`` an insertion: the
+    tokens are exactly the errors :func:`utterance_errors` counts.
 
     Example
     -------
     >>> word_diff("A B C D", "A X C")
     'B->X -D'
+    >>> word_diff("C C", "A C")
+    'C->A'
     """
-    import difflib
-
-    a, b = ref.split(), hyp.split()
     out = []
-    for op, i0, i1, j0, j1 in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes():
-        if op == "replace":
-            out.append(f"{' '.join(a[i0:i1])}->{' '.join(b[j0:j1])}")
+    for op, r, h in metrics.word_alignment(ref, hyp):
+        if op == "substitute":
+            out.append(f"{r}->{h}")
         elif op == "delete":
-            out.append("-" + " ".join(a[i0:i1]))
+            out.append("-" + r)
         elif op == "insert":
-            out.append("+" + " ".join(b[j0:j1]))
+            out.append("+" + h)
     return " ".join(out)
 
 
@@ -287,6 +279,20 @@ def write_utterances(utterances, out_dir):
     return str(csv_path), json_path
 
 
+def tune_decoder(asr, dev_items, mode="auto"):
+    """Sets ``asr``'s LM weight and word bonus to the dev-best of a small grid
+    (:func:`cald_speech.bench.decoding.tune_lm`); returns the tuning record."""
+    from cald_speech.bench.decoding import posteriors, tune_lm
+    from cald_speech.decoding import BeamDecoder
+
+    lps, _, _ = posteriors(asr, dev_items, mode)
+    d = asr.decoder
+    best, grid = tune_lm(asr, dev_items, lps, d.lm, d.beam_size)
+    asr.decoder = BeamDecoder(asr.tokenizer, d.beam_size, d.lm, best["lm_weight"],
+                              best["word_bonus"])
+    return {"dev_items": len(lps), "best": best, "grid": grid}
+
+
 def build_parser():
     """The ``cald-bench wer`` argument parser."""
     p = argparse.ArgumentParser(
@@ -307,6 +313,11 @@ def build_parser():
                    help="the student's own precision (default: --precision); with the "
                         "same folder twice, this measures what bf16 changes")
     p.add_argument("--out-dir", default="results/bench_wer", help="where the results go")
+    add_decoding_options(p)
+    p.add_argument("--tune-lm", action="store_true",
+                   help="choose each model's --lm-weight and --word-bonus on --dev-csv (a "
+                        "small grid) before the test items are decoded once")
+    p.add_argument("--dev-csv", default=None, help="dev manifest for --tune-lm")
     return add_version(p)
 
 
@@ -322,11 +333,27 @@ def main(argv=None):
         student_dir = resolve_model_source(args.student, "student")
         items = read_items(args.csv, args.text_column, args.data_root, args.limit,
                            args.normalize)
-        kw = dict(device=args.device, window_s=args.window_s, overlap_s=args.overlap_s)
+        decoding = decoding_kwargs(args)
+        if args.tune_lm and (args.lm is None or args.dev_csv is None):
+            raise ConfigError("--tune-lm needs --lm, --beam-size and --dev-csv (the weights "
+                              "are chosen on dev, never on the test items)")
+        kw = dict(device=args.device, window_s=args.window_s, overlap_s=args.overlap_s,
+                  **decoding)
         teacher = Transcriber.from_pretrained(teacher_dir, precision=args.precision, **kw)
         student = Transcriber.from_pretrained(
             student_dir, precision=args.student_precision or args.precision, **kw)
+        tuned = {}
+        if args.tune_lm:
+            dev = read_items(args.dev_csv, args.text_column, args.data_root, args.limit,
+                             args.normalize)
+            tuned = {name: tune_decoder(asr, dev, args.mode)
+                     for name, asr in (("teacher", teacher), ("student", student))}
         summary, utterances = evaluate(teacher, student, items, args.batch_size, args.mode)
+        summary["decoding"] = {"teacher": (teacher.decoder.settings() if teacher.decoder
+                                           else {"decoder": "greedy"}),
+                               "student": (student.decoder.settings() if student.decoder
+                                           else {"decoder": "greedy"}),
+                               "tuning": tuned}
     except CaldError as exc:
         return fail("cald-bench wer", exc)
     for item_id, msg in summary["failed"].items():

@@ -4,6 +4,6 @@
 (preparation), ``manifest`` (the one manifest reader and writer), ``prep_state``
 (skip counts, summaries, up-to-date checks), ``merge``, ``pack`` (Opus shards),
 ``pipeline`` (manifest -> SpeechBrain datasets), ``audio`` (the one audio reader),
-``text``, ``tokenizer``, ``prepare`` (``cald-prepare``). Knows no models: imports only
-data modules, errors and cli.
+``text``, ``tokenizer``, ``metrics`` (the one WER/CER engine), ``prepare``
+(``cald-prepare``). Knows no models: imports only data modules, errors and cli.
 """

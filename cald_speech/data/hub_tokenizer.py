@@ -163,6 +163,12 @@ class HubCTCTokenizer:
         config = {}
         if (folder / CONFIG_FILE).is_file():
             config = _read(folder / CONFIG_FILE, "a tokenizer configuration")
+        delimiter = config.get("word_delimiter_token", "|")
+        if delimiter is not None and delimiter not in vocab:
+            raise DataError(folder / VOCAB_FILE, f"has no word delimiter {delimiter!r} (the "
+                            f"word_delimiter_token of {CONFIG_FILE}), so words cannot be told "
+                            "apart", f"set word_delimiter_token in {CONFIG_FILE} to the "
+                            "vocabulary's word separator")
         tok_class = config.get("tokenizer_class") or "Wav2Vec2CTCTokenizer"
         if tok_class not in SUPPORTED_CLASSES:
             raise DataError(

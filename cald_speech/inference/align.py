@@ -5,26 +5,12 @@ for wav2vec2); a word's confidence is the mean of the frame posteriors of the to
 aligned to it (:func:`align_words`).
 """
 
-from dataclasses import dataclass
-
 import torch
 
+from cald_speech.decoding import Word
 from cald_speech.errors import ConfigError
 
-
-@dataclass
-class Word:
-    """A word of a transcript: text, start and end in seconds, confidence in [0, 1]."""
-
-    word: str
-    start: float
-    end: float
-    confidence: float
-
-    def to_dict(self):
-        """The JSON form ``{"word", "start", "end", "confidence"}`` (rounded)."""
-        return {"word": self.word, "start": round(self.start, 3), "end": round(self.end, 3),
-                "confidence": round(self.confidence, 4)}
+__all__ = ["Word", "align_words"]
 
 
 def _word_starts(tokenizer, ids):

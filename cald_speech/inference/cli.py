@@ -12,10 +12,10 @@ from pathlib import Path
 
 from cald_speech.allocator import tune_allocator
 from cald_speech.cli import EXIT_FAILED, EXIT_OK, add_version, exit_status, fail, parse
+from cald_speech.decoding import add_decoding_options, decoding_kwargs
 from cald_speech.errors import CaldError, ConfigError
 from cald_speech.inference.classifier import Classifier
 from cald_speech.inference.cnn_blocks import DEFAULT_NORM_WINDOW_S
-from cald_speech.inference.decoding import add_decoding_options, decoding_kwargs
 from cald_speech.inference.formats import FORMATS
 from cald_speech.inference.long_form import DEFAULT_PROJECTION_CACHE_MB
 from cald_speech.inference.precision import PRECISIONS

@@ -80,6 +80,12 @@ import numpy as np
 import torch
 
 from cald_speech.data.audio import SAMPLE_RATE, check_finite, load_audio, resample
+from cald_speech.decoding import (
+    DEFAULT_LM_WEIGHT,
+    DEFAULT_WORD_BONUS,
+    BeamDecoder,
+    check_beam_options,
+)
 from cald_speech.errors import AudioError, ConfigError, DataError
 from cald_speech.features import (
     base_model,
@@ -95,12 +101,6 @@ from cald_speech.inference.cnn_blocks import (
     cnn_features,
     cnn_geometry,
     padded_features,
-)
-from cald_speech.inference.decoding import (
-    DEFAULT_LM_WEIGHT,
-    DEFAULT_WORD_BONUS,
-    BeamDecoder,
-    check_beam_options,
 )
 from cald_speech.inference.formats import Transcript
 from cald_speech.inference.long_form import (
@@ -217,7 +217,7 @@ class Transcriber:
         A KenLM n-gram model (ARPA or binary) fused into the beam search.
     lm_weight, word_bonus : float
         The LM's weight and the score added per word
-        (:class:`~cald_speech.inference.decoding.BeamDecoder`).
+        (:class:`~cald_speech.decoding.BeamDecoder`).
 
     Notes
     -----

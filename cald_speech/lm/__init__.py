@@ -5,7 +5,7 @@ TSV, SpeechBrain CSV manifests, SLURP jsonl), normalises them to the alphabet of
 (the project's text normaliser, then the model's case and units), leaves out sentences
 of given manifests (dev and test sets) and estimates a modified Kneser-Ney model with
 KenLM's ``lmplz``. The package imports data (text, tokenizers) and the decoders'
-alphabet (:mod:`cald_speech.inference.decoding`), never training code.
+alphabet (:mod:`cald_speech.decoding`), never training code.
 """
 
 from cald_speech.lm.build import build_lm, find_tool, read_sentences

@@ -110,7 +110,7 @@ def normalise_sentences(sentences, tokenizer=None):
     for s in sentences:
         text = normalize_text(s)
         if tokenizer is not None:
-            from cald_speech.inference.decoding import lm_words_in_alphabet
+            from cald_speech.decoding import lm_words_in_alphabet
 
             words = text.split()
             kept = lm_words_in_alphabet(text, tokenizer)

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from cald_speech.data.hub_tokenizer import HubCTCTokenizer
-from cald_speech.errors import ConfigError
+from cald_speech.errors import ConfigError, DataError
 from cald_speech.inference import Transcriber
 from cald_speech.tasks.asr.model import load_ctc_model
 from cald_speech.testing import hub_ctc_folder, tiny_teacher
@@ -127,3 +127,36 @@ def test_characters_outside_the_vocabulary_are_counted_once(hub, tmp_path, logge
     warned = [r.getMessage() for r in logged.records if "become <unk>" in r.getMessage()]
     assert len(warned) == 1 and "train-clean-100" in warned[0]
     assert "'É' x1" in warned[0] and "'4' x1" in warned[0]
+
+
+def test_test_split_decoded_with_beam_search_and_an_lm(hub, corpus, tmp_path):
+    """The recipe's test evaluation with `beam_size` and `lm`: the per-utterance file holds
+    the beam's transcripts, equal to decoding the packaged model's posteriors the same way."""
+    from cald_speech.bench.wer import read_items
+    from cald_speech.data.audio import load_audio
+    from cald_speech.decoding import BeamDecoder
+    from cald_speech.lm.build import build_lm
+
+    text = tmp_path / "text.txt"
+    text.write_text("A CAT\nTHE DOG RAN\nNO\nYES I DO\nIT'S ME\nGO HOME NOW\n" * 3)
+    build_lm([text], tmp_path / "lm.arpa", order=2)
+    out = tmp_path / "beam"
+    run("cald.yaml", out, corpus, "--mode", "target", "--teacher_source", str(hub),
+        "--beam_size", "4", "--lm", str(tmp_path / "lm.arpa"), "--lm_weight", "2.0",
+        "--word_bonus", "0.5", "--test_splits", "[test-clean]")
+    rows = [json.loads(line) for line in
+            (out / "wer_test-clean_utterances.jsonl").read_text().splitlines()]
+    asr = Transcriber.from_pretrained(out / "model")
+    beam = BeamDecoder(asr.tokenizer, 4, tmp_path / "lm.arpa", 2.0, 0.5)
+    items = {it["ID"]: it for it in read_items(out / "manifests" / "test-clean.csv")}
+    for row in rows:
+        lp = asr.log_probs(load_audio(items[row["ID"]]["wav"])[0])
+        assert row["hyp"] == " ".join(beam.decode(lp, asr.frame_shift)[0].split())
+    assert any(row["hyp"] for row in rows)
+
+
+def test_a_bad_lm_stops_the_recipe_before_training(hub, corpus, tmp_path):
+    with pytest.raises(DataError, match=r"missing\.arpa: language model file not found"):
+        run("cald.yaml", tmp_path / "x", corpus, "--mode", "target", "--teacher_source",
+            str(hub), "--beam_size", "4", "--lm", str(tmp_path / "missing.arpa"))
+    assert not (tmp_path / "x" / "manifests").exists()  # before anything is built

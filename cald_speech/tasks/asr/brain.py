@@ -4,14 +4,23 @@
 task: how the model runs, its head, the CTC loss, WER/CER and the result files.
 """
 
+import json
+import logging
 import os
 
 import speechbrain as sb
 import torch.nn.functional as F
 
+from cald_speech.data.metrics import totals, utterance_scores
 from cald_speech.data.tokenizer import apply_case
+from cald_speech.decoding import DEFAULT_LM_WEIGHT, DEFAULT_WORD_BONUS, BeamDecoder
 from cald_speech.distill.brain import DistillBrain
 from cald_speech.distill.stages import stage_file, write_stats_json
+
+logger = logging.getLogger(__name__)
+
+#: per-utterance fields of ``<wer_file>_utterances.jsonl`` (besides ``ID``)
+UTTERANCE_FIELDS = ("ref", "hyp", "word_errors", "ref_words", "char_errors", "ref_chars")
 
 
 class CTCBrain(DistillBrain):
@@ -23,7 +32,10 @@ class CTCBrain(DistillBrain):
     Batches carry ``tokens`` (padded ids) and ``words`` (reference text).
     """
 
-    TASK_DEFAULTS = {"best_metric": "WER", "wer_file": None}
+    TASK_DEFAULTS = {"best_metric": "WER", "wer_file": None, "beam_size": None, "lm": None,
+                     "lm_weight": DEFAULT_LM_WEIGHT, "word_bonus": DEFAULT_WORD_BONUS}
+    scored = None   # the stage's transcripts: {"ID", "ref", "hyp": list of str}
+    _counts = None  # their per-utterance counts (cald_speech.data.metrics), once computed
 
     def run_model(self, model, input_values, attention_mask, hidden_states):
         """Returns (hidden states or None, frame logits)."""
@@ -51,31 +63,59 @@ class CTCBrain(DistillBrain):
         else:
             loss = logits.sum() * 0.0
         if stage != sb.Stage.TRAIN:
-            self._score(log_probs, in_len, batch)
+            self._score(log_probs, in_len, batch, stage)
         return loss
 
-    def _score(self, log_probs, in_len, batch):
+    def test_decoder(self):
+        """The test stage's beam decoder (``beam_size``, ``lm``, ``lm_weight``,
+        ``word_bonus`` in the hparams), or ``None``: greedy, as in validation."""
+        hp = self.hparams
+        if getattr(self, "_decoder", None) is None and hp.beam_size is not None:
+            self._decoder = BeamDecoder(hp.tokenizer, hp.beam_size, hp.lm, hp.lm_weight,
+                                        hp.word_bonus)
+        return getattr(self, "_decoder", None)
+
+    def _score(self, log_probs, in_len, batch, stage=None):
+        """Keeps the batch's transcripts beside their references (the units' case):
+        greedy, or the test stage's beam search (:meth:`test_decoder`)."""
         tok = self.hparams.tokenizer
+        decoder = self.test_decoder() if stage == sb.Stage.TEST else None
         best = log_probs.argmax(dim=-1).cpu()
-        hyps = [tok.decode_ctc(best[i, : int(n)].tolist()).split() for i, n in enumerate(in_len)]
-        refs = [apply_case(w, tok.case).split() for w in batch.words]  # the units' case
-        self.wer_metric.append(batch.id, hyps, refs)
-        self.cer_metric.append(batch.id, [list(" ".join(h)) for h in hyps],
-                               [list(" ".join(r)) for r in refs])
+        for i, n in enumerate(in_len):
+            if decoder is None:
+                hyp = tok.decode_ctc(best[i, : int(n)].tolist())
+            else:
+                hyp = decoder.decode(log_probs[i, : int(n)], 1.0, timestamps=False)[0]
+            self.scored["ID"].append(batch.id[i])
+            self.scored["hyp"].append(" ".join(hyp.split()))
+            self.scored["ref"].append(" ".join(apply_case(batch.words[i], tok.case).split()))
 
     def on_stage_start(self, stage, epoch=None):
-        """Fresh error-rate trackers for valid/test."""
+        """Fresh transcript lists for valid/test."""
         super().on_stage_start(stage, epoch)
         if stage != sb.Stage.TRAIN:
-            self.wer_metric = sb.utils.metric_stats.ErrorRateStats()
-            self.cer_metric = sb.utils.metric_stats.ErrorRateStats()
+            self.scored = {"ID": [], "ref": [], "hyp": []}
+            self._counts = None
+
+    def utterance_counts(self):
+        """Per-utterance error counts of the stage's transcripts (computed once)."""
+        if self._counts is None:
+            self._counts = utterance_scores(self.scored["ref"], self.scored["hyp"])
+        return self._counts
 
     def stage_metrics(self):
-        """WER and CER of the stage."""
-        return {
-            "WER": self.wer_metric.summarize("error_rate"),
-            "CER": self.cer_metric.summarize("error_rate"),
-        }
+        """WER and CER (%) of the stage, by :mod:`cald_speech.data.metrics` (jiwer).
+
+        With no reference word in the stage, see that module's conventions; with no
+        utterance at all, NaN.
+        """
+        total = totals(self.utterance_counts())
+        if total["empty_references"]:
+            logger.warning("%d of %d utterances have an empty reference: their hypothesis "
+                           "words count as insertions (cald_speech.data.metrics)",
+                           total["empty_references"], total["items"])
+        return {key.upper(): float("nan") if total[key] is None else 100.0 * total[key]
+                for key in ("wer", "cer")}
 
     def best_metric(self):
         """Checkpoints are ranked by ``best_metric`` (``WER``, the default, or ``CER``)."""
@@ -110,11 +150,26 @@ class CTCBrain(DistillBrain):
         return min(stats[best], 100.0) + 1e-4 * min(stats[other], 100.0)
 
     def write_stage_files(self, split, stats):
-        """``wer_file`` (alignments, SpeechBrain format) and its ``.json`` summary."""
+        """``wer_file`` and, beside it, ``<name>.json`` and ``<name>_utterances.jsonl``.
+
+        ``wer_file`` is SpeechBrain's ``ErrorRateStats`` report (alignments for reading);
+        ``.json`` holds the stage's statistics; ``_utterances.jsonl`` one JSON object per
+        utterance with ``ID``, ``ref``, ``hyp``, ``word_errors``, ``ref_words``,
+        ``char_errors`` and ``ref_chars``: the numbers the rates are computed from, which
+        ``cald-bench compare`` reads.
+        """
         pattern = self.hparams.wer_file
         if not pattern:
             return
         path = stage_file(pattern, split)
+        report = sb.utils.metric_stats.ErrorRateStats()
+        report.append(self.scored["ID"], [h.split() for h in self.scored["hyp"]],
+                      [r.split() for r in self.scored["ref"]])
         with open(path, "w", encoding="utf-8") as w:
-            self.wer_metric.write_stats(w)
-        write_stats_json(os.path.splitext(path)[0] + ".json", stats)
+            report.write_stats(w)
+        base = os.path.splitext(path)[0]
+        write_stats_json(base + ".json", stats)
+        with open(base + "_utterances.jsonl", "w", encoding="utf-8") as f:
+            for uid, u in zip(self.scored["ID"], self.utterance_counts()):
+                row = {"ID": uid, **{k: u[k] for k in UTTERANCE_FIELDS}}
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")

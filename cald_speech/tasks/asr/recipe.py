@@ -7,6 +7,7 @@ or SentencePiece tokenizer; the packaged model carries its tokenizer.
 import logging
 from functools import partial
 
+from cald_speech.decoding import check_beam_options, check_lm_file
 from cald_speech.errors import ConfigError
 from cald_speech.tasks.asr.brain import CTCBrain
 from cald_speech.tasks.asr.data import ASR_DATA_DEFAULTS, _normalizer, asr_datasets
@@ -28,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 #: Keys the ASR recipe reads (typos of these fail early).
 ASR_KEYS = COMMON_KEYS | {"tokenizer", "text_column", "normalize_text", "wer_file",
-                          "best_metric"}
+                          "best_metric", "beam_size", "lm", "lm_weight", "word_bonus"}
 
 
 class AsrTask(Task):
@@ -44,8 +45,11 @@ class AsrTask(Task):
     def check(self, hp):
         if hp["best_metric"] not in ("WER", "CER"):
             raise ConfigError(f"best_metric '{hp['best_metric']}' is not one of ['WER', 'CER']")
+        check_beam_options(hp["beam_size"], hp["lm"], hp["lm_weight"], hp["word_bonus"])
         # The model's own vocabulary when its folder has one (before anything is built).
         hp["tokenizer"], self.origin, self.new_head = resolve_tokenizer(hp)
+        if hp["lm"] is not None:  # a bad LM file fails now, not after training
+            check_lm_file(hp["lm"], hp["tokenizer"])
         logger.info("tokenizer: %r, from %s", hp["tokenizer"], self.origin)
 
     def models(self, hp, csvs):

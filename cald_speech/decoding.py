@@ -34,14 +34,29 @@ import logging
 import os
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from cald_speech.errors import ConfigError, DataError
-from cald_speech.inference.align import Word
 
 logger = logging.getLogger(__name__)
+
+@dataclass
+class Word:
+    """A word of a transcript: text, start and end in seconds, confidence in [0, 1]."""
+
+    word: str
+    start: float
+    end: float
+    confidence: float
+
+    def to_dict(self):
+        """The JSON form ``{"word", "start", "end", "confidence"}`` (rounded)."""
+        return {"word": self.word, "start": round(self.start, 3), "end": round(self.end, 3),
+                "confidence": round(self.confidence, 4)}
+
 
 #: Defaults of the beam search (SpeechBrain's prefix beam search; weights as pyctcdecode's).
 DEFAULT_BEAM_SIZE = 16
@@ -152,7 +167,8 @@ def beam_vocabulary(tokenizer):
                             "cannot tell words apart", "set word_delimiter_token in "
                             "tokenizer_config.json")
         vocab[tokenizer.word_sep_id] = " "
-        never = sorted(i for i in tokenizer.hf.all_special_ids if i != tokenizer.blank_id)
+        never = sorted(i for i in tokenizer.hf.all_special_ids
+                       if i not in (tokenizer.blank_id, tokenizer.word_sep_id))
     vocab[tokenizer.blank_id] = ""
     return vocab, never
 
@@ -362,8 +378,12 @@ class BeamDecoder:
         """(first frame, last frame, confidence) of ``word`` in frames [start, end]."""
         from torchaudio.functional import forced_align
 
-        lp = log_probs[start:end + 1].float()
         ids = self._word_ids(word)
+        if ids:  # the searcher ends a sequence's last word where its last unit starts
+            best_ids = log_probs[end + 1:].argmax(-1)
+            while end + 1 < log_probs.shape[0] and int(best_ids[0]) == ids[-1]:
+                end, best_ids = end + 1, best_ids[1:]
+        lp = log_probs[start:end + 1].float()
         if ids:
             try:
                 path, scores = forced_align(lp[None], torch.tensor([ids], dtype=torch.int32),
@@ -371,7 +391,10 @@ class BeamDecoder:
             except RuntimeError:
                 path = None
             if path is not None:
-                on = (path[0] != self.tokenizer.blank_id).nonzero().flatten()
+                # frames of units that spell something (not blank, a space or a bare ▁)
+                spells = torch.tensor([bool(v.replace("\u2581", "").strip())
+                                       for v in self.vocab])
+                on = spells[path[0].long()].nonzero().flatten()
                 if on.numel():
                     conf = float(scores[0, on].exp().mean())
                     return start + int(on[0]), start + int(on[-1]), conf

@@ -1,0 +1,201 @@
+"""CTC beam search, LM fusion, word timings, the LM builder, and their errors."""
+
+import json
+
+import pytest
+import torch
+
+from cald_speech.data.hub_tokenizer import HubCTCTokenizer, write_hub_vocabulary
+from cald_speech.data.tokenizer import CharTokenizer, SentencePieceTokenizer
+from cald_speech.decoding import BeamDecoder, beam_vocabulary, check_beam_options
+from cald_speech.errors import ConfigError, DataError
+from cald_speech.inference import align_words
+from cald_speech.lm.build import build_lm
+from cald_speech.lm.cli import main as lm_main
+
+TEXTS = ["THE CAT SAT ON THE MAT", "A DOG SAT ON A LOG", "THE DOG AND THE CAT",
+         "IT'S A CAT", "THE MAT IS FLAT"]
+
+
+def peaked(ids_per_frame, vocab, sure=0.9, seed=0):
+    """Log posteriors that put ``sure`` on each frame's id and spread the rest at random."""
+    g = torch.Generator().manual_seed(seed)
+    rest = torch.rand(len(ids_per_frame), vocab, generator=g)
+    probs = torch.zeros(len(ids_per_frame), vocab)
+    for t, i in enumerate(ids_per_frame):
+        r = rest[t].clone()
+        r[i] = 0
+        probs[t] = (1 - sure) * r / r.sum()
+        probs[t, i] = sure
+    return probs.log()
+
+
+def frames_of(ids, blank=0, repeat=2):
+    """A CTC path for ``ids``: each unit ``repeat`` frames, blanks between and around."""
+    path = [blank]
+    for i in ids:
+        path += [i] * repeat + [blank]
+    return path
+
+
+def hub_tokenizer(tmp_path, **kw):
+    write_hub_vocabulary(tmp_path, **kw)
+    return HubCTCTokenizer.load(tmp_path)
+
+
+@pytest.fixture(params=["char", "sentencepiece", "hub"])
+def tokenizer(request, tmp_path):
+    if request.param == "char":
+        return CharTokenizer()
+    if request.param == "sentencepiece":
+        return SentencePieceTokenizer.train(TEXTS * 4, vocab_size=30, model_type="bpe")
+    return hub_tokenizer(tmp_path)
+
+
+def test_beam_equals_greedy_with_timings_on_confident_posteriors(tokenizer):
+    ids = tokenizer.encode("THE CAT SAT ON THE MAT")
+    lp = peaked(frames_of(ids), len(tokenizer))
+    text, words = BeamDecoder(tokenizer, beam_size=8).decode(lp, frame_shift=0.02,
+                                                              duration=10.0)
+    g_text, g_words = align_words(lp, tokenizer, 0.02, 10.0)
+    assert text == g_text == "THE CAT SAT ON THE MAT"
+    assert [(w.word, w.start, w.end) for w in words] == \
+        [(w.word, w.start, w.end) for w in g_words]
+    for b, g in zip(words, g_words):
+        assert b.confidence == pytest.approx(g.confidence, abs=1e-4)
+
+
+def test_beam_sums_paths_where_greedy_takes_the_best_frame():
+    """The textbook case: per frame, blank wins; summed over paths, 'A' wins."""
+    tok = CharTokenizer()
+    a = tok.encode("A")[0]
+    probs = torch.full((2, len(tok)), 1e-6)
+    probs[:, 0], probs[:, a] = 0.52, 0.48
+    lp = (probs / probs.sum(-1, keepdim=True)).log()
+    assert align_words(lp, tok, 0.02)[0] == ""
+    assert BeamDecoder(tok, beam_size=4).decode(lp, 0.02)[0] == "A"
+
+
+def test_special_units_are_never_emitted_by_the_beam(tmp_path):
+    tok = hub_tokenizer(tmp_path)
+    ids = tok.encode("CAT")
+    path = frames_of(ids)
+    path[len(path) // 2] = tok.unk_id  # greedy would print <unk>
+    lp = peaked(path, len(tok))
+    assert "<unk>" in tok.decode_ctc(lp.argmax(-1))
+    assert "<unk>" not in BeamDecoder(tok, beam_size=8).decode(lp, 0.02)[0]
+
+
+@pytest.fixture(scope="module")
+def corpus_lm(tmp_path_factory):
+    d = tmp_path_factory.mktemp("lm")
+    text = d / "text.txt"
+    text.write_text("\n".join(["The cat sat on the mat."] * 20 + ["A dog sat on a log."] * 10
+                              + ["The 2 cats sat."] * 3))
+    return build_lm([text], d / "lm.arpa", order=3), d / "lm.arpa"
+
+
+def test_lm_fusion_fixes_a_word_the_acoustics_get_wrong(corpus_lm):
+    tok = CharTokenizer()
+    ids = tok.encode("THE CAT SAD")
+    lp = peaked(frames_of(ids), len(tok), sure=0.6)
+    # the last letter: D slightly above T
+    d, t = tok.encode("D")[0], tok.encode("T")[0]
+    last = max(i for i, v in enumerate(frames_of(ids)) if v == d)
+    for k in (last - 1, last):
+        lp[k] = torch.full((len(tok),), 1e-4).log()
+        lp[k, d], lp[k, t] = torch.tensor(0.5).log(), torch.tensor(0.45).log()
+    lp = torch.log_softmax(lp, -1)
+    _, path = corpus_lm
+    assert BeamDecoder(tok, beam_size=16).decode(lp, 0.02)[0] == "THE CAT SAD"
+    fused = BeamDecoder(tok, beam_size=16, lm=path, lm_weight=1.0, word_bonus=1.0)
+    text, words = fused.decode(lp, 0.02)
+    assert text == "THE CAT SAT"
+    assert [w.word for w in words] == ["THE", "CAT", "SAT"]
+
+
+def test_lm_builder_normalises_spells_numbers_and_excludes(corpus_lm, tmp_path):
+    info, path = corpus_lm
+    arpa = path.read_text()
+    assert "\tTWO\t" in arpa or "\tTWO\n" in arpa          # "2" spelled out
+    assert "\tthe" not in arpa and "\tTHE" in arpa           # upper case, punctuation gone
+    assert info["sentences"] == 33 and info["order"] == 3
+    dev = tmp_path / "dev.csv"
+    dev.write_text("ID,duration,wav,wrd\nu1,1.0,a.wav,A DOG SAT ON A LOG\n")
+    src = tmp_path / "t.txt"
+    src.write_text("A dog sat on a log.\nThe cat sat.\n")
+    info = build_lm([src], tmp_path / "x.arpa", order=2, exclude=[dev])
+    assert info["sentences"] == 1 and info["excluded_sentences"] == 1
+    assert "LOG" not in (tmp_path / "x.arpa").read_text()
+
+
+def test_lm_builder_follows_a_lower_case_hub_vocabulary(tmp_path):
+    vocab = ["<pad>", "<s>", "</s>", "<unk>", "|", *"etaonihsrdlumwcfgypbvk'xjqz"]
+    model = tmp_path / "m"
+    write_hub_vocabulary(model, vocab)
+    src = tmp_path / "t.txt"
+    src.write_text("The café is open.\n")
+    info = build_lm([src], tmp_path / "lm.arpa", order=2, model=model)
+    words = {line.split("\t")[1] for line in (tmp_path / "lm.arpa").read_text().splitlines()
+             if line.count("\t") >= 1 and line.split("\t")[1].isalpha()}
+    assert {"the", "cafe", "is", "open"} <= words  # accents removed by the normaliser
+    assert info["case"] == "lower"
+    tok = HubCTCTokenizer.load(model)
+    BeamDecoder(tok, beam_size=4, lm=tmp_path / "lm.arpa")  # its own alphabet: accepted
+
+
+def test_cald_lm_command_writes_arpa_and_binary(tmp_path, capsys):
+    src = tmp_path / "t.tsv"
+    src.write_text("LJ1\tThe cat sat.\nLJ2\tThe dog sat.\n")
+    assert lm_main(["build", str(src), "--out", str(tmp_path / "lm.arpa"), "--order", "2",
+                    "--binary"]) == 0
+    assert "2 sentences" in capsys.readouterr().out
+    assert (tmp_path / "lm.bin").read_bytes()[:4] == b"mmap"
+    assert json.loads((tmp_path / "lm.arpa.json").read_text())["vocabulary"] == 4
+    tok = CharTokenizer()
+    ids = tok.encode("THE CAT SAT")
+    lp = peaked(frames_of(ids), len(tok))
+    assert BeamDecoder(tok, 8, lm=tmp_path / "lm.bin").decode(lp, 0.02)[0] == "THE CAT SAT"
+
+
+# ---------------------------------------------------------------- bad input
+def test_beam_options_that_cannot_work():
+    with pytest.raises(ConfigError, match="positive integer"):
+        check_beam_options(0)
+    with pytest.raises(ConfigError, match="beam search only.*--beam-size"):
+        check_beam_options(None, lm="lm.arpa")
+
+
+def test_lm_files_that_cannot_be_used(corpus_lm, tmp_path):
+    tok = CharTokenizer()
+    with pytest.raises(DataError, match=r"missing\.arpa: language model file not found"):
+        BeamDecoder(tok, 4, lm=tmp_path / "missing.arpa")
+    (tmp_path / "empty.arpa").write_text("")
+    with pytest.raises(DataError, match=r"empty\.arpa: is empty"):
+        BeamDecoder(tok, 4, lm=tmp_path / "empty.arpa")
+    _, path = corpus_lm
+    text = path.read_text()
+    (tmp_path / "cut.arpa").write_text(text[: len(text) // 2])
+    with pytest.raises(DataError, match=r"cut\.arpa: cannot be read by KenLM"):
+        BeamDecoder(tok, 4, lm=tmp_path / "cut.arpa")
+    lower = "\n".join(line if line.startswith("\\") else line.lower()
+                      for line in text.splitlines())
+    (tmp_path / "lower.arpa").write_text(lower + "\n")
+    with pytest.raises(DataError, match=r"lower\.arpa: only 0 of its first .*another "
+                                        r"alphabet or case.*cald-lm build"):
+        BeamDecoder(tok, 4, lm=tmp_path / "lower.arpa")
+
+
+def test_hub_vocabulary_without_a_word_delimiter(tmp_path):
+    write_hub_vocabulary(tmp_path, ["<pad>", "<s>", "</s>", "<unk>", *"ABC"],
+                         word_delimiter="|")
+    with pytest.raises(DataError, match=r"vocab\.json.*word delimiter"):
+        HubCTCTokenizer.load(tmp_path)
+
+
+def test_vocabulary_of_each_tokenizer_kind(tmp_path):
+    vocab, never = beam_vocabulary(hub_tokenizer(tmp_path))
+    assert vocab[0] == "" and vocab[4] == " " and never == [1, 2, 3]
+    sp = SentencePieceTokenizer.train(TEXTS * 4, vocab_size=30, model_type="bpe")
+    vocab, _ = beam_vocabulary(sp)
+    assert vocab[0] == "" and any(v.startswith("\u2581") for v in vocab)
