@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from cald_speech.bench.report import format_table, machine_info, write_json
+from cald_speech.bench.report import MemoryMeter, format_table, machine_info, write_json
 from cald_speech.cli import EXIT_OK, add_version, fail, parse
 from cald_speech.errors import CaldError, ConfigError, DataError
 
@@ -115,7 +115,7 @@ def run_model(folder, test, dev, lm, beam_size, grid, mode, long_minutes, device
     """Every measurement of one model (see the module doc)."""
     from cald_speech.decoding import BeamDecoder
     from cald_speech.hub import resolve_model_source
-    from cald_speech.inference import Transcriber
+    from cald_speech.inference import Transcriber, align_words
 
     asr = Transcriber.from_pretrained(resolve_model_source(folder), device=device)
     lps, failed, post_s = posteriors(asr, test, mode)
@@ -145,14 +145,17 @@ def run_model(folder, test, dev, lm, beam_size, grid, mode, long_minutes, device
         timing = {"minutes": long_minutes, "mode": asr.default_mode(wav.numel()),
                   "posterior_seconds": transcribe_s}
         for name, decoder in rows:
+            meter = MemoryMeter("cpu").start()
             t0 = time.perf_counter()
             if decoder is None:
-                asr.tokenizer.decode_ctc(lp.argmax(-1))
+                _, words = align_words(lp, asr.tokenizer, asr.frame_shift)
             else:
-                decoder.decode(lp, asr.frame_shift)
+                _, words = decoder.decode(lp, asr.frame_shift)
             sec = time.perf_counter() - t0
-            timing[name] = {"decode_seconds": sec, "share_of_transcription":
-                            sec / (transcribe_s + sec)}
+            mem = meter.stop()
+            timing[name] = {"decode_seconds": sec, "words": len(words),
+                            "share_of_transcription": sec / (transcribe_s + sec),
+                            "decode_extra_rss_mb": mem["extra_rss_mb"]}
         result["long"] = timing
     return result
 

@@ -259,14 +259,34 @@ class Pipeline:
         print(summary["heldout_statement"])
         return summary
 
+    @property
+    def lm_path(self):
+        return self.data / "lm" / "lm.arpa"
+
+    def lm_step(self):
+        """The demo's n-gram LM: the built-in LJ Speech and SLURP training sentences,
+        the corpus's dev and test sentences left out (``cald-lm build``)."""
+        from cald_speech.data.synth import default_data_dir
+
+        text = default_data_dir() / "text"
+        sources = [text / "ljspeech_sentences.tsv", text / "slurp_devel.jsonl"]
+        held = [self.manifests / "dev-clean.csv", self.manifests / "test-clean.csv"]
+        order = str(self.cfg["bench"].get("decoding", {}).get("lm_order", 4))
+        cmd = [sys.executable, "-m", "cald_speech.lm.cli", "build", *sources, "--order", order,
+               "--exclude", *held, "--out", self.lm_path]
+        return Step("lm", cmd, self.lm_path.parent, done=lambda: self.lm_path.is_file(),
+                    inputs={str(p): file_digest(p) for p in [*sources, *held]})
+
     def stage_manifests(self):
-        """Writes the CSV manifests and the tokenizer."""
+        """Writes the CSV manifests, the tokenizer and the n-gram LM."""
         from cald_speech.data.librispeech import prepare_librispeech
         from cald_speech.data.tokenizer import CharTokenizer
 
         summary = prepare_librispeech(str(self.corpus), str(self.manifests))
         CharTokenizer().save(str(self.manifests / "tokenizer.json"))
         print(f"  manifests: {rel(self.manifests)}")
+        if self.cfg["bench"].get("decoding"):
+            self.lm_step().run()
         return summary
 
     # ---------------------------------------------------------------- models
@@ -371,6 +391,21 @@ class Pipeline:
                    "--out-dir", out],
             out, done=lambda: (out / "speed.json").is_file(), inputs=digests,
         ))
+        dec = b.get("decoding")
+        if dec:  # greedy vs beam vs beam + LM on the same posteriors, weights from dev
+            out_d = bench / "decoding"
+            models = [teacher, *(self.run_folder(n) / "model" for n in self.cfg["students"])]
+            cmd = cli + ["decoding", *[a for m in models for a in ("--model", m)],
+                         "--csv", test_csv, "--dev-csv", self.manifests / "dev-clean.csv",
+                         "--lm", self.lm_path, "--beam-size", str(dec.get("beam_size", 16)),
+                         "--out-dir", out_d]
+            if dec.get("lm_weights"):
+                cmd += ["--lm-weights", *map(str, dec["lm_weights"])]
+            if dec.get("word_bonuses"):
+                cmd += ["--word-bonuses", *map(str, dec["word_bonuses"])]
+            steps.append(Step("bench decoding", cmd, out_d,
+                              done=lambda: (out_d / "decoding.json").is_file(),
+                              inputs={**digests, "lm": file_digest(self.lm_path)}))
         lf = bench / "longform"
         steps.append(Step(
             "bench longform",
@@ -384,7 +419,8 @@ class Pipeline:
 
     def all_steps(self):
         """Every command of the pipeline, in order (the report lists them)."""
-        return [self.teacher_step(), *self.student_steps(), *self.bench_steps()]
+        lm = [self.lm_step()] if self.cfg["bench"].get("decoding") else []
+        return [*lm, self.teacher_step(), *self.student_steps(), *self.bench_steps()]
 
     def stage_bench(self):
         for step in self.bench_steps():

@@ -74,6 +74,31 @@ def wer_bench_rows(pipe):
     return rows
 
 
+def decoding_rows(pipe):
+    """Rows of ``cald-bench decoding`` (WER/CER per model and decoding) and a note."""
+    d = _load(pipe.results / "bench" / "decoding" / "decoding.json")
+    if not d:
+        return [], ""
+    rows, chosen = [], []
+    for res in d["results"]:
+        name = Path(res["model"]).parent.name
+        greedy = res["rows"][0]["wer"]
+        for r in res["rows"]:
+            rows.append({"model": name, "decoding": r["decoding"], "WER %": 100 * r["wer"],
+                         "CER %": 100 * r["cer"],
+                         "WER relative to greedy %": (100 * (r["wer"] - greedy) / greedy
+                                                      if greedy else None),
+                         "decoding s per audio minute": r["decode_s_per_audio_min"]})
+        best = res.get("lm_tuning", {}).get("best")
+        if best:
+            chosen.append(f"{name} {best['lm_weight']:g} / {best['word_bonus']:g}")
+    note = ("The same posteriors decoded three ways; the LM is a 4-gram of the built-in "
+            "LJ Speech and SLURP training sentences without this corpus's dev and test "
+            "sentences (`cald-lm build`). LM weight / word bonus chosen on the dev split: "
+            + "; ".join(chosen) + ".")
+    return rows, note
+
+
 def speed_rows(pipe):
     s = _load(pipe.results / "bench" / "speed" / "speed.json")
     if s is None:
@@ -190,6 +215,10 @@ def write_report(pipe):
     if rows:
         md += ["", "## cald-bench wer: the same test items through the inference API", "",
                markdown_table(rows)]
+    rows, note = decoding_rows(pipe)
+    if rows:
+        md += ["", "## Decoding: greedy vs beam search vs beam search + n-gram LM", "",
+               note, "", markdown_table(rows)]
     rows = speed_rows(pipe)
     if rows:
         md += ["", "## Speed and memory vs audio length (this CPU)", "",

@@ -199,3 +199,49 @@ def test_vocabulary_of_each_tokenizer_kind(tmp_path):
     sp = SentencePieceTokenizer.train(TEXTS * 4, vocab_size=30, model_type="bpe")
     vocab, _ = beam_vocabulary(sp)
     assert vocab[0] == "" and any(v.startswith("\u2581") for v in vocab)
+
+
+def test_decoding_benchmark_tunes_on_dev_and_scores_test(corpus_lm, tmp_path, capsys):
+    import soundfile as sf
+
+    from cald_speech.bench.decoding import main as bench_main
+    from cald_speech.bench.wer import error_rates, norm_text
+    from cald_speech.inference import Transcriber
+    from cald_speech.testing import hub_ctc_folder
+
+    model = hub_ctc_folder(tmp_path / "m", "wav2vec2-base")
+    rows = {}
+    for split in ("dev", "test"):
+        lines = ["ID,duration,wav,wrd"]
+        for i, text in enumerate(TEXTS[:3]):
+            g = torch.Generator().manual_seed(i + (10 if split == "test" else 0))
+            wav = tmp_path / f"{split}{i}.wav"
+            sf.write(wav, (0.2 * torch.randn(8000 + 2000 * i, generator=g)).numpy(), 16000)
+            lines.append(f"{split}{i},{0.5 + 0.125 * i},{wav},{text}")
+        rows[split] = lines
+        (tmp_path / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    _, lm = corpus_lm
+    out = tmp_path / "out"
+    assert bench_main(["--model", str(model), "--csv", str(tmp_path / "test.csv"),
+                       "--dev-csv", str(tmp_path / "dev.csv"), "--lm", str(lm),
+                       "--beam-size", "4", "--lm-weights", "0.5", "2.0", "--word-bonuses",
+                       "0", "2", "--long-minutes", "0.05", "--out-dir", str(out)]) == 0
+    res = json.loads((out / "decoding.json").read_text())["results"][0]
+    assert [r["decoding"] for r in res["rows"]] == ["greedy", "beam 4", "beam 4 + LM"]
+    # the greedy row, recomputed from the model's own transcripts
+    asr = Transcriber.from_pretrained(model)
+    refs, hyps = [], []
+    for line in rows["test"][1:]:
+        _, _, wav, text = line.split(",")
+        refs.append(text)
+        hyps.append(norm_text(asr.transcribe_file(wav, timestamps=False).text))
+    assert res["rows"][0]["wer"] == pytest.approx(error_rates(refs, hyps)["wer"])
+    tuning = res["lm_tuning"]
+    assert len(tuning["grid"]) == 4
+    assert tuning["best"]["wer"] == min(p["wer"] for p in tuning["grid"])
+    assert res["rows"][2]["settings"]["lm_weight"] == tuning["best"]["lm_weight"]
+    assert res["long"]["minutes"] == 0.05 and res["long"]["beam 4 + LM"]["decode_seconds"] > 0
+    assert (out / "decoding.png").is_file()
+    assert bench_main(["--model", str(model), "--csv", str(tmp_path / "test.csv"),
+                       "--lm", str(lm), "--beam-size", "4"]) == 2
+    assert "--lm needs --dev-csv" in capsys.readouterr().err
