@@ -31,6 +31,7 @@ Example
 """
 
 import logging
+import math
 import os
 import re
 import sys
@@ -62,6 +63,8 @@ class Word:
 DEFAULT_BEAM_SIZE = 16
 DEFAULT_LM_WEIGHT = 0.5
 DEFAULT_WORD_BONUS = 1.5
+#: Blank posterior above which a run of frames is searched as one frame.
+DEFAULT_BLANK_SKIP = 0.999
 #: Share of an ARPA model's words that must be spellable with the model's units.
 MIN_LM_COVERAGE = 0.5
 
@@ -283,16 +286,25 @@ class BeamDecoder:
     beam_prune_logp, token_prune_min_logp : float
         SpeechBrain's pruning thresholds (beams this far below the best, units below
         this log-probability on a frame).
+    blank_skip : float or None
+        Blank posterior above which a run of frames is searched as one (see
+        :meth:`best`); ``None``: every frame.
     """
 
     def __init__(self, tokenizer, beam_size=DEFAULT_BEAM_SIZE, lm=None,
                  lm_weight=DEFAULT_LM_WEIGHT, word_bonus=DEFAULT_WORD_BONUS,
-                 beam_prune_logp=-10.0, token_prune_min_logp=-5.0):
+                 beam_prune_logp=-10.0, token_prune_min_logp=-5.0,
+                 blank_skip=DEFAULT_BLANK_SKIP):
         from speechbrain.decoders.ctc import CTCPrefixBeamSearcher
 
         self.beam_size = check_beam_options(beam_size, lm, lm_weight, word_bonus)
         self.tokenizer = tokenizer
         self.kind = _tokenizer_kind(tokenizer)
+        if blank_skip is not None and not math.exp(token_prune_min_logp) > 1 - blank_skip:
+            raise ConfigError(f"blank_skip={blank_skip} would drop frames whose units the "
+                              f"search keeps (token_prune_min_logp={token_prune_min_logp}); "
+                              "use a blank_skip closer to 1")
+        self.blank_skip = blank_skip
         self.vocab, self.never = beam_vocabulary(tokenizer)
         self.lm = None if lm is None else str(lm)
         self.lm_weight, self.word_bonus = float(lm_weight), float(word_bonus)
@@ -334,12 +346,28 @@ class BeamDecoder:
                 "word_bonus": self.word_bonus if self.lm else None}
 
     def best(self, log_probs):
-        """The best hypothesis of SpeechBrain's searcher for (T, V) log posteriors."""
+        """``(best hypothesis, kept frame indices)`` of SpeechBrain's searcher for (T, V)
+        log posteriors.
+
+        Runs of frames whose blank posterior exceeds ``blank_skip`` are searched as one
+        frame (the first of the run): such a frame can extend no hypothesis by a unit
+        above the searcher's token pruning threshold, and one blank frame still
+        separates repeated units. Most CTC frames are such blanks, so the search runs on
+        a fraction of the sequence (``blank_skip=None``: every frame).
+        """
         lp = log_probs.detach().float().cpu()
+        index = torch.arange(lp.shape[0])
+        if self.blank_skip is not None and lp.shape[0] > 1:
+            sure = lp[:, self.tokenizer.blank_id] > math.log(self.blank_skip)
+            keep = ~sure
+            keep[1:] |= sure[1:] & ~sure[:-1]
+            keep[0] = True
+            index = index[keep]
+            lp = lp[keep]
         if self.never:
             lp = lp.clone()
             lp[:, self.never] = float("-inf")
-        return self.searcher(lp[None])[0][0]
+        return self.searcher(lp[None])[0][0], index
 
     def decode(self, log_probs, frame_shift, duration=None, timestamps=True):
         """``(text, words)`` of (T, V) log posteriors, as
@@ -347,17 +375,20 @@ class BeamDecoder:
         """
         if log_probs.shape[0] == 0:
             return "", []
-        hyp = self.best(log_probs)
+        hyp, index = self.best(log_probs)
         text = " ".join(hyp.text.split())
         if not timestamps:
             return text, []
         words = []
         limit = float("inf") if duration is None else float(duration)
+        last_kept = len(index) - 1
         for word, (start, end) in hyp.text_frames or []:
             word = word.strip()
             if not word:
                 continue
-            first, last, conf = self._align(log_probs, word, int(start), int(end))
+            start = int(index[min(int(start), last_kept)])
+            end = int(index[min(int(end), last_kept)])
+            first, last, conf = self._align(log_probs, word, start, end)
             words.append(Word(word, round(min(first * frame_shift, limit), 6),
                               round(min((last + 1) * frame_shift, limit), 6), conf))
         return text, words

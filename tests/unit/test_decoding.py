@@ -245,3 +245,27 @@ def test_decoding_benchmark_tunes_on_dev_and_scores_test(corpus_lm, tmp_path, ca
     assert bench_main(["--model", str(model), "--csv", str(tmp_path / "test.csv"),
                        "--lm", str(lm), "--beam-size", "4"]) == 2
     assert "--lm needs --dev-csv" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("with_lm", [False, True])
+def test_searching_runs_of_sure_blanks_as_one_frame_changes_nothing(corpus_lm, with_lm):
+    """Long blank runs (as real CTC models emit) searched as one frame: same text, same
+    word timings, a fraction of the frames searched."""
+    tok = CharTokenizer()
+    ids = tok.encode("THE CAT SAT ON THE MAT")
+    path = []
+    for i in ids:  # each unit 1-3 frames, then 4-9 blank frames; doubled letters too
+        path += [i] * (1 + i % 3) + [0] * (4 + i % 6)
+    g = torch.Generator().manual_seed(3)
+    lp = peaked(path, len(tok), sure=0.7, seed=4)
+    blank_frames = torch.tensor(path) == 0
+    sure = torch.rand(len(path), generator=g) < 0.8
+    lp[blank_frames & sure] = peaked([0] * int((blank_frames & sure).sum()), len(tok),
+                                     sure=0.9995, seed=5)
+    lm = corpus_lm[1] if with_lm else None
+    every = BeamDecoder(tok, 8, lm=lm, blank_skip=None)
+    skip = BeamDecoder(tok, 8, lm=lm)
+    a, b = every.decode(lp, 0.02), skip.decode(lp, 0.02)
+    assert a[0] == b[0] == "THE CAT SAT ON THE MAT"
+    assert [(w.word, w.start, w.end) for w in a[1]] == [(w.word, w.start, w.end) for w in b[1]]
+    assert len(skip.best(lp)[1]) < 0.6 * len(path)
