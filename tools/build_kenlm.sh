@@ -37,9 +37,13 @@ fi
 echo "$SHA256  $WORK/kenlm.tar.gz" | sha256sum -c --quiet -
 tar xzf "$WORK/kenlm.tar.gz" -C "$WORK"
 mkdir -p "$WORK/kenlm-$VERSION/build"
-(cd "$WORK/kenlm-$VERSION/build" &&
-  cmake .. -DCMAKE_BUILD_TYPE=Release -DKENLM_MAX_ORDER=6 >/dev/null &&
-  make -j"$(nproc)" lmplz build_binary >/dev/null)
+if ! (cd "$WORK/kenlm-$VERSION/build" &&
+      cmake .. -DCMAKE_BUILD_TYPE=Release -DKENLM_MAX_ORDER=6 &&
+      make -j"$(nproc)" lmplz build_binary) > "$WORK/build.log" 2>&1; then
+  tail -n 30 "$WORK/build.log" >&2
+  echo "building KenLM's lmplz failed (the log's end is above)" >&2
+  exit 1
+fi
 mkdir -p "$BIN"
 cp "$WORK/kenlm-$VERSION/build/bin/lmplz" "$WORK/kenlm-$VERSION/build/bin/build_binary" "$BIN/"
 echo "lmplz and build_binary in $BIN"
