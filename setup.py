@@ -52,6 +52,10 @@ setup(
         # Beam search with an n-gram LM (SpeechBrain's KenLM scorer needs pygtrie). kenlm
         # is a source distribution: it compiles (a C++ compiler, zlib; ~1 min).
         "lm": ["kenlm==0.3.0", "pygtrie>=2.5"],
+        # The documentation site (make docs): mkdocs, and mkdocstrings for the API
+        # reference from the numpy-style docstrings (griffe reads them without importing).
+        "docs": ["mkdocs==1.6.1", "mkdocstrings==1.0.8", "mkdocstrings-python==2.0.11",
+                 "mkdocs-autorefs==1.4.5", "griffelib==2.4.1"],
     },
     entry_points={
         "console_scripts": [

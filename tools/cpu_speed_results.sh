@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CPU speed results of the README ("CPU speed on the current code"):
+# CPU speed results of docs/performance.md:
 #   1. token mixers vs attention, forward, C = 768, T = 250 ... 30,000 frames, with the
 #      SSD scan's GFLOP/s next to a plain matmul's and the oneDNN linear's;
 #   2. wav2vec2-base: the one-pass and windowed teacher and two one-pass students

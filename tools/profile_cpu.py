@@ -3,8 +3,8 @@
 Builds (once, into ``--models``) the random-weight wav2vec2-base teacher and BiMamba2
 student that ``cald-bench speed`` measures, transcribes ``--minutes`` of synthetic audio
 once untimed, once timed and once under the profiler, and prints the operators by self
-time and the matrix products and convolutions by input shape (the README's "after, on
-the Zen 4 host" profile)::
+time and the matrix products and convolutions by input shape (the profile in
+docs/performance.md, "Where the time goes")::
 
     .venv/bin/python tools/profile_cpu.py student one-pass --minutes 1
     .venv/bin/python tools/profile_cpu.py teacher windowed --minutes 1
