@@ -18,24 +18,33 @@ Example
 [(0.5, 0.0), (0.5, 2.0), (1.0, 0.0), (1.0, 2.0)]
 """
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from cald_speech.bench.options import LM_WEIGHTS, WORD_BONUSES
+from cald_speech.bench.options import decoding_parser as build_parser
 from cald_speech.bench.report import MemoryMeter, format_table, machine_info, write_json
-from cald_speech.cli import EXIT_OK, add_version, fail, parse
+from cald_speech.cli import EXIT_OK, fail, parse
 from cald_speech.errors import CaldError, ConfigError, DataError
 
-#: The default grid of (LM weight, word bonus) searched on dev.
-LM_WEIGHTS = (0.25, 0.5, 0.75, 1.0, 1.5)
-WORD_BONUSES = (0.0, 1.0, 2.0, 3.0)
+
+def model_label(path):
+    """A model's name for tables: its folder, or the run folder of a recipe's ``model/``.
+
+    Example
+    -------
+    >>> model_label("results/runs/teacher/model"), model_label("models/pretrained-offline")
+    ('teacher', 'pretrained-offline')
+    """
+    path = Path(path)
+    return path.parent.name if path.name == "model" and path.parent.name else path.name
 
 
 def lm_grid(weights=LM_WEIGHTS, bonuses=WORD_BONUSES):
-    """Every (LM weight, word bonus) pair of the grid."""
+    """Every (LM weight, word bonus) pair of the grid (default: the grid searched on dev)."""
     return [(float(w), float(b)) for w in weights for b in bonuses]
 
 
@@ -166,7 +175,7 @@ def table(results):
     for res in results:
         greedy = res["rows"][0]["wer"]
         for r in res["rows"]:
-            rows.append(dict(model=Path(res["model"]).name, decoding=r["decoding"],
+            rows.append(dict(model=model_label(res["model"]), decoding=r["decoding"],
                              wer=100 * r["wer"], cer=100 * r["cer"],
                              rel=(100 * (r["wer"] - greedy) / greedy) if greedy else None,
                              dec=r["decode_s_per_audio_min"]))
@@ -189,7 +198,7 @@ def plot(results, path):
         for k, res in enumerate(results):
             xs = [i + k * width for i in range(len(res["rows"]))]
             ax.bar(xs, [100 * r[key] for r in res["rows"]], width,
-                   label=Path(res["model"]).name)
+                   label=model_label(res["model"]))
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(results[0]["rows"]))])
         ax.set_xticklabels([r["decoding"] for r in results[0]["rows"]])
         ax.set_ylabel(f"{key.upper()} % (test)")
@@ -201,48 +210,18 @@ def plot(results, path):
     return str(path)
 
 
-def build_parser():
-    """The ``cald-bench decoding`` argument parser."""
-    p = argparse.ArgumentParser(
-        prog="cald-bench decoding",
-        description="Greedy vs beam search vs beam search + n-gram LM on the same "
-                    "posteriors; LM weights chosen on a dev split only.")
-    p.add_argument("--model", action="append", required=True, metavar="DIR",
-                   help="model folder or hub id (repeatable)")
-    p.add_argument("--csv", required=True, help="test manifest (ID,duration,wav,...,wrd)")
-    p.add_argument("--dev-csv", default=None,
-                   help="dev manifest the LM weight and word bonus are chosen on (needed "
-                        "with --lm)")
-    p.add_argument("--lm", default=None, help="KenLM ARPA or binary file")
-    p.add_argument("--beam-size", type=int, default=16, help="beam width (default 16)")
-    p.add_argument("--lm-weights", type=float, nargs="+", default=list(LM_WEIGHTS),
-                   help=f"grid of LM weights (default {' '.join(map(str, LM_WEIGHTS))})")
-    p.add_argument("--word-bonuses", type=float, nargs="+", default=list(WORD_BONUSES),
-                   help=f"grid of word bonuses (default {' '.join(map(str, WORD_BONUSES))})")
-    p.add_argument("--text-column", default="wrd", help="transcript column (default wrd)")
-    p.add_argument("--normalize", action="store_true",
-                   help="normalise the references (numbers, abbreviations, punctuation)")
-    p.add_argument("--limit", type=int, default=None, help="first N items of each split")
-    p.add_argument("--mode", default="auto", help="Transcriber mode (default auto)")
-    p.add_argument("--long-minutes", type=float, default=0.0,
-                   help="also time decoding against transcribing the test audio "
-                        "concatenated to this many minutes (default: off)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--out-dir", default="results/bench_decoding",
-                   help="where decoding.json and decoding.png go (default "
-                        "results/bench_decoding)")
-    return add_version(p)
-
-
 def main(argv=None):
     """Entry point of ``cald-bench decoding``; returns the exit status."""
+    args, status = parse(build_parser(), argv)
+    return status if args is None else command(args)
+
+
+def command(args):
+    """``cald-bench decoding`` on parsed arguments (:func:`build_parser`)."""
     from cald_speech.bench.wer import read_items
     from cald_speech.decoding import check_beam_options
 
     prog = "cald-bench decoding"
-    args, status = parse(build_parser(), argv)
-    if args is None:
-        return status
     try:
         check_beam_options(args.beam_size, args.lm)
         if args.lm is not None and args.dev_csv is None:
@@ -262,15 +241,15 @@ def main(argv=None):
     for res in results:
         if "lm_tuning" in res:
             b = res["lm_tuning"]["best"]
-            print(f"{Path(res['model']).name}: LM weight {b['lm_weight']:g}, word bonus "
+            print(f"{model_label(res['model'])}: LM weight {b['lm_weight']:g}, word bonus "
                   f"{b['word_bonus']:g} chosen on dev (WER {100 * b['wer']:.2f} %)")
         if "long" in res:
             lg = res["long"]
             shares = ", ".join(f"{k} {100 * v['share_of_transcription']:.1f} %"
                                for k, v in lg.items() if isinstance(v, dict))
-            print(f"{Path(res['model']).name}, {lg['minutes']:g} min in {lg['mode']} mode: "
+            print(f"{model_label(res['model'])}, {lg['minutes']:g} min in {lg['mode']} mode: "
                   f"posteriors {lg['posterior_seconds']:.1f} s; decoding's share: {shares}")
-    out = Path(args.out_dir)
+    out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = {"results": results, "csv": args.csv, "dev_csv": args.dev_csv, "lm": args.lm,
                "machine": machine_info(), "options": vars(args)}

@@ -148,12 +148,13 @@ class Step:
     cleared first.
     """
 
-    def __init__(self, name, cmd, folder, done, inputs=None):
+    def __init__(self, name, cmd, folder, done, inputs=None, progress=None):
         self.name = name
         self.cmd = [str(c) for c in cmd]
         self.folder = Path(folder)
         self.done = done
         self.inputs = inputs or {}
+        self.progress = progress
 
     @property
     def printable(self):
@@ -187,7 +188,10 @@ class Step:
             proc = subprocess.Popen(self.cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT,
                                     env=env)
             try:
-                proc.wait()
+                if self.progress is None:
+                    proc.wait()
+                else:
+                    self.progress.follow(proc, self.name)
             except BaseException:  # Ctrl-C, SIGTERM: stop the step too, not only the demo
                 stop_child(proc)
                 raise
@@ -200,6 +204,84 @@ class Step:
             )
         print(f"  {self.name}: done in {time.time() - t0:.0f} s", flush=True)
         return state
+
+
+class StepProgress:
+    """Live progress of a training step, read from its ``steps.jsonl``: updates done out
+    of the total, the latest loss terms and the time left.
+
+    On a terminal, a tqdm bar; otherwise a plain line every ``every_s`` seconds.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> log = Path(tempfile.mkdtemp()) / "steps.jsonl"
+    >>> _ = log.write_text('{"step": 10, "time": 1.0, "task": 2.5, "lr_model": 0.001}\\n')
+    >>> StepProgress(log, total=40).latest()
+    (10, {'task': 2.5})
+    >>> StepProgress(log, total=40).line("teacher", 10, {"task": 2.5}, elapsed=20.0)
+    'teacher: 10/40 updates (25 %), task 2.50, about 60 s left'
+    """
+
+    def __init__(self, step_log, total=None, poll_s=2.0, every_s=30.0):
+        self.step_log = Path(step_log)
+        self.total = int(total) if total else None
+        self.poll_s, self.every_s = float(poll_s), float(every_s)
+
+    def latest(self):
+        """``(updates done, loss terms)`` of the last line of the step log."""
+        try:
+            with open(self.step_log, "rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+                last = f.read().decode("utf-8", "replace").strip().splitlines()[-1]
+            rec = json.loads(last)
+        except (OSError, IndexError, ValueError):
+            return 0, {}
+        terms = {k: v for k, v in rec.items()
+                 if k not in ("step", "time") and not k.startswith("lr_")
+                 and isinstance(v, (int, float))}
+        return int(rec.get("step", 0)), terms
+
+    def line(self, name, done, terms, elapsed):
+        """One plain progress line."""
+        text = f"{name}: {done}"
+        if self.total:
+            text += f"/{self.total} updates ({100 * done / self.total:.0f} %)"
+        else:
+            text += " updates"
+        text += "".join(f", {k} {v:.2f}" for k, v in terms.items())
+        if self.total and done:
+            left = elapsed * (self.total - done) / done
+            text += f", about {left:.0f} s left" if left < 120 else \
+                f", about {left / 60:.0f} min left"
+        return text
+
+    def follow(self, proc, name):
+        """Shows the progress until ``proc`` ends."""
+        t0 = time.time()
+        tty = sys.stdout.isatty()
+        bar = None
+        if tty:
+            from tqdm import tqdm
+
+            bar = tqdm(total=self.total, desc=f"    {name}", unit="update", leave=False)
+        shown = 0.0
+        try:
+            while proc.poll() is None:
+                try:
+                    proc.wait(timeout=self.poll_s)
+                except subprocess.TimeoutExpired:
+                    pass
+                done, terms = self.latest()
+                if bar is not None:
+                    bar.update(done - bar.n)
+                    bar.set_postfix({k: f"{v:.2f}" for k, v in terms.items()}, refresh=True)
+                elif time.time() - shown >= self.every_s and done:
+                    print("    " + self.line(name, done, terms, time.time() - t0), flush=True)
+                    shown = time.time()
+        finally:
+            if bar is not None:
+                bar.close()
 
 
 def stop_child(proc, grace_s=10.0):
@@ -322,9 +404,11 @@ class Pipeline:
             *extra,
         ]
         inputs = dict(inputs, corpus=self.cfg["corpus"], code=self.code)
+        opts = dict(zip(extra[::2], extra[1::2]))
+        total = opts.get("--optimizer_step_limit") or opts.get("--total_updates")
         return Step(name, cmd, folder,
                     done=lambda: (folder / "model" / "cald_info.json").is_file(),
-                    inputs=inputs)
+                    inputs=inputs, progress=StepProgress(folder / "steps.jsonl", total))
 
     def teacher_step(self):
         t = self.cfg["teacher"]

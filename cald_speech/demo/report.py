@@ -5,6 +5,7 @@ import shutil
 import time
 from pathlib import Path
 
+from cald_speech.bench.decoding import model_label
 from cald_speech.bench.report import machine_info
 from cald_speech.bench.runs import (
     markdown_table,
@@ -74,6 +75,53 @@ def wer_bench_rows(pipe):
     return rows
 
 
+def summary_box(pipe, runs, split="test-clean"):
+    """The report's opening lines: what was trained, the headline numbers, stage times.
+
+    Example
+    -------
+    >>> from types import SimpleNamespace
+    >>> pipe = SimpleNamespace(cfg={"main_student": "s"}, timings={"teacher": 61.0},
+    ...                        results=Path("/nonexistent"))
+    >>> runs = [{"name": "teacher", "updates": 40, "splits": {"test-clean": {"CER": 20.0,
+    ...          "WER": 60.0}}}, {"name": "s", "updates": 40, "mode": "hybrid",
+    ...          "splits": {"test-clean": {"CER": 22.0, "WER": 64.0}}}]
+    >>> print("\\n".join(summary_box(pipe, runs)))
+    > **Summary.** Trained: teacher (40 updates), s (hybrid, 40 updates).
+    > Test CER / WER (%): teacher 20.00 / 60.00; s 22.00 / 64.00 (CER relative to teacher +10.0 %).
+    > Stage times: teacher 1.0 min.
+    """
+    trained = ", ".join(
+        f"{r['name']} ({r['mode'] + ', ' if r.get('mode') else ''}{r.get('updates')} updates)"
+        for r in runs)
+    lines = [f"> **Summary.** Trained: {trained or 'nothing yet'}."]
+    scores = {r["name"]: r["splits"].get(split, {}) for r in runs}
+    teacher = scores.get("teacher", {})
+    parts = []
+    for name, sc in scores.items():
+        if "CER" not in sc:
+            continue
+        text = f"{name} {sc['CER']:.2f} / {sc.get('WER', float('nan')):.2f}"
+        gap = relative_gap(sc["CER"], teacher.get("CER")) if name != "teacher" else None
+        if gap is not None:
+            text += f" (CER relative to teacher {gap:+.1f} %)"
+        parts.append(text)
+    if parts:
+        lines.append("> Test CER / WER (%): " + "; ".join(parts) + ".")
+    dec = _load(pipe.results / "bench" / "decoding" / "decoding.json")
+    for res in (dec or {}).get("results", [])[:1]:
+        rows = {r["decoding"]: r for r in res["rows"]}
+        lm = next((r for k, r in rows.items() if k.endswith("+ LM")), None)
+        if lm and "greedy" in rows:
+            name, greedy = model_label(res["model"]), 100 * rows["greedy"]["wer"]
+            lines.append(f"> {name}: test WER {greedy:.1f} % greedy, {100 * lm['wer']:.1f} % "
+                         "with beam search + n-gram LM.")
+    if pipe.timings:
+        lines.append("> Stage times: " + ", ".join(
+            f"{k} {v / 60:.1f} min" for k, v in pipe.timings.items()) + ".")
+    return lines
+
+
 def decoding_rows(pipe):
     """Rows of ``cald-bench decoding`` (WER/CER per model and decoding) and a note."""
     d = _load(pipe.results / "bench" / "decoding" / "decoding.json")
@@ -81,7 +129,7 @@ def decoding_rows(pipe):
         return [], ""
     rows, chosen = [], []
     for res in d["results"]:
-        name = Path(res["model"]).parent.name
+        name = model_label(res["model"])
         greedy = res["rows"][0]["wer"]
         for r in res["rows"]:
             rows.append({"model": name, "decoding": r["decoding"], "WER %": 100 * r["wer"],
@@ -177,6 +225,7 @@ def write_report(pipe):
               f"torch {machine.get('torch', '?')}, no GPU." if not machine.get("cuda") else
               f"Written {time.strftime('%Y-%m-%d %H:%M:%S')} on {machine['cuda']}, "
               f"torch {machine.get('torch', '?')}.")
+    md += [""] + summary_box(pipe, runs)
     md += ["", "## Data", ""]
     splits = corpus.get("splits", {})
     if splits:
