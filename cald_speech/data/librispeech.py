@@ -31,21 +31,12 @@ True
 import logging
 import os
 
-from cald_speech.data.manifest import (
-    check_options,
-    check_text_fields,
-    list_entries,
-    measure_rows,
-    sort_rows,
-    write_csv_atomic,
-)
+from cald_speech.data.manifest import check_options, list_entries, read_text_lines
 from cald_speech.data.prep_state import (
-    PrepState,
-    PrepSummary,
-    SkipCounter,
-    SplitSummary,
+    SplitSource,
     callable_name,
-    empty_split_error,
+    prepare_splits,
+    requested_splits,
     tree_fingerprint,
 )
 from cald_speech.errors import ConfigError, DataError
@@ -146,19 +137,12 @@ def prepare_librispeech(
         expected and what was found), a transcript is not UTF-8 text, or a split has no
         usable utterance (unless ``allow_empty``).
     """
-    if isinstance(splits, str):
-        splits = [splits]
-    splits = list(dict.fromkeys(splits))
-    if not splits:
-        raise DataError(data_folder, "no split requested", "pass e.g. splits=['dev-clean']")
+    splits = requested_splits(splits, data_folder, "dev-clean")
     check_options(sorting, check_audio, min_duration, max_duration)
     if spk_id not in SPK_ID_FORMATS:
         raise ConfigError(f"spk_id={spk_id!r} is not one of {SPK_ID_FORMATS}")
     exts = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in audio_extensions)
     root = find_librispeech_root(data_folder, splits)
-    save_folder = os.path.abspath(os.fspath(save_folder))
-    state = PrepState(os.path.join(save_folder, STATE_FILE))
-    summary = PrepSummary("LibriSpeech", save_folder)
     options = {
         "root": root,
         "sorting": sorting,
@@ -171,47 +155,21 @@ def prepare_librispeech(
         "allow_empty": allow_empty,
     }
 
-    pending = []
-    for split in splits:
+    def source(split):
         split_dir = os.path.join(root, split)
-        csv_path = os.path.join(save_folder, f"{split}.csv")
-        fingerprint = tree_fingerprint(split_dir)
-        done = None if force else state.up_to_date(split, options, fingerprint)
-        if done is not None and done.csv == csv_path:
-            logger.info("%s: %s is up to date, nothing to do", split, csv_path)
-            summary.splits[split] = done
-            continue
-        counter = SkipCounter(split)
-        rows = scan_split(split_dir, counter, exts, text_transform, spk_id)
-        rows = check_text_fields(rows, ["wav", "spk_id", "wrd"], counter)
-        rows, rates = measure_rows(
-            rows, counter, check_audio=check_audio, min_duration=min_duration,
-            max_duration=max_duration, num_workers=num_workers, desc=split,
-        )
-        if not rows:
-            err = empty_split_error(
-                csv_path, split, counter, "utterance",
-                f"check {split_dir} holds {_LAYOUT}",
-            )
-            if not allow_empty:
-                raise err
-            logger.warning("%s (writing a header-only CSV: allow_empty=True)", err)
-        rows = sort_rows(rows, sorting)
-        hours = sum(r["duration"] for r in rows) / 3600.0
-        summary.splits[split] = SplitSummary(
-            split, csv_path, kept=len(rows), skipped=dict(counter.counts), hours=hours,
-            sample_rates=rates, examples=counter.examples,
-        )
-        pending.append((split, rows, fingerprint))
 
-    # Nothing is written before every requested split has been read successfully.
-    for split, rows, fingerprint in pending:
-        s = summary.splits[split]
-        write_csv_atomic(s.csv, CSV_COLUMNS, rows)
-        state.record(split, options, fingerprint, s)
-        state.save()
-        logger.info("%s: wrote %d rows (%.3f h) to %s", split, s.kept, s.hours, s.csv)
-    return summary
+        def read(counter):
+            rows = scan_split(split_dir, counter, exts, text_transform, spk_id)
+            return rows, f"check {split_dir} holds {_LAYOUT}"
+
+        return SplitSource(split, options, tree_fingerprint(split_dir), read)
+
+    return prepare_splits(
+        "LibriSpeech", save_folder, STATE_FILE, CSV_COLUMNS, (source(s) for s in splits),
+        ["wav", "spk_id", "wrd"], "utterance", sorting=sorting, min_duration=min_duration,
+        max_duration=max_duration, check_audio=check_audio, allow_empty=allow_empty,
+        force=force, num_workers=num_workers, log=logger,
+    )
 
 
 def find_librispeech_root(data_folder, splits):
@@ -350,15 +308,7 @@ def scan_split(split_dir, counter, audio_extensions=AUDIO_EXTENSIONS, text_trans
     ids = set()
     for tpath in transcripts:
         folder = os.path.dirname(tpath)
-        try:
-            with open(tpath, encoding="utf-8") as f:
-                lines = f.read().splitlines()
-        except UnicodeDecodeError as exc:
-            raise DataError(
-                tpath, f"not UTF-8 text ({exc})", "re-create the transcript as UTF-8 text"
-            ) from None
-        except OSError as exc:
-            raise DataError(tpath, f"cannot be read ({exc})", "check its permissions") from None
+        lines = read_text_lines(tpath, "re-create the transcript as UTF-8 text")
         for lineno, line in enumerate(lines, start=1):
             parts = line.split(maxsplit=1)
             if not parts:

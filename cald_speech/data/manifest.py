@@ -108,6 +108,37 @@ def write_json_atomic(path, obj):
     _write_atomic(path, write)
 
 
+def read_text_lines(path, remake, unreadable="check its permissions"):
+    """The lines of a UTF-8 text file; an undecodable or unreadable file is a DataError.
+
+    Arguments
+    ---------
+    path : str
+        The file.
+    remake : str
+        The fix when the file is not UTF-8 (e.g. ``"re-create it as UTF-8 text"``).
+    unreadable : str
+        The fix when the file cannot be read.
+
+    Example
+    -------
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "t.txt")
+    >>> _ = open(path, "wb").write(b"ok\\n\\xff\\n")
+    >>> read_text_lines(path, "re-create it as UTF-8 text")
+    Traceback (most recent call last):
+    ...
+    cald_speech.errors.DataError: ...t.txt: not UTF-8 text (...) (fix: re-create it as UTF-8 text)
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().splitlines()
+    except UnicodeDecodeError as exc:
+        raise DataError(path, f"not UTF-8 text ({exc})", remake) from None
+    except OSError as exc:
+        raise DataError(path, f"cannot be read ({exc})", unreadable) from None
+
+
 def resolve_audio(value, csv_path, data_root=None):
     """The audio path of a manifest row: ``$data_root`` replaced, relative to the CSV.
 

@@ -1,18 +1,27 @@
-"""Bookkeeping of a corpus preparation: skipped items by reason, split summaries, up to date.
+"""Bookkeeping of a corpus preparation, and the split loop every corpus shares.
 
 :class:`SkipCounter` counts (and logs a few of) the items a preparation leaves out and
 why; :class:`SplitSummary` / :class:`PrepSummary` are what ``cald-prepare`` prints and
 writes; :class:`PrepState` decides whether a manifest is up to date (same inputs, same
-options, same code) so that a finished preparation is not done again.
+options, same code) so that a finished preparation is not done again;
+:func:`prepare_splits` reads, measures and writes each split a corpus describes with a
+:class:`SplitSource`.
 """
 
 import json
 import logging
 import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from cald_speech.data.manifest import write_json_atomic
+from cald_speech.data.manifest import (
+    check_text_fields,
+    measure_rows,
+    sort_rows,
+    write_csv_atomic,
+    write_json_atomic,
+)
 from cald_speech.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -380,3 +389,149 @@ def empty_split_error(csv_path, split, counter, what, fix):
         f"{n} {SKIP_REASONS.get(r, r)}" for r, n in sorted(counter.counts.items())
     ) or "nothing found"
     return DataError(csv_path, f"split '{split}' has no usable {what} (skipped: {skipped})", fix)
+
+
+def requested_splits(splits, data_folder, example):
+    """The requested split names: one name or a sequence, repeats dropped, order kept.
+
+    Raises
+    ------
+    DataError
+        When no split is requested (the fix names ``example``).
+
+    Example
+    -------
+    >>> requested_splits("dev", "/data", "dev"), requested_splits(["a", "b", "a"], "/data", "a")
+    (['dev'], ['a', 'b'])
+    """
+    if isinstance(splits, str):
+        splits = [splits]
+    splits = list(dict.fromkeys(splits))
+    if not splits:
+        raise DataError(data_folder, "no split requested", f"pass e.g. splits=['{example}']")
+    return splits
+
+
+@dataclass
+class SplitSource:
+    """One split of a corpus, as a preparation hands it to :func:`prepare_splits`.
+
+    Attributes
+    ----------
+    split : str
+        Split name (the manifest is ``<save_folder>/<split>.csv``).
+    options : dict
+        The options the rows depend on (JSON-serialisable), recorded for up-to-date checks.
+    fingerprint : dict
+        A fingerprint of the source files (see :func:`tree_fingerprint`).
+    read : callable
+        ``read(counter)`` -> ``(rows, fix)``: the rows (``ID``, ``wav`` and the text
+        columns, no duration yet), skipping and counting bad items in the
+        :class:`SkipCounter`; ``fix`` is what the error says to do when no row is usable.
+    """
+
+    split: str
+    options: dict
+    fingerprint: dict
+    read: Callable
+
+
+def prepare_splits(corpus, save_folder, state_file, columns, sources, text_fields, what,
+                   sorting="none", min_duration=None, max_duration=None,
+                   check_audio="header", allow_empty=False, force=False, num_workers=4,
+                   log=None):
+    """Reads, measures and writes the manifests of a corpus's splits; skips those up to date.
+
+    Each split is read by its source, its text checked (:func:`check_text_fields`), its
+    audio measured (:func:`measure_rows`) and its rows sorted (:func:`sort_rows`). Nothing
+    is written before every split has been read successfully; each CSV is then written
+    atomically and recorded in ``<save_folder>/<state_file>``.
+
+    Arguments
+    ---------
+    corpus : str
+        Corpus name for the summary.
+    save_folder : str
+        Where ``<split>.csv`` are written (created when missing).
+    state_file : str
+        Name of the sidecar JSON (see :class:`PrepState`) in ``save_folder``.
+    columns : list of str
+        The manifest's columns.
+    sources : iterable of SplitSource
+        The splits, in order.
+    text_fields : list of str
+        Columns whose text SpeechBrain's CSV loader must not alter.
+    what : str
+        What a row is (``"utterance"``, ``"recording"``), for the empty-split error.
+    sorting, min_duration, max_duration, check_audio, num_workers
+        As for :func:`measure_rows` and :func:`sort_rows`.
+    allow_empty : bool
+        When a split has no usable row: ``False`` raises a DataError, ``True`` logs a
+        warning and writes a header-only CSV.
+    force : bool
+        Prepare again even when a manifest is up to date.
+    log : logging.Logger or None
+        Where the progress lines go (the corpus module's logger, so that its logging
+        settings apply); ``None`` is this module's.
+
+    Returns
+    -------
+    PrepSummary
+
+    Example
+    -------
+    >>> import os, tempfile, numpy as np, soundfile as sf
+    >>> d = tempfile.mkdtemp()
+    >>> wav = os.path.join(d, "a.wav")
+    >>> sf.write(wav, np.zeros(8000), 16000)
+    >>> src = SplitSource("dev", {}, tree_fingerprint(wav),
+    ...                   lambda counter: ([{"ID": "a", "wav": wav, "wrd": "HI"}], "add audio"))
+    >>> args = ("Toy", os.path.join(d, "csv"), "toy.json", ["ID", "duration", "wav", "wrd"])
+    >>> print(prepare_splits(*args, [src], ["wav", "wrd"], "utterance"))  # doctest: +ELLIPSIS
+    Toy manifests in .../csv
+    split  kept  skipped  hours   status
+    dev       1        0  0.000   written
+    >>> prepare_splits(*args, [src], ["wav", "wrd"], "utterance").up_to_date
+    True
+    """
+    log = log or logger
+    save_folder = os.path.abspath(os.fspath(save_folder))
+    state = PrepState(os.path.join(save_folder, state_file))
+    summary = PrepSummary(corpus, save_folder)
+    pending = []
+    for src in sources:
+        split = src.split
+        csv_path = os.path.join(save_folder, f"{split}.csv")
+        done = None if force else state.up_to_date(split, src.options, src.fingerprint)
+        if done is not None and done.csv == csv_path:
+            log.info("%s: %s is up to date, nothing to do", split, csv_path)
+            summary.splits[split] = done
+            continue
+        counter = SkipCounter(split)
+        rows, fix = src.read(counter)
+        rows = check_text_fields(rows, text_fields, counter)
+        rows, rates = measure_rows(
+            rows, counter, check_audio=check_audio, min_duration=min_duration,
+            max_duration=max_duration, num_workers=num_workers, desc=split,
+        )
+        if not rows:
+            err = empty_split_error(csv_path, split, counter, what, fix)
+            if not allow_empty:
+                raise err
+            log.warning("%s (writing a header-only CSV: allow_empty=True)", err)
+        rows = sort_rows(rows, sorting)
+        hours = sum(r["duration"] for r in rows) / 3600.0
+        summary.splits[split] = SplitSummary(
+            split, csv_path, kept=len(rows), skipped=dict(counter.counts), hours=hours,
+            sample_rates=rates, examples=counter.examples,
+        )
+        pending.append((src, rows))
+
+    # Nothing is written before every requested split has been read successfully.
+    for src, rows in pending:
+        s = summary.splits[src.split]
+        write_csv_atomic(s.csv, columns, rows)
+        state.record(src.split, src.options, src.fingerprint, s)
+        state.save()
+        log.info("%s: wrote %d rows (%.3f h) to %s", src.split, s.kept, s.hours, s.csv)
+    return summary

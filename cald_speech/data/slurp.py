@@ -38,21 +38,12 @@ import json
 import logging
 import os
 
-from cald_speech.data.manifest import (
-    check_options,
-    check_text_fields,
-    list_entries,
-    measure_rows,
-    sort_rows,
-    write_csv_atomic,
-)
+from cald_speech.data.manifest import check_options, list_entries, read_text_lines
 from cald_speech.data.prep_state import (
-    PrepState,
-    PrepSummary,
-    SkipCounter,
-    SplitSummary,
+    SplitSource,
     callable_name,
-    empty_split_error,
+    prepare_splits,
+    requested_splits,
     tree_fingerprint,
 )
 from cald_speech.errors import ConfigError, DataError
@@ -121,15 +112,8 @@ def read_slurp_jsonl(path):
     path = os.fspath(path)
     fix = "repair or remove that line (SLURP records hold " + ", ".join(REQUIRED_KEYS) + ")"
     records = []
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except UnicodeDecodeError as exc:
-        raise DataError(
-            path, f"not UTF-8 text ({exc})", "re-create it as UTF-8 JSON lines"
-        ) from None
-    except OSError as exc:
-        raise DataError(path, f"cannot be read ({exc})", "check the path and permissions") from None
+    lines = read_text_lines(path, "re-create it as UTF-8 JSON lines",
+                            "check the path and permissions")
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -235,11 +219,7 @@ def prepare_slurp(
     """
     if recording not in RECORDINGS:
         raise ConfigError(f"recording={recording!r} is not one of {RECORDINGS}")
-    if isinstance(splits, str):
-        splits = [splits]
-    splits = list(dict.fromkeys(splits))
-    if not splits:
-        raise DataError(data_folder, "no split requested", "pass e.g. splits=['devel']")
+    splits = requested_splits(splits, data_folder, "devel")
     check_options(sorting, check_audio, min_duration, max_duration)
 
     data_folder = os.path.abspath(os.fspath(data_folder))
@@ -295,9 +275,6 @@ def prepare_slurp(
             resolved.append((jsonl, audio_dir, selection, prefix))
         sources[split] = resolved
 
-    save_folder = os.path.abspath(os.fspath(save_folder))
-    state = PrepState(os.path.join(save_folder, STATE_FILE))
-    summary = PrepSummary("SLURP", save_folder)
     base_options = {
         "recording": recording,
         "sorting": sorting,
@@ -314,87 +291,86 @@ def prepare_slurp(
             folder_fps[folder] = tree_fingerprint(folder)
         return folder_fps[folder]
 
-    pending = []
-    for split in splits:
+    def source(split):
         parts = sources[split]
-        csv_path = os.path.join(save_folder, f"{split}.csv")
         options = dict(base_options, sources=[[j, a, s, p] for j, a, s, p in parts])
         fingerprint = {
             "annotations": tree_fingerprint(*[j for j, _, _, _ in parts]),
             "audio": {a: folder_fp(a) for _, a, _, _ in parts},
         }
-        done = None if force else state.up_to_date(split, options, fingerprint)
-        if done is not None and done.csv == csv_path:
-            logger.info("%s: %s is up to date, nothing to do", split, csv_path)
-            summary.splits[split] = done
-            continue
 
-        counter = SkipCounter(split)
-        rows, ids, not_selected = [], set(), 0
-        for jsonl, audio_dir, selection, prefix in parts:
-            for lineno, rec in read_slurp_jsonl(jsonl):
-                if not rec["recordings"]:
-                    counter.skip("no_recordings", f"{jsonl}:{lineno}", warn=False)
-                    continue
-                sentence = " ".join(rec["sentence"].split())
-                if text_transform is not None:
-                    sentence = " ".join(str(text_transform(sentence)).split())
-                semantics = json.dumps(rec, ensure_ascii=False).replace("$", "\\u0024")
-                for r in rec["recordings"]:
-                    fname = r["file"]
-                    if selection != "all" and is_headset(fname) != (selection == "headset"):
-                        not_selected += 1
-                        continue
-                    uid = f"{prefix}{rec['slurp_id']}_{os.path.splitext(fname)[0]}"
-                    uid = "_".join(uid.split())  # no whitespace in ids
-                    if uid in ids:
-                        counter.skip("duplicate_id", f"{jsonl}:{lineno} ({uid})")
-                        continue
-                    ids.add(uid)
-                    wav = os.path.join(audio_dir, fname)
-                    if not os.path.isfile(wav):
-                        counter.skip(
-                            "missing_recording", wav, detail=f"listed in {jsonl}:{lineno}"
-                        )
-                        continue
-                    rows.append({
-                        "ID": uid,
-                        "wav": wav,
-                        "semantics": semantics,
-                        "transcript": sentence,
-                        "scenario": rec["scenario"],
-                        "action": rec["action"],
-                        "intent": f"{rec['scenario']}_{rec['action']}",
-                    })
-        rows = check_text_fields(rows, ["wav", "transcript", "scenario", "action"], counter)
-        rows, rates = measure_rows(
-            rows, counter, check_audio=check_audio, min_duration=min_duration,
-            max_duration=max_duration, num_workers=num_workers, desc=split,
-        )
-        if not rows:
-            hint = (
+        def read(counter):
+            rows, not_selected = read_recordings(parts, counter, text_transform)
+            fix = (
                 f"{not_selected} recording(s) were left out by --recording {recording}; "
                 "try --recording all (recipes: slurp_recording: all)"
                 if not_selected
                 else f"check that the recordings listed in {parts[0][0]} are in {parts[0][1]}"
             )
-            err = empty_split_error(csv_path, split, counter, "recording", hint)
-            if not allow_empty:
-                raise err
-            logger.warning("%s (writing a header-only CSV: allow_empty=True)", err)
-        rows = sort_rows(rows, sorting)
-        hours = sum(r["duration"] for r in rows) / 3600.0
-        summary.splits[split] = SplitSummary(
-            split, csv_path, kept=len(rows), skipped=dict(counter.counts), hours=hours,
-            sample_rates=rates, examples=counter.examples,
-        )
-        pending.append((split, rows, options, fingerprint))
+            return rows, fix
 
-    # Nothing is written before every requested split has been read successfully.
-    for split, rows, options, fingerprint in pending:
-        s = summary.splits[split]
-        write_csv_atomic(s.csv, CSV_COLUMNS, rows)
-        state.record(split, options, fingerprint, s)
-        state.save()
-        logger.info("%s: wrote %d rows (%.3f h) to %s", split, s.kept, s.hours, s.csv)
-    return summary
+        return SplitSource(split, options, fingerprint, read)
+
+    return prepare_splits(
+        "SLURP", save_folder, STATE_FILE, CSV_COLUMNS, (source(s) for s in splits),
+        ["wav", "transcript", "scenario", "action"], "recording", sorting=sorting,
+        min_duration=min_duration, max_duration=max_duration, check_audio=check_audio,
+        allow_empty=allow_empty, force=force, num_workers=num_workers, log=logger,
+    )
+
+
+def read_recordings(parts, counter, text_transform=None):
+    """The rows of one split: one per selected recording of its annotation files.
+
+    Arguments
+    ---------
+    parts : list of (str, str, str, str)
+        ``(jsonl, audio_folder, selection, id_prefix)`` per annotation file, where
+        ``selection`` is one of :data:`RECORDINGS`.
+    counter : SkipCounter
+        Receives the records and recordings left out (missing on disk, repeated ids).
+    text_transform : callable or None
+        Applied to each sentence.
+
+    Returns
+    -------
+    rows : list of dict
+        The manifest's columns but ``duration``.
+    not_selected : int
+        Recordings left out by ``selection``.
+    """
+    rows, ids, not_selected = [], set(), 0
+    for jsonl, audio_dir, selection, prefix in parts:
+        for lineno, rec in read_slurp_jsonl(jsonl):
+            if not rec["recordings"]:
+                counter.skip("no_recordings", f"{jsonl}:{lineno}", warn=False)
+                continue
+            sentence = " ".join(rec["sentence"].split())
+            if text_transform is not None:
+                sentence = " ".join(str(text_transform(sentence)).split())
+            semantics = json.dumps(rec, ensure_ascii=False).replace("$", "\\u0024")
+            for r in rec["recordings"]:
+                fname = r["file"]
+                if selection != "all" and is_headset(fname) != (selection == "headset"):
+                    not_selected += 1
+                    continue
+                uid = f"{prefix}{rec['slurp_id']}_{os.path.splitext(fname)[0]}"
+                uid = "_".join(uid.split())  # no whitespace in ids
+                if uid in ids:
+                    counter.skip("duplicate_id", f"{jsonl}:{lineno} ({uid})")
+                    continue
+                ids.add(uid)
+                wav = os.path.join(audio_dir, fname)
+                if not os.path.isfile(wav):
+                    counter.skip("missing_recording", wav, detail=f"listed in {jsonl}:{lineno}")
+                    continue
+                rows.append({
+                    "ID": uid,
+                    "wav": wav,
+                    "semantics": semantics,
+                    "transcript": sentence,
+                    "scenario": rec["scenario"],
+                    "action": rec["action"],
+                    "intent": f"{rec['scenario']}_{rec['action']}",
+                })
+    return rows, not_selected

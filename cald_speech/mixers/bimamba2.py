@@ -92,15 +92,29 @@ def _copy_attention(core, in_proj, out_proj, q_proj, k_proj, v_proj, o_proj, nam
 
 
 class _BiBase(Mixer):
+    """The arguments, checks and config of both bidirectional mixers (see :class:`BiMamba2`).
+
+    Subclasses build their parameters in ``_build(hidden_size, bias, kw)``, ``kw`` being
+    the keyword arguments of one direction's :class:`Mamba2Block` but ``bias``.
+    """
+
     execution_options = ("impl", "chunk_size")
 
-    def _set_common(self, combine, **cfg):
+    def __init__(self, hidden_size, num_heads, d_state=64, expand=1, headdim=None, ngroups=1,
+                 d_conv=4, chunk_size=None, bias=False, conv_bias=True, combine="sum",
+                 A_init_range=(1, 16), dt_min=0.001, dt_max=0.1,
+                 dt_limit=(0.0, float("inf")), impl=None):
+        super().__init__(hidden_size, num_heads)
+        kw = _core_kwargs(hidden_size, num_heads, d_state, expand, headdim, ngroups, d_conv,
+                          chunk_size, conv_bias, A_init_range, dt_min, dt_max, dt_limit, impl)
+        self._build(hidden_size, bias, kw)
+        kw.pop("d_model")
         if combine not in _COMBINE:
             raise ConfigError(f"combine must be one of {_COMBINE}, got '{combine}'")
         self.combine = combine
         # Lists, not tuples, so that the config dumps to YAML/JSON as it is; an
         # unbounded dt_limit is written as null (strict JSON has no Infinity).
-        cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
+        cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in dict(bias=bias, **kw).items()}
         cfg["dt_limit"] = [None if math.isinf(v) else v for v in cfg["dt_limit"]]
         self._cfg.update(combine=combine, **cfg)
 
@@ -187,17 +201,9 @@ class BiMamba2(_BiBase):
 
     name = "bimamba2"
 
-    def __init__(self, hidden_size, num_heads, d_state=64, expand=1, headdim=None, ngroups=1,
-                 d_conv=4, chunk_size=None, bias=False, conv_bias=True, combine="sum",
-                 A_init_range=(1, 16), dt_min=0.001, dt_max=0.1,
-                 dt_limit=(0.0, float("inf")), impl=None):
-        super().__init__(hidden_size, num_heads)
-        kw = _core_kwargs(hidden_size, num_heads, d_state, expand, headdim, ngroups, d_conv,
-                          chunk_size, conv_bias, A_init_range, dt_min, dt_max, dt_limit, impl)
+    def _build(self, hidden_size, bias, kw):
         self.fwd = Mamba2Block(bias=bias, **kw)
         self.bwd = Mamba2Block(bias=bias, **kw)
-        kw.pop("d_model")
-        self._set_common(combine, bias=bias, **kw)
 
     def forward(self, hidden_states, padding_mask=None):
         """(B, T, C) and a (B, T) mask (True = valid, padding at the end) -> (B, T, C)."""
@@ -238,19 +244,11 @@ class BiMamba2Shared(_BiBase):
 
     name = "bimamba2_shared"
 
-    def __init__(self, hidden_size, num_heads, d_state=64, expand=1, headdim=None, ngroups=1,
-                 d_conv=4, chunk_size=None, bias=False, conv_bias=True, combine="sum",
-                 A_init_range=(1, 16), dt_min=0.001, dt_max=0.1,
-                 dt_limit=(0.0, float("inf")), impl=None):
-        super().__init__(hidden_size, num_heads)
-        kw = _core_kwargs(hidden_size, num_heads, d_state, expand, headdim, ngroups, d_conv,
-                          chunk_size, conv_bias, A_init_range, dt_min, dt_max, dt_limit, impl)
+    def _build(self, hidden_size, bias, kw):
         self.fwd = _SSMCore(**kw)
         self.bwd = _SSMCore(**kw)
         self.in_proj = nn.Linear(hidden_size, self.fwd.d_in_proj, bias=bias)
         self.out_proj = nn.Linear(self.fwd.d_inner, hidden_size, bias=bias)
-        kw.pop("d_model")
-        self._set_common(combine, bias=bias, **kw)
 
     def forward(self, hidden_states, padding_mask=None):
         """(B, T, C) and a (B, T) mask (True = valid, padding at the end) -> (B, T, C)."""

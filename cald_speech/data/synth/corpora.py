@@ -96,6 +96,54 @@ logger = logging.getLogger(__name__)
 CHAPTER_SIZE = 50
 
 
+# --------------------------------------------------------------------------- #
+# Shared by both builders.
+
+
+def _read_eval(path, given, opts, read, what):
+    """The evaluation-only texts of ``path`` and that path, or ``([], None)`` with a warning.
+
+    A file named by the caller (``given``) or needed for ``eval_texts`` must be readable;
+    the default file may be missing.
+    """
+    if given or opts.eval_texts or path.is_file():
+        return read(path), path
+    logger.warning("%s not found: no evaluation-only %s to keep out of train", path, what)
+    return [], None
+
+
+def _text_pool(items, held_out, opts):
+    """``(payload, words)`` for each usable text, in order.
+
+    ``items`` are ``(id, text, payload)``; a text is usable when its normalised words are
+    not empty, not seen before, within the word limits of ``opts`` and neither its id nor
+    its words are among the ``(id, text)`` pairs of ``held_out``.
+    """
+    eval_ids = {i for i, _ in held_out}
+    eval_words = {normalize_text(t) for _, t in held_out}
+    pool, seen = [], set()
+    for ident, text, payload in items:
+        words = normalize_text(text)
+        if not words or words in seen or ident in eval_ids or words in eval_words:
+            continue
+        seen.add(words)
+        if _keep_sentence(words, opts):
+            pool.append((payload, words))
+    return pool
+
+
+def _summary(corpus, root, opts, record, split_names, eval_file):
+    """The head of a builder's summary; ``splits`` is filled in by the caller."""
+    return {
+        "corpus": corpus,
+        "root": str(root),
+        "seed": opts.seed,
+        "options": record,
+        "heldout_statement": _statement(split_names, eval_file, opts.eval_texts),
+        "splits": {},
+    }
+
+
 def _check_counts(counts, n_jobs):
     for split, n in counts.items():
         if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 0:
@@ -188,12 +236,8 @@ def synthesize_librispeech(
     root = Path(root).resolve()
 
     sentences = _read_tsv_sentences(text_file)
-    if eval_given or opts.eval_texts or eval_text_file.is_file():
-        eval_sentences = _read_tsv_sentences(eval_text_file)
-    else:
-        logger.warning("%s not found: no evaluation-only sentences to keep out of train",
-                       eval_text_file)
-        eval_sentences, eval_text_file = [], None
+    eval_sentences, eval_text_file = _read_eval(
+        eval_text_file, eval_given, opts, _read_tsv_sentences, "sentences")
     voices = _resolve_voices(opts)
     record = {
         **asdict(opts),
@@ -212,16 +256,7 @@ def synthesize_librispeech(
         return done
 
     # Sentence pools: unique after normalisation; evaluation-only ones kept apart.
-    eval_ids = {sid for sid, _ in eval_sentences}
-    eval_words = {normalize_text(t) for _, t in eval_sentences}
-    pool, seen = [], set()
-    for sid, text in sentences:
-        words = normalize_text(text)
-        if not words or words in seen or sid in eval_ids or words in eval_words:
-            continue
-        seen.add(words)
-        if _keep_sentence(words, opts):
-            pool.append((sid, words))
+    pool = _text_pool([(sid, text, sid) for sid, text in sentences], eval_sentences, opts)
     if not pool:
         raise DataError(text_file, "holds no usable sentence (after normalisation and the "
                         f"{opts.min_words}-{opts.max_words} word limits)",
@@ -272,14 +307,7 @@ def synthesize_librispeech(
     _write_speakers_chapters(base, jobs_list, voice_of, frames)
     _write_utterance_table(root, jobs_list, voice_of)
 
-    summary = {
-        "corpus": "librispeech",
-        "root": str(root),
-        "seed": opts.seed,
-        "options": record,
-        "heldout_statement": _statement(split_names, eval_text_file, opts.eval_texts),
-        "splits": {},
-    }
+    summary = _summary("librispeech", root, opts, record, split_names, eval_text_file)
     for split in split_names:
         paths = [j["outputs"][0]["path"] for j in jobs_list if j["split"] == split]
         if paths:
@@ -414,12 +442,8 @@ def synthesize_slurp(
     root = Path(root).resolve()
 
     records = [rec for p in slurp_files for rec in _read_slurp_records(p)]
-    if eval_given or opts.eval_texts or eval_slurp_file.is_file():
-        eval_records = _read_slurp_records(eval_slurp_file)
-    else:
-        logger.warning("%s not found: no evaluation-only records to keep out of train",
-                       eval_slurp_file)
-        eval_records, eval_slurp_file = [], None
+    eval_records, eval_slurp_file = _read_eval(
+        eval_slurp_file, eval_given, opts, _read_slurp_records, "records")
     voices = _resolve_voices(opts)
     record = {
         **asdict(opts),
@@ -438,16 +462,8 @@ def synthesize_slurp(
     if done is not None:
         return done
 
-    eval_ids = {r["slurp_id"] for r in eval_records}
-    eval_words = {normalize_text(r["sentence"]) for r in eval_records}
-    pool, seen = [], set()
-    for rec in records:
-        words = normalize_text(rec["sentence"])
-        if not words or words in seen or rec["slurp_id"] in eval_ids or words in eval_words:
-            continue
-        seen.add(words)
-        if _keep_sentence(words, opts):
-            pool.append((rec, words))
+    pool = _text_pool([(r["slurp_id"], r["sentence"], r) for r in records],
+                      [(r["slurp_id"], r["sentence"]) for r in eval_records], opts)
     if not pool:
         raise DataError(slurp_files[0], "holds no usable SLURP sentence",
                         "use SLURP annotation .jsonl files")
@@ -505,14 +521,7 @@ def synthesize_slurp(
                            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
     _write_utterance_table(root, jobs_list, voice_of)
 
-    summary = {
-        "corpus": "slurp",
-        "root": str(root),
-        "seed": opts.seed,
-        "options": record,
-        "heldout_statement": _statement(split_names, eval_slurp_file, opts.eval_texts),
-        "splits": {},
-    }
+    summary = _summary("slurp", root, opts, record, split_names, eval_slurp_file)
     for split in split_names:
         split_jobs = [j for j in jobs_list if j["split"] == split]
         paths = [o["path"] for j in split_jobs for o in j["outputs"]]
