@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import speechbrain as sb
 
 from cald_speech.errors import ConfigError
 from cald_speech.tasks.asr.recipe import run_asr
@@ -52,13 +53,74 @@ def corpus(tmp_path_factory):
     return root
 
 
-def run(hparams, out, corpus, *extra):
+def edits(ref, hyp):
+    """Levenshtein distance between two sequences (words, or the characters of a text)."""
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        prev, row[0] = row[0], i
+        for j, h in enumerate(hyp, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
+    return row[-1]
+
+
+def scored_utterances(path):
+    """{utterance id: (reference words, hypothesis words)} of a per-utterance WER file.
+
+    The file is SpeechBrain's ``ErrorRateStats.write_stats`` output: per utterance an
+    ``ID, %WER ...`` line, then the reference, the edit operations and the hypothesis,
+    tokens separated by ``;``, ``<eps>`` where a side has no word.
+    """
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    out = {}
+    for i, line in enumerate(lines):
+        m = re.match(r"^(\S+), %WER ", line)
+        if m:
+            ref, hyp = ([t.strip() for t in lines[j].split(";")] for j in (i + 1, i + 3))
+            out[m.group(1)] = ([t for t in ref if t != "<eps>"], [t for t in hyp if t != "<eps>"])
+    return out
+
+
+def recomputed_rates(path):
+    """Corpus WER and CER (%) recomputed from a per-utterance file's words, as the recipe
+    scores them (CER over the characters of the words joined by single spaces)."""
+    pairs = list(scored_utterances(path).values())
+    words = sum(edits(r, h) for r, h in pairs) / sum(len(r) for r, _ in pairs)
+    chars = (sum(edits(" ".join(r), " ".join(h)) for r, h in pairs)
+             / sum(len(" ".join(r)) for r, _ in pairs))
+    return 100 * words, 100 * chars
+
+
+def check_wer_files(path, stats, ids):
+    """The WER and CER of ``stats`` and of the ``.json`` beside the per-utterance file
+    ``path`` equal those recomputed from it; it holds every utterance of ``ids`` once,
+    and the ``_utterances.jsonl`` beside it the same transcripts and their error counts."""
+    scored = scored_utterances(path)
+    assert sorted(scored) == sorted(ids)
+    wer, cer = recomputed_rates(path)
+    base = os.path.splitext(path)[0]
+    summary = json.loads(Path(base + ".json").read_text())
+    for key, value in (("WER", wer), ("CER", cer)):
+        assert stats[key] == pytest.approx(value) and summary[key] == pytest.approx(value), key
+    rows = [json.loads(x) for x in Path(base + "_utterances.jsonl").read_text().splitlines()]
+    assert {r["ID"]: (r["ref"].split(), r["hyp"].split()) for r in rows} == scored
+    for r in rows:
+        assert (r["word_errors"], r["ref_words"], r["char_errors"], r["ref_chars"]) == (
+            edits(r["ref"].split(), r["hyp"].split()), len(r["ref"].split()),
+            edits(r["ref"], r["hyp"]), len(r["ref"])), r["ID"]
+
+
+def check_test_wer(out, results, split="test-clean", ids=("3-10-0000", "3-10-0001")):
+    """The recipe's test WER and CER are those of its per-utterance files."""
+    check_wer_files(out / f"wer_{split}.txt", results[split], ids)
+
+
+def run(hparams, out, corpus, *extra, warmup=1):
     argv = [
         str(hparams if os.path.isabs(hparams) else RECIPE / "hparams" / hparams),
         "--data_folder", str(corpus),
         "--output_folder", str(out), "--feature_cache_folder", str(out.parent / "cache"),
         "--number_of_epochs", "1", "--batch_size", "3", "--device", "cpu",
-        "--warmup_updates", "1", "--total_updates", "10", "--log_every", "1", *extra,
+        "--warmup_updates", str(warmup), "--total_updates", "10", "--log_every", "1", *extra,
     ]
     return run_asr(argv)
 
@@ -69,26 +131,60 @@ def teacher(request, tmp_path_factory, corpus):
     out = tmp_path_factory.mktemp(f"runs-{request.param}") / "finetune"
     cfg = out.parent / "tiny.yaml"
     cfg.write_text(TINY)
+    # No warmup: both updates move the weights (a warmup's first learning rate is 0), so
+    # that the waypoints step-0, step-1 and step-2 are three different teachers.
     results = run("finetune.yaml", out, corpus, "--model_config", str(cfg), "--waypoint_every", "1",
-                  "--model_family", request.param)
+                  "--model_family", request.param, warmup=0)
     assert json.loads((out / "model" / "config.json").read_text())["model_type"] == request.param
     return out, results
 
 
 def test_finetune_writes_model_waypoints_and_wer(teacher):
     out, results = teacher
-    assert set(results) == {"test-clean"} and 0 <= results["test-clean"]["WER"]
+    assert set(results) == {"test-clean"}
+    check_test_wer(out, results)
     assert (out / "model" / "config.json").exists()
     assert (out / "model" / "tokenizer.json").exists()
     assert sorted(os.listdir(out / "waypoints")) == ["step-0", "step-1", "step-2"]
-    assert (out / "wer_test-clean.txt").exists()
     steps = [json.loads(x) for x in (out / "steps.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps] == [1, 2] and "task" in steps[0]
 
 
+def teachers_of_updates(monkeypatch, folders):
+    """Records, per training update that runs a teacher, the update's step and which of
+    the model ``folders`` ({name: folder}) holds exactly the teacher's weights then (an
+    empty tuple: none, a teacher trained during the run)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from cald_speech.distill.brain import DistillBrain
+
+    saved = {name: load_file(str(Path(f) / "model.safetensors")) for name, f in folders.items()}
+    seen, forward = [], DistillBrain.compute_forward
+
+    def recording(self, batch, stage):
+        out = forward(self, batch, stage)
+        if stage == sb.Stage.TRAIN and "t_logits" in out:
+            weights = self.teacher.state_dict()
+            same = []
+            for name, w in saved.items():
+                shared = [k for k in w if k in weights]
+                assert len(shared) >= 0.9 * len(w), sorted(set(w) - set(weights))[:5]
+                if all(torch.equal(weights[k].cpu(), w[k]) for k in shared):
+                    same.append(name)
+            seen.append((self.optimizer_step, tuple(same)))
+        return out
+
+    monkeypatch.setattr(DistillBrain, "compute_forward", recording)
+    return seen
+
+
 @pytest.mark.parametrize("mode", ["unguided", "target", "hybrid", "trajectory", "waypoint"])
-def test_cald_modes_run_end_to_end(teacher, corpus, tmp_path, mode):
+def test_cald_modes_run_end_to_end(teacher, corpus, tmp_path, mode, monkeypatch):
     t_out, _ = teacher
+    folders = {"model": t_out / "model",
+               **{p.name: p for p in sorted((t_out / "waypoints").iterdir())}}
+    teachers = teachers_of_updates(monkeypatch, folders)
     extra = ["--mode", mode, "--switch_step", "1"]
     if mode in ("unguided", "target", "hybrid"):
         extra += ["--teacher_source", str(t_out / "model")]
@@ -97,7 +193,7 @@ def test_cald_modes_run_end_to_end(teacher, corpus, tmp_path, mode):
     if mode == "waypoint":
         extra += ["--waypoint_dir", str(t_out / "waypoints")]
     results = run("cald.yaml", tmp_path / mode, corpus, *extra)
-    assert 0 <= results["test-clean"]["WER"]
+    check_test_wer(tmp_path / mode, results)
     cfg = json.loads((tmp_path / mode / "model" / "config.json").read_text())
     assert cfg["cald"]["mixers"][0]["name"] == "bimamba2"
     steps = [json.loads(x) for x in (tmp_path / mode / "steps.jsonl").read_text().splitlines()]
@@ -107,6 +203,17 @@ def test_cald_modes_run_end_to_end(teacher, corpus, tmp_path, mode):
         "trajectory": [True, True], "waypoint": [True, True],
     }[mode]
     assert has_layer == expected
+    # the teacher of each update (step, folder holding its weights; None: trained here)
+    expected = {
+        "unguided": [],
+        "target": [(0, "model"), (1, "model")],
+        "hybrid": [(0, "model"), (1, "model")],            # logit KD after the switch
+        "trajectory": [(0, "step-1"), (1, None)],          # co-trained from step-1
+        "waypoint": [(0, "step-1"), (1, "step-2")],        # the earliest waypoint > step
+    }[mode]
+    assert [step for step, _ in teachers] == [step for step, _ in expected]
+    for (step, names), (_, want) in zip(teachers, expected):
+        assert names == () if want is None else want in names, (step, names, want)
 
 
 def test_same_seed_same_run_with_spec_augment(corpus, tmp_path):

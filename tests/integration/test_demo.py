@@ -1,4 +1,8 @@
-"""``make demo``'s pipeline at a minimal scale: every stage, the report, and skipping."""
+"""``make demo``'s pipeline at a minimal scale: every stage, the report, and skipping.
+
+The tests of the demo run itself need the shared data and every synthesizer engine (its
+corpus speaks with all of them); the tests of the steps and the command line need neither.
+"""
 
 import json
 import os
@@ -12,11 +16,6 @@ import yaml
 
 from cald_speech.demo import pipeline as demo
 from cald_speech.testing import tiny_teacher
-
-pytestmark = pytest.mark.skipif(
-    not demo.shutil.which("espeak-ng") or not demo.shutil.which("flite"),
-    reason="the synthesizer's engines are not installed (tools/check_system.sh)",
-)
 
 RUN = {"batch_size": 4, "number_of_epochs": 1, "warmup_updates": 1, "total_updates": 10,
        "log_every": 1, "seed": 3}
@@ -49,6 +48,7 @@ def demo_run(tmp_path_factory):
 
 
 @pytest.mark.shared_data
+@pytest.mark.synth_engines
 def test_every_stage_writes_its_output(demo_run):
     tmp, _ = demo_run
     runs = tmp / "results" / "runs"
@@ -69,6 +69,7 @@ def test_every_stage_writes_its_output(demo_run):
 
 
 @pytest.mark.shared_data
+@pytest.mark.synth_engines
 def test_report_has_tables_plots_and_commands(demo_run):
     tmp, _ = demo_run
     report = (tmp / "results" / "report.md").read_text()
@@ -81,6 +82,7 @@ def test_report_has_tables_plots_and_commands(demo_run):
 
 
 @pytest.mark.shared_data
+@pytest.mark.synth_engines
 def test_second_run_skips_every_step(demo_run, capsys):
     tmp, argv = demo_run
     before = (tmp / "results" / "runs" / "teacher" / "model" / "model.safetensors").stat()

@@ -12,8 +12,10 @@ LayerDrop off they must end with
   whose gradient is exactly zero, are left out), and the same test metrics;
 - a step log with the loss over both processes, not the first process's own.
 
-A rank killed with SIGKILL brings the job down; started again, the same command resumes
-to the uninterrupted weights.
+The updates move every trained weight far beyond those tolerances (an update that did
+nothing would make the comparisons vacuous). A rank killed with SIGKILL brings the job
+down; started again, the same command resumes from its last checkpoint (making only the
+updates after it) to the uninterrupted weights.
 """
 
 import json
@@ -30,6 +32,11 @@ import torch
 from safetensors.torch import load_file
 
 from tests.integration.test_asr_recipe import RECIPE, TINY, write_split
+from tests.reliability.test_interruption import (
+    assert_resumed,
+    logged_steps,
+    newest_checkpoint_step,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 NO_NOISE = ("hidden_dropout: 0.0\nattention_dropout: 0.0\nactivation_dropout: 0.0\n"
@@ -54,12 +61,12 @@ def setup(tmp_path_factory):
     return base, cfg
 
 
-def recipe_args(base, cfg, out, batch):
+def recipe_args(base, cfg, out, batch, waypoint_every="null"):
     return [str(RECIPE / "train.py"), str(RECIPE / "hparams" / "finetune.yaml"),
             "--data_folder", str(base), "--output_folder", str(out),
             "--feature_cache_folder", str(base / f"cache{batch}"), "--model_config", str(cfg),
             "--number_of_epochs", "2", "--batch_size", str(batch), "--device", "cpu",
-            "--sorting", "ascending", "--waypoint_every", "null", "--log_every", "1",
+            "--sorting", "ascending", "--waypoint_every", waypoint_every, "--log_every", "1",
             "--warmup_updates", "1", "--total_updates", "8", "--ckpt_interval_steps", "1",
             "--ckpt_interval_minutes", "0", "--distributed_backend", "gloo"]
 
@@ -103,8 +110,17 @@ def test_two_processes_match_one_and_resume_after_a_killed_rank(setup):
     run([sys.executable, *recipe_args(base, cfg, base / "one", 2)])
     run([sys.executable, *recipe_args(base, cfg, base / "acc", 1),
          "--grad_accumulation_factor", "2"])
-    run(torchrun(recipe_args(base, cfg, base / "two", 1)))
+    # (waypoint step-0: the weights the run started from; no other within 8 updates)
+    run(torchrun(recipe_args(base, cfg, base / "two", 1, waypoint_every="100")))
     one, acc, two = (final(base / n) for n in ("one", "acc", "two"))
+    # the updates moved every trained weight (all but the frozen CNN and the key biases,
+    # whose gradient is zero) far beyond the tolerance of the comparisons below: by 1e-3
+    # or more here, asserted above 5e-4 (50 times their atol of 1e-5)
+    start = load_file(str(base / "two" / "waypoints" / "step-0" / "model.safetensors"))
+    trained = [k for k in start if "feature_extractor" not in k and not k.endswith("k_proj.bias")]
+    assert len(trained) > len(start) / 2 and any("lm_head" in k for k in trained)
+    moved = {k: (two[0][k] - start[k]).abs().max().item() for k in trained}
+    assert all(v > 5e-4 for v in moved.values()), {k: v for k, v in moved.items() if v <= 5e-4}
     assert len(step_losses(base / "two")) == 8           # 4 global batches per epoch
     torch.testing.assert_close(step_losses(base / "two"), step_losses(base / "acc"),
                                rtol=1e-6, atol=0)
@@ -127,5 +143,8 @@ def test_two_processes_match_one_and_resume_after_a_killed_rank(setup):
     assert killed, "the run ended before a rank could be killed"
     assert proc.wait(timeout=300) != 0
     assert not (out / "model").exists()
+    before, done = len(logged_steps(out)), newest_checkpoint_step(out)
+    assert 1 <= done <= before
     run(torchrun(recipe_args(base, cfg, out, 1)))     # the same command resumes
+    assert_resumed(out, before, done, total=8)        # only the updates after its checkpoint
     assert_same(final(out), two, exact=True)

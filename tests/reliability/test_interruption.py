@@ -4,6 +4,7 @@ Real subprocesses run the LibriSpeech CTC recipe on a tiny corpus, with dropout 
 time masking on (so the random generators matter), a checkpoint after every update.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -13,8 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
+from cald_speech.distill.checkpoints import PARTIAL
 from tests.integration.test_asr_recipe import TINY, write_split
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,6 +57,26 @@ def weights(out):
     return load_file(str(out / "model" / "model.safetensors"))
 
 
+def logged_steps(out):
+    """The update numbers of the step log, in order (every run appends to it)."""
+    return [json.loads(line)["step"] for line in (out / "steps.jsonl").read_text().splitlines()]
+
+
+def newest_checkpoint_step(out):
+    """Updates made before the newest complete checkpoint: where a re-run resumes."""
+    return max(yaml.safe_load((ckpt / "brain.ckpt").read_text())["optimizer_step"]
+               for ckpt in (out / "save").glob("CKPT+*"))
+
+
+def assert_resumed(out, before, done, total=STEPS):
+    """The killed run logged updates 1 to ``before``; the re-run only those after the
+    checkpoint it resumed from (``done`` updates) up to ``total``, each once: a run
+    restarted from scratch would log every update again."""
+    steps = logged_steps(out)
+    assert steps[:before] == list(range(1, before + 1))
+    assert steps[before:] == list(range(done + 1, total + 1)), (before, done, steps)
+
+
 def test_sigkill_then_resume_gives_the_uninterrupted_weights(setup):
     base, cfg = setup
     ref = base / "ref"
@@ -72,9 +95,10 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(setup):
             time.sleep(0.02)
         assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
         assert not (out / "model").exists()
+        before, done = len(logged_steps(out)), newest_checkpoint_step(out)
+        assert 1 <= kill_after - 1 <= done <= before
         run(command(base, cfg, out))            # the same command resumes
-        logged = [line for line in steps.read_text().splitlines()]
-        assert len(logged) >= STEPS
+        assert_resumed(out, before, done)
         got, want = weights(out), weights(ref)
         assert set(got) == set(want)
         for k in want:
@@ -105,7 +129,12 @@ def test_a_kill_during_a_checkpoint_save_leaves_the_previous_one(setup, tmp_path
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
     proc = subprocess.run(command(base, cfg, out), env=env, cwd=ROOT, capture_output=True)
     assert proc.returncode == 9, proc.stderr.decode()[-2000:]
+    assert list((out / "save").glob(PARTIAL + "CKPT+*"))   # the save it died in
+    before, done = len(logged_steps(out)), newest_checkpoint_step(out)
+    assert 1 <= done <= before
     run(command(base, cfg, out))
+    assert not list((out / "save").glob(PARTIAL + "*"))
+    assert_resumed(out, before, done)
     ref = base / "ref"
     if not (ref / "model").exists():
         run(command(base, cfg, ref))

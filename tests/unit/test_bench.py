@@ -10,6 +10,7 @@ import soundfile as sf
 from cald_speech.bench import cli, speed, wer
 from cald_speech.bench.report import cpu_info, extrapolate, format_table
 from cald_speech.inference import Transcriber
+from tests.integration.test_asr_recipe import edits
 
 SR = 16000
 
@@ -154,6 +155,11 @@ def test_cpu_info_tells_generations_apart(tmp_path):
     assert cpu_info(tmp_path / "missing")["cpu_family"] is None
 
 
+#: per-utterance error counts of ``wer_utterances.csv``: (reference, hypothesis) columns
+COUNTS = {"teacher_errors": ("ref", "teacher"), "student_errors": ("ref", "student"),
+          "disagreements": ("teacher", "student")}
+
+
 def test_wer_benchmark_on_a_tiny_csv(tmp_path, models, capsys):
     csv_path = _corpus(tmp_path)
     out = tmp_path / "wer"
@@ -163,15 +169,29 @@ def test_wer_benchmark_on_a_tiny_csv(tmp_path, models, capsys):
     assert code == 1          # results written, but one item failed (cald_speech.cli)
     doc = json.loads((out / "wer.json").read_text())
     assert doc["items"] == 3 and list(doc["failed"]) == ["gone"]
-    for key in ("teacher", "student", "agreement"):
-        assert doc[key]["wer"] is not None and doc[key]["cer"] is not None
     assert doc["teacher"]["ref_words"] == 2 + 2 + 2
-    assert 0 <= doc["agreement"]["identical"] <= 1
     with open(out / "wer_utterances.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["ID"] for r in rows] == ["utt0", "utt1", "utt2"]
     assert rows[0]["ref"] == "HELLO WORLD"
-    assert len(json.loads((out / "wer_utterances.json").read_text())) == 3
+    utts = json.loads((out / "wer_utterances.json").read_text())
+    assert [(u["ID"], u["ref"], u["teacher"], u["student"]) for u in utts] == [
+        (r["ID"], r["ref"], r["teacher"], r["student"]) for r in rows]
+    assert all(u[k] == int(r[k]) for u, r in zip(utts, rows) for k in COUNTS)
+    # every figure recomputed from the per-utterance transcripts
+    for r in rows:
+        assert int(r["ref_words"]) == len(r["ref"].split())
+        for key, (ref, hyp) in COUNTS.items():
+            assert int(r[key]) == edits(r[ref].split(), r[hyp].split()), (r["ID"], key)
+    for key in ("teacher", "student", "agreement"):
+        ref, hyp = ("teacher", "student") if key == "agreement" else ("ref", key)
+        words = sum(len(r[ref].split()) for r in rows)
+        assert doc[key]["wer"] == pytest.approx(
+            sum(edits(r[ref].split(), r[hyp].split()) for r in rows) / words), key
+        assert doc[key]["cer"] == pytest.approx(
+            sum(edits(r[ref], r[hyp]) for r in rows) / sum(len(r[ref]) for r in rows)), key
+    identical = sum(r["teacher"] == r["student"] for r in rows) / len(rows)
+    assert doc["agreement"]["identical"] == pytest.approx(identical)
     captured = capsys.readouterr()
     assert "student vs teacher" in captured.out and "skipped gone" in captured.err
 

@@ -17,18 +17,22 @@ from cald_speech.errors import ConfigError
 from cald_speech.mixers import build_mixer
 from cald_speech.mixers.ops import conv as conv_mod
 from cald_speech.mixers.ops import fused
-from cald_speech.mixers.ops.ssd import ssd_chunk_scan_torch, ssd_scan, ssd_sequential_ref
+from cald_speech.mixers.ops.ssd import (
+    FUSED_CHUNK_SIZE,
+    ssd_chunk_scan_torch,
+    ssd_scan,
+    ssd_sequential_ref,
+)
 
 KERNEL_SRC = '''
 MARK = "{mark}"
 
 def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, **kwargs):
     from cald_speech.mixers.ops.ssd import ssd_chunk_scan_torch
-    global CALLS
-    CALLS = CALLS + 1
+    CALLS.append(dict(x=x, dt=dt, A=A, B=B, C=C, chunk_size=chunk_size, **kwargs))
     return ssd_chunk_scan_torch(x, dt, A, B, C, chunk_size, **kwargs)
 
-CALLS = 0
+CALLS = []  # the arguments of every call
 '''
 
 
@@ -105,9 +109,25 @@ def test_forced_fused_runs_on_cpu_only_under_the_interpreter(
         y = ssd_scan(**args, impl="fused")
         assert ssd_scan(**args, impl="auto") is not None  # auto on CPU: PyTorch
     module = sys.modules[fused.load_kernel("ssd").fn.__module__]
-    assert module.CALLS == 1
-    # chunk_size=None hands the fused kernel its own default chunk
+    # one call (auto on CPU took the PyTorch path), with the caller's tensors and options
+    # as mamba-ssm names them; chunk_size=None hands the kernel the fused default chunk
+    (call,) = module.CALLS
+    chunk = call.pop("chunk_size")
+    assert chunk == FUSED_CHUNK_SIZE, chunk
+    passed = {k: call.pop(k) for k in ("x", "dt", "A", "B", "C", "D", "dt_bias")}
+    assert all(passed[k] is args[k] for k in passed)
+    assert call == dict(z=None, initial_states=None, dt_softplus=True,
+                        return_final_states=False)   # the default dt_limit is not passed
     torch.testing.assert_close(y, ssd_chunk_scan_torch(**args, chunk_size=256))
+    # a chunk size and a dt limit given by the caller reach the kernel as given
+    z, s0 = torch.randn_like(args["x"]), torch.randn(2, 4, 3, 5)
+    y, s = ssd_scan(**args, chunk_size=8, z=z, initial_states=s0, dt_limit=(0.1, 2.0),
+                    return_final_states=True, impl="fused")
+    call = module.CALLS[-1]
+    assert len(module.CALLS) == 2 and call["chunk_size"] == 8
+    assert call["z"] is z and call["initial_states"] is s0
+    assert call["dt_limit"] == (0.1, 2.0) and call["return_final_states"] is True
+    assert y.shape == args["x"].shape and s.shape == s0.shape
     lines = [r.getMessage() for r in caplog.records]
     assert any(line.startswith("SSD scan: fused kernel on CPU under Triton's interpreter "
                                "(mamba_ssm") and "without its __init__" in line

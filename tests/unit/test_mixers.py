@@ -272,8 +272,13 @@ def test_bimamba2_gradients_and_bf16_autocast():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = m(x, mask)
-    assert torch.isfinite(y).all()
-    torch.testing.assert_close(y.float(), m(x, mask), rtol=0.1, atol=0.1)
+    assert y.dtype == torch.bfloat16 and torch.isfinite(y).all()
+    ref = m(x, mask).detach()
+    # bf16 rounding only: the largest error here is 0.012 on outputs up to 2.4 (over 20
+    # seeds, at most 0.013 beyond torch's bf16 rtol of 1.6e-2); dt_bias lost on the
+    # autocast path (an error of 0.064) fails
+    assert (y.float() - ref).abs().max() > 1e-4   # bf16 did run
+    torch.testing.assert_close(y.float(), ref, rtol=1.6e-2, atol=1.6e-2)
 
 
 @pytest.mark.parametrize("name", ["bimamba2", "bimamba2_shared"])

@@ -1,6 +1,7 @@
 """The starting model's build: packed corpora and the in-memory CTC trainer."""
 
 import csv
+import importlib
 import json
 
 import numpy as np
@@ -16,6 +17,8 @@ from cald_speech.student import load_model
 from cald_speech.testing import tiny_teacher
 
 WORDS = ["A CAB", "BAD", "DAB A CAD", "ACE"]
+#: the training loop's module (``pretrain.train`` is its function)
+loop = importlib.import_module("cald_speech.pretrain.train")
 
 
 def _write_corpus(folder, n=8, seed=0):
@@ -150,8 +153,21 @@ def test_training_keeps_the_front_end_and_writes_a_loadable_model(corpus):
 
 def test_an_interrupted_run_resumes_to_the_same_weights(corpus, monkeypatch):
     tmp_path, _ = corpus
+    # The updates each run makes, by step number (each update sets the learning rate of
+    # every parameter group from its step): a restart from scratch would make them all.
+    trained = []
+    lr_factor = loop.lr_factor
+
+    def recording(step, *a):
+        if not trained or trained[-1] != step:
+            trained.append(step)
+        return lr_factor(step, *a)
+
+    monkeypatch.setattr(loop, "lr_factor", recording)
     # evaluations (and saved states) at updates 2 and 4 fall inside an epoch (3 batches)
     pretrain.train(_args(tmp_path, tmp_path / "whole", "--eval-every", "2"))
+    assert trained == [0, 1, 2, 3, 4, 5]
+    trained.clear()
     real_save = torch.save
 
     class Stop(Exception):
@@ -167,7 +183,13 @@ def test_an_interrupted_run_resumes_to_the_same_weights(corpus, monkeypatch):
     with pytest.raises(Stop):
         pretrain.train(_args(tmp_path, tmp_path / "split", "--eval-every", "2"))
     monkeypatch.setattr(torch, "save", real_save)
+    assert trained == [0, 1, 2, 3]
+    trained.clear()
+    # the run died inside the save of update 4's state: update 2's state is the last whole
+    state = torch.load(tmp_path / "split" / "state.pt", weights_only=False)
+    assert state["step"] == 2 and state["epoch_batches"]
     pretrain.train(_args(tmp_path, tmp_path / "split", "--eval-every", "2"))
+    assert trained == [2, 3, 4, 5]                # only the updates that state lacked
     a = torch.load(tmp_path / "whole" / "state.pt", weights_only=False)["model"]
     b = torch.load(tmp_path / "split" / "state.pt", weights_only=False)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -235,10 +235,35 @@ def test_no_grad_and_autograd_paths_agree():
 
 
 def test_state_updates_split_by_heads(monkeypatch):
-    # Per-chunk state updates are split by heads (one piece per head here).
+    # The autograd path's inter-chunk recurrence runs in pieces of heads below the
+    # intra-op grain: with a grain of 2 elements, one piece per head and chunk (4 heads,
+    # 5 chunks); values and gradients stay those of the sequential recurrence.
     monkeypatch.setattr(ssd_mod, "_SERIAL_NUMEL", 2)
-    test_chunked_matches_sequential_fp32(SHAPES[0], True, True)
-    test_gradients_match_sequential_reference(torch.float64, 1e-10)
+    pieces, addcmul = [], torch.addcmul
+
+    def counted(state, *a, **k):
+        pieces.append(tuple(state.shape))
+        return addcmul(state, *a, **k)
+
+    monkeypatch.setattr(torch, "addcmul", counted)
+    keys = ("x", "dt", "A", "B", "C", "D", "dt_bias", "initial_states")
+    args, kw = _inputs(2, 23, 4, 4, 2, 6, dtype=torch.float64)
+    ref_args, ref_kw = dict(args), dict(kw)
+    out = {}
+
+    def chunked(a, k):
+        out["y"], out["s"] = ssd_chunk_scan_torch(**a, chunk_size=5, return_final_states=True,
+                                                  **k)
+        return out["y"], out["s"]
+
+    g = _grads(chunked, args, kw, keys)
+    assert pieces == [(2, 1, 4 * 6)] * (4 * 5)   # (batch, heads, p * n) per update
+    y_ref, s_ref = ssd_sequential_ref(**ref_args, return_final_states=True, **ref_kw)
+    assert _rel(out["y"], y_ref) <= 1e-10 and _rel(out["s"], s_ref) <= 1e-10
+    g_ref = _grads(lambda a, k: ssd_sequential_ref(**a, return_final_states=True, **k),
+                   ref_args, ref_kw, keys)
+    for k in keys:
+        assert _rel(g[k], g_ref[k]) <= 1e-10, k
 
 
 def test_no_grad_kernel_reads_strided_inputs():

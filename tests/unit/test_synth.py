@@ -1,4 +1,9 @@
-"""The offline corpus synthesizer: layouts, determinism, held-out splits, bad input."""
+"""The offline corpus synthesizer: layouts, determinism, held-out splits, bad input.
+
+Each test is marked with what it needs: the shared data (``shared_data``) and the
+text-to-speech engines (``synth_engines``); ``conftest.py`` skips it, saying why, where
+they are missing. The tests of voices and of bad input need neither.
+"""
 
 import csv
 import json
@@ -29,10 +34,6 @@ from cald_speech.errors import ConfigError, DataError, ToolError
 DATA = default_data_dir()
 LS_SPLITS = ("train-clean-100", "dev-clean", "test-clean")
 ALLOWED_WORDS = re.compile(r"^[A-Z']+(?: [A-Z']+)*$")
-
-pytestmark = pytest.mark.skipif(
-    not (DATA / "text" / "ljspeech_sentences.tsv").is_file(), reason="shared data not available"
-)
 
 
 def _read_tsv(path):
@@ -117,6 +118,8 @@ def test_assign_voices_holds_out_and_spreads_engines():
 # --------------------------------------------------------------------------- LibriSpeech
 
 
+@pytest.mark.shared_data
+@pytest.mark.synth_engines
 def test_librispeech_layout(ls_corpus):
     root, summary = ls_corpus
     base = root / "LibriSpeech"
@@ -146,6 +149,8 @@ def test_librispeech_layout(ls_corpus):
     assert not list(root.rglob("*.part"))
 
 
+@pytest.mark.shared_data
+@pytest.mark.synth_engines
 def test_librispeech_audio_is_16k_mono_and_not_silent(ls_corpus):
     root, _ = ls_corpus
     for flac in (root / "LibriSpeech").rglob("*.flac"):
@@ -159,6 +164,8 @@ def test_librispeech_audio_is_16k_mono_and_not_silent(ls_corpus):
         assert np.count_nonzero(wav == 0) < 0.2 * len(wav)  # no long digital silence
 
 
+@pytest.mark.shared_data
+@pytest.mark.synth_engines
 def test_librispeech_heldout_voices_and_sentences(ls_corpus):
     root, summary = ls_corpus
     trans = _trans(root)
@@ -186,6 +193,8 @@ def test_librispeech_heldout_voices_and_sentences(ls_corpus):
     assert meta["options"]["seed"] == 5
 
 
+@pytest.mark.shared_data
+@pytest.mark.synth_engines
 def test_librispeech_utterance_table(ls_corpus):
     root, _ = ls_corpus
     rows = _read_tsv(root / "utterances.tsv")
@@ -199,6 +208,8 @@ def test_librispeech_utterance_table(ls_corpus):
     assert any(r["telephone"] == "1" for r in rows)
 
 
+@pytest.mark.shared_data
+@pytest.mark.synth_engines
 def test_librispeech_deterministic_across_jobs(ls_corpus, tmp_path):
     root, summary = ls_corpus
     other = tmp_path / "again"
@@ -217,6 +228,8 @@ def test_librispeech_deterministic_across_jobs(ls_corpus, tmp_path):
             assert (root / rel).read_bytes() == (other / rel).read_bytes(), rel
 
 
+@pytest.mark.shared_data
+@pytest.mark.synth_engines
 def test_librispeech_rerun_is_idempotent_and_resumes(ls_corpus, tmp_path):
     root, summary = ls_corpus
     copy = tmp_path / "copy"
@@ -248,6 +261,8 @@ def test_librispeech_rerun_is_idempotent_and_resumes(ls_corpus, tmp_path):
         synthesize_librispeech(copy, jobs=1, **{**LS_ARGS, "seed": 6})
 
 
+@pytest.mark.shared_data
+@pytest.mark.synth_engines("flite")
 def test_librispeech_overwrite_and_other_seed(tmp_path):
     root = tmp_path / "c"
     args = dict(n_train=2, n_dev=0, n_test=1, engines=["flite"], progress=False)
@@ -263,6 +278,8 @@ def test_librispeech_overwrite_and_other_seed(tmp_path):
     assert first["options"]["seed"] == 1 and second["options"]["seed"] == 2
 
 
+@pytest.mark.shared_data
+@pytest.mark.synth_engines("flite")
 def test_eval_texts_build_the_test_split(tmp_path):
     root = tmp_path / "c"
     summary = synthesize_librispeech(root, n_train=2, n_dev=1, n_test=3, seed=1,
@@ -276,6 +293,7 @@ def test_eval_texts_build_the_test_split(tmp_path):
     assert "built from them" in summary["heldout_statement"]
 
 
+@pytest.mark.synth_engines("flite")
 def test_eval_sentences_are_filtered_out_of_train_even_when_in_the_text(tmp_path):
     text = tmp_path / "text.tsv"
     evalf = tmp_path / "eval.tsv"
@@ -295,6 +313,8 @@ def test_eval_sentences_are_filtered_out_of_train_even_when_in_the_text(tmp_path
         synthesize_librispeech(tmp_path / "d", n_train=4, n_dev=0, n_test=0, **args)
 
 
+@pytest.mark.shared_data
+@pytest.mark.synth_engines
 def test_prepare_reads_the_synthesized_librispeech(ls_corpus, tmp_path):
     from cald_speech.data.librispeech import prepare_librispeech
 
@@ -328,6 +348,8 @@ def _slurp_split(root, split):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.shared_data
+@pytest.mark.synth_engines
 def test_slurp_layout_and_schema(slurp_corpus):
     root, summary = slurp_corpus
     source = _source_records()
@@ -361,6 +383,8 @@ def test_slurp_layout_and_schema(slurp_corpus):
         assert (info.samplerate, info.channels) == (16000, 1)
 
 
+@pytest.mark.shared_data
+@pytest.mark.synth_engines
 def test_slurp_far_field_twin_is_the_same_speech_reverberated(slurp_corpus):
     root, _ = slurp_corpus
     rows = {r["file"]: r for r in _read_tsv(root / "utterances.tsv")}
@@ -376,6 +400,8 @@ def test_slurp_far_field_twin_is_the_same_speech_reverberated(slurp_corpus):
     assert all((r["reverb"] == "0") == name.endswith("-headset.flac") for name, r in rows.items())
 
 
+@pytest.mark.shared_data
+@pytest.mark.synth_engines
 def test_slurp_heldout_voices_and_sentences(slurp_corpus):
     root, _ = slurp_corpus
     rows = _read_tsv(root / "utterances.tsv")
@@ -392,6 +418,8 @@ def test_slurp_heldout_voices_and_sentences(slurp_corpus):
     assert not words["train"] & {normalize_text(r["sentence"]) for r in heldout}
 
 
+@pytest.mark.shared_data
+@pytest.mark.synth_engines
 def test_prepare_reads_the_synthesized_slurp(slurp_corpus, tmp_path):
     from cald_speech.data.slurp import prepare_slurp
 
@@ -402,6 +430,8 @@ def test_prepare_reads_the_synthesized_slurp(slurp_corpus, tmp_path):
         assert prep.splits[split].kept == summary["splits"][split]["utterances"]
 
 
+@pytest.mark.shared_data
+@pytest.mark.synth_engines("flite")
 def test_slurp_eval_texts(tmp_path):
     summary = synthesize_slurp(tmp_path / "s", n_train=2, n_dev=0, n_test=2, seed=1,
                                engines=["flite"], eval_texts=True, far_field_prob=0,
@@ -417,26 +447,44 @@ def test_slurp_eval_texts(tmp_path):
 # --------------------------------------------------------------------------- bad input
 
 
-def test_unknown_engine_and_voices(tmp_path):
+@pytest.fixture
+def sentences(tmp_path):
+    """A sentence file of the test's own: the tests of bad input need no shared data."""
+    path = tmp_path / "sentences.tsv"
+    path.write_text("".join(f"S{i}\t{s}\n" for i, s in enumerate([
+        "A quiet morning passed slowly.", "The river ran high that spring.",
+        "They walked home after dark.", "Nobody came to the door."])))
+    return path
+
+
+def test_unknown_engine_and_voices(tmp_path, sentences):
     with pytest.raises(ConfigError, match="unknown engine 'bogus'"):
-        synthesize_librispeech(tmp_path, 1, 0, 0, engines=["bogus"], progress=False)
+        synthesize_librispeech(tmp_path, 1, 0, 0, engines=["bogus"], text_file=sentences,
+                               progress=False)
     with pytest.raises(ConfigError, match="unknown flite voice 'awb_time'"):
         select_voices(["flite:awb_time"])
+    records = tmp_path / "slurp.jsonl"
+    records.write_text("".join(json.dumps(
+        {"slurp_id": i, "sentence": s, "scenario": "general", "action": "quirky",
+         "recordings": []}) + "\n" for i, s in enumerate(["hello there", "wake me up"])))
     with pytest.raises(ConfigError, match="unknown voice 'nobody'"):
-        synthesize_slurp(tmp_path, 1, 0, 0, voices=["nobody"], progress=False)
+        synthesize_slurp(tmp_path, 1, 0, 0, voices=["nobody"], slurp_files=[records],
+                         progress=False)
     with pytest.raises(ConfigError, match="unknown engine 'piper'"):
         select_voices(["piper:amy"])
 
 
-def test_missing_tool_names_the_apt_package(tmp_path, monkeypatch):
+def test_missing_tool_names_the_apt_package(tmp_path, monkeypatch, sentences):
     monkeypatch.setenv("PATH", str(tmp_path))  # no espeak-ng, flite, festival, sox
     with pytest.raises(ToolError, match=r"'flite' was not found.*apt-get install -y flite"):
-        synthesize_librispeech(tmp_path / "c", 1, 0, 0, voices=["flite:slt"], progress=False)
+        synthesize_librispeech(tmp_path / "c", 1, 0, 0, voices=["flite:slt"],
+                               text_file=sentences, progress=False)
     with pytest.raises(ToolError, match="apt-get install"):
-        synthesize_librispeech(tmp_path / "c", 1, 0, 0, progress=False)
+        synthesize_librispeech(tmp_path / "c", 1, 0, 0, text_file=sentences, progress=False)
     assert not (tmp_path / "c").exists()
 
 
+@pytest.mark.synth_engines("flite")
 def test_missing_and_empty_text_files(tmp_path):
     with pytest.raises(DataError, match="nothing.tsv: sentence file not found"):
         synthesize_librispeech(tmp_path / "c", 1, 0, 0, text_file=tmp_path / "nothing.tsv",
@@ -471,16 +519,20 @@ def test_missing_and_empty_text_files(tmp_path):
         ({"peak_db": (-3, 2)}, "at most 0 dBFS"),
         ({"colour": "blue"}, "unknown option"),
         ({"engine_weights": {"piper": 1.0}}, "unknown engine 'piper'"),
-        ({"engines": ["flite"], "test_voices": 10, "dev_voices": 10}, "cannot give"),
+        pytest.param({"engines": ["flite"], "test_voices": 10, "dev_voices": 10}, "cannot give",
+                     marks=pytest.mark.synth_engines("flite")),   # checked after the tools
         ({"split_names": ("a", "a", "b")}, "three distinct"),
     ],
 )
-def test_bad_options(tmp_path, kwargs, message):
-    args = {"n_train": 2, "n_dev": 1, "n_test": 1, "progress": False, **kwargs}
+def test_bad_options(tmp_path, sentences, kwargs, message):
+    args = {"n_train": 2, "n_dev": 1, "n_test": 1, "progress": False, "text_file": sentences,
+            **kwargs}
     with pytest.raises(ConfigError, match=message):
         synthesize_librispeech(tmp_path / "c", **args)
 
 
+@pytest.mark.shared_data
+@pytest.mark.synth_engines
 def test_folder_holding_something_else_is_refused(tmp_path, ls_corpus):
     foreign = tmp_path / "real"
     (foreign / "LibriSpeech" / "dev-clean").mkdir(parents=True)
@@ -492,6 +544,8 @@ def test_folder_holding_something_else_is_refused(tmp_path, ls_corpus):
         synthesize_slurp(root, 1, 0, 0, engines=["flite"], progress=False, overwrite=True)
 
 
+@pytest.mark.shared_data
+@pytest.mark.synth_engines("flite")
 def test_cli(tmp_path, capsys):
     out = tmp_path / "cli"
     code = main(["librispeech", str(out), "--train", "2", "--dev", "1", "--test", "1",
