@@ -31,7 +31,7 @@ $(STAMP): setup.py $(LM_TOOLS)
 	$(PY) -m pip install -q $(MAMBA_BUILD)
 	@if echo "$(EXTRAS)" | grep -q cuda; then \
 	  $(PY) -m pip install -q -e . && \
-	  $(MAMBA_NOBUILD) $(PY) -m pip install -q --no-build-isolation "$(MAMBA_SSM)"; \
+	  $(MAMBA_NOBUILD) $(PY) -m pip install -q --no-build-isolation --no-deps "$(MAMBA_SSM)"; \
 	fi
 	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
 	@touch $(STAMP)
@@ -48,7 +48,7 @@ system-tools:
 
 lm-tools: $(LM_TOOLS)
 
-install: $(STAMP) system-tools
+install: $(STAMP) gpu-check system-tools
 
 test: install $(INTERP_STAMP)
 	$(PY) -m pytest -q
@@ -66,3 +66,27 @@ demo: install
 
 clean:
 	rm -rf results/demo data/demo
+
+# With an NVIDIA GPU: stop when the installed torch cannot use it (the driver version
+# and the command that installs a matching torch are printed).
+.PHONY: gpu-check gpu-wheels
+gpu-check: $(STAMP)
+	@bash tools/check_gpu.sh $(PY)
+
+# The wheels a GPU machine without network needs for tools/gpu_acceptance.sh.
+gpu-wheels: $(STAMP)
+	bash tools/gpu_wheels.sh
+
+# The documentation site: the pages of docs/ and an API reference generated from the
+# docstrings (mkdocs.yml), built offline with warnings as errors into build/site.
+# `make test` builds it too, so a broken link or a docstring that does not render fails.
+DOCS_STAMP := $(VENV)/.docs-stamp
+.PHONY: docs
+$(DOCS_STAMP): $(STAMP) setup.py
+	$(PY) -m pip install -q -e '.[docs]'
+	@touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	$(PY) -m mkdocs build --strict
+
+test: docs

@@ -38,8 +38,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from cald_speech.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -355,6 +353,8 @@ class BeamDecoder:
         separates repeated units. Most CTC frames are such blanks, so the search runs on
         a fraction of the sequence (``blank_skip=None``: every frame).
         """
+        import torch  # (imported here: the module's options load without torch)
+
         lp = log_probs.detach().float().cpu()
         index = torch.arange(lp.shape[0])
         if self.blank_skip is not None and lp.shape[0] > 1:
@@ -407,6 +407,7 @@ class BeamDecoder:
 
     def _align(self, log_probs, word, start, end):
         """(first frame, last frame, confidence) of ``word`` in frames [start, end]."""
+        import torch
         from torchaudio.functional import forced_align
 
         ids = self._word_ids(word)

@@ -1,11 +1,13 @@
 """Frozen-CNN feature caching for HF wav2vec2-style models.
 
 The raw-waveform CNN dominates the cost of a training step on CPU, and CALD keeps it
-frozen. Its output depends only on the waveform and on the CNN's weights, so it is
-computed once per utterance — alone, unpadded, so that group-norm CNNs give exactly the
-features a single-utterance run gives — and stored on disk under a fingerprint of the
-CNN's weights. Teacher and student share one cache whenever their CNNs are identical
-(they are after conversion, and along a fine-tuning trajectory with the CNN frozen).
+frozen. Its output depends only on the waveform, on the CNN's weights and on the
+precision the CNN runs in (float32, or bfloat16 under autocast), so it is computed once
+per utterance — alone, unpadded, so that group-norm CNNs give exactly the features a
+single-utterance run gives — and stored on disk under a fingerprint of the CNN's
+weights, the model's waveform settings and that precision. Teacher and student share
+one cache whenever their CNNs are identical (they are after conversion, and along a
+fine-tuning trajectory with the CNN frozen).
 
 A model prepared with :func:`enable_feature_input` accepts such features in place of
 waveforms: pass ``input_values`` of shape (B, C, T') and a sample-level
@@ -183,6 +185,33 @@ def cnn_fingerprint(model):
     return h.hexdigest()[:16]
 
 
+#: Short names of the dtypes a CNN may run in.
+DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16",
+               torch.float64: "fp64"}
+
+
+def cnn_precision(module):
+    """The dtype ``module`` computes in here and now: the autocast dtype of its device
+    when autocast is on there, else its parameters' dtype (``"fp32"``, ``"bf16"``, ...).
+
+    Example
+    -------
+    >>> conv = torch.nn.Conv1d(1, 2, 3)
+    >>> cnn_precision(conv)
+    'fp32'
+    >>> with torch.autocast("cpu", dtype=torch.bfloat16):
+    ...     cnn_precision(conv)
+    'bf16'
+    """
+    param = next(module.parameters(), None)
+    device = "cpu" if param is None else param.device.type
+    if torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+    else:
+        dtype = torch.float32 if param is None else param.dtype
+    return DTYPE_NAMES.get(dtype, str(dtype).replace("torch.", ""))
+
+
 def _feature_forward(self, input_values):
     # Precomputed CNN output (B, C, T') passes through; waveforms (B, N) go to the CNN.
     if input_values.dim() == 3:
@@ -267,12 +296,26 @@ class FeatureCache:
         self.hits = 0  # features served without running the CNN
 
     def fingerprint(self, model):
-        """The CNN fingerprint of ``model`` (computed once per CNN module) and what its
-        waveform settings change in the CNN's input (``-norm`` / ``-raw``)."""
+        """The CNN fingerprint of ``model`` (computed once per CNN module), what its
+        waveform settings change in the CNN's input (``-norm`` / ``-raw``) and the
+        precision the CNN runs in here (``-fp32``; ``-bf16`` under bf16 autocast): a
+        CNN run in bfloat16 gives other features, which a float32 run must not get.
+
+        Example
+        -------
+        >>> from cald_speech.testing import tiny_teacher
+        >>> m, cache = tiny_teacher(), FeatureCache()
+        >>> fp32 = cache.fingerprint(m)
+        >>> with torch.autocast("cpu", dtype=torch.bfloat16):
+        ...     bf16 = cache.fingerprint(m)
+        >>> fp32[-9:], bf16[-9:], fp32[:-5] == bf16[:-5]
+        ('-raw-fp32', '-raw-bf16', True)
+        """
         fe = base_model(model).feature_extractor
         if fe not in self._fp:
             self._fp[fe] = cnn_fingerprint(model)
-        return f"{self._fp[fe]}-{waveform_settings(model).cache_key()}"
+        return (f"{self._fp[fe]}-{waveform_settings(model).cache_key()}"
+                f"-{cnn_precision(fe)}")
 
     @torch.no_grad()
     def features(self, model, utt_id, wav):
@@ -280,9 +323,10 @@ class FeatureCache:
 
         The waveform is given as read (16 kHz); the model's
         :func:`waveform_settings` (per-utterance normalisation) are applied here, and
-        are part of the cache key. An entry is used only when it was computed from the
-        same CNN and the same samples (a digest of the waveform is stored with it): a
-        corpus re-synthesised or repaired under the same IDs gets fresh features.
+        are part of the cache key, as is the precision the CNN runs in here. An entry
+        is used only when it was computed from the same CNN and the same samples (a
+        digest of the waveform is stored with it): a corpus re-synthesised or repaired
+        under the same IDs gets fresh features.
         """
         fp = self.fingerprint(model)
         safe = str(utt_id).replace(os.sep, "_")

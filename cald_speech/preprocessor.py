@@ -47,6 +47,7 @@ PREPROCESSOR_FILE = "preprocessor_config.json"
 PROCESSOR_FILE = "processor_config.json"
 #: The variance floor of transformers' ``Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm``.
 NORM_EPS = 1e-7
+KIND = "a feature extractor configuration"
 #: Feature extractor classes whose output is the (normalised) waveform itself.
 WAVEFORM_EXTRACTORS = ("Wav2Vec2FeatureExtractor",)
 
@@ -101,10 +102,10 @@ class WaveformSettings:
         folder = Path(folder)
         path = folder / PREPROCESSOR_FILE
         if path.is_file():
-            return cls.from_dict(_read(path), path)
+            return cls.from_dict(read_model_json(path, KIND), path)
         path = folder / PROCESSOR_FILE
         if path.is_file():
-            data = _read(path)
+            data = read_model_json(path, KIND)
             if isinstance(data.get("feature_extractor"), dict):
                 return cls.from_dict(data["feature_extractor"], path)
         return cls()
@@ -210,13 +211,25 @@ class WaveformSettings:
         return out
 
 
-def _read(path):
+def read_model_json(path, kind):
+    """A model folder's JSON file holding an object (``kind`` names it in errors).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> p = Path(tempfile.mkdtemp()) / "vocab.json"
+    >>> _ = p.write_text("[1]")
+    >>> read_model_json(p, "a vocabulary")
+    Traceback (most recent call last):
+      ...
+    cald_speech.errors.DataError: ...vocab.json: holds a list, not a vocabulary (fix: ...)
+    """
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise DataError(path, f"not valid JSON ({exc})",
                         "copy the file again from the model's hub page") from None
     if not isinstance(data, dict):
-        raise DataError(path, f"holds a {type(data).__name__}, not a feature extractor "
-                        "configuration", "copy the file again from the model's hub page")
+        raise DataError(path, f"holds a {type(data).__name__}, not {kind}",
+                        "copy the file again from the model's hub page")
     return data

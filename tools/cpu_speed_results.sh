@@ -26,18 +26,18 @@ step() {  # step JSON command...
 }
 step "$OUT/mixers_fwd/mixers.json" $BENCH mixers --hidden 768 \
     --lengths 250 500 1000 2000 4000 7500 15000 30000 --mixers bimamba2 bimamba2_shared \
-    --modes fwd --repeats 4 --out-dir "$OUT/mixers_fwd"
+    --modes fwd --repeats 4 --output-dir "$OUT/mixers_fwd"
 step "$OUT/base/speed.json" $BENCH speed --shape wav2vec2-base \
-    --mixer bimamba2,bimamba2_shared --minutes 10,60 --time-cap 1200 --out-dir "$OUT/base"
+    --mixers bimamba2 bimamba2_shared --minutes 10 60 --time-cap 1200 --output-dir "$OUT/base"
 step "$OUT/large/speed.json" $BENCH speed --shape wav2vec2-large-lv60 \
-    --minutes 0.5,1,2,5 --time-cap 400 --out-dir "$OUT/large"
+    --minutes 0.5 1 2 5 --time-cap 400 --output-dir "$OUT/large"
 step "$OUT/base_bf16/speed.json" $BENCH speed --shape wav2vec2-base \
-    --mixer bimamba2,bimamba2_shared --minutes 10,60 --precision bf16 --time-cap 1200 \
-    --out-dir "$OUT/base_bf16"
+    --mixers bimamba2 bimamba2_shared --minutes 10 60 --precision bf16 --time-cap 1200 \
+    --output-dir "$OUT/base_bf16"
 if [ -f data/pretrain/manifests/test.csv ]; then
     step "$OUT/wer_bf16/wer.json" $BENCH wer --teacher models/pretrained-offline \
         --student models/pretrained-offline --student-precision bf16 \
-        --csv data/pretrain/manifests/test.csv --out-dir "$OUT/wer_bf16"
+        --csv data/pretrain/manifests/test.csv --output-dir "$OUT/wer_bf16"
 else
     echo "skipped the bf16 transcripts: no data/pretrain/manifests/test.csv" \
          "(STAGES=corpora,manifests bash tools/make_pretrained.sh makes it)"

@@ -48,5 +48,5 @@ for spec in "target --teacher_source $TEACHER/model" \
 done
 for p in "${pids[@]}"; do wait "$p"; done
 $PY -m cald_speech.bench.runs "$TEACHER" "$OUT"/runs/{target,hybrid,waypoint,unguided} \
-    --names teacher,target,hybrid,waypoint,unguided \
-    --metrics intent_acc,scenario_acc,action_acc,sa_acc --out-dir "$OUT/summary"
+    --names teacher target hybrid waypoint unguided \
+    --metrics intent_acc scenario_acc action_acc sa_acc --output-dir "$OUT/summary"

@@ -14,19 +14,19 @@ DATA=${CALD_SPEECH_DATA:-../shared/data}
 mkdir -p "$OUT"
 if [ ! -f "$OUT/corpus/.done" ]; then
   # seed 1, default voice options: the starting model's (and the demo's) voice split
-  $PY -m cald_speech.data.synth librispeech "$OUT/corpus" --train 0 --dev 100 --test 100 \
+  $PY -m cald_speech.data.synth librispeech --output-dir "$OUT/corpus" --train 0 --dev 100 --test 100 \
       --seed 1 --eval-texts --jobs "$JOBS" --quiet
   touch "$OUT/corpus/.done"
 fi
 [ -f "$OUT/manifests/test-clean.csv" ] || \
-  $PY -m cald_speech.data.prepare librispeech "$OUT/corpus/LibriSpeech" "$OUT/manifests" \
+  $PY -m cald_speech.data.prepare librispeech "$OUT/corpus/LibriSpeech" --output-dir "$OUT/manifests" \
       --splits dev-clean test-clean
 [ -f "$OUT/lj4.arpa" ] || \
   $PY -m cald_speech.lm.cli build "$DATA/text/ljspeech_sentences.tsv" --order 4 \
-      --model "$MODEL" --exclude "$OUT/manifests/dev-clean.csv" --out "$OUT/lj4.arpa"
+      --model "$MODEL" --exclude "$OUT/manifests/dev-clean.csv" --output "$OUT/lj4.arpa"
 $PY -m cald_speech.bench.cli decoding --model "$MODEL" --csv "$OUT/manifests/test-clean.csv" \
     --dev-csv "$OUT/manifests/dev-clean.csv" --lm "$OUT/lj4.arpa" --beam-size 16 \
-    --long-minutes "${LONG_MINUTES:-10}" --out-dir "$OUT/bench"
+    --long-minutes "${LONG_MINUTES:-10}" --output-dir "$OUT/bench"
 mkdir -p docs/results
 cp "$OUT/bench/decoding.json" docs/results/lm_starting_model.json
 cp "$OUT/bench/decoding.png" docs/results/lm_starting_model.png

@@ -55,13 +55,14 @@ if want corpora; then
         | awk '{id=$1; $1=""; sub(/^ /, ""); print "demo-" id "\t" $0}'
     } > "$CORPORA/keep_out.tsv"
     # seed 1 and the default voice options: the demo's voice split
-    $PY -m cald_speech.data.synth librispeech "$CORPORA/lj_corpus" \
+    $PY -m cald_speech.data.synth librispeech --output-dir "$CORPORA/lj_corpus" \
         --train "$LJ_TRAIN" --dev 200 --test 200 --seed 1 --jobs "$JOBS" \
         --eval-text "$CORPORA/keep_out.tsv" --quiet
     bash tools/make_slurp_corpus.sh "$CORPORA/slurp_corpus"
 fi
 if want frontend && [ ! -f "$OUT/frontend/front_end_fit.json" ]; then  # a finished fit is kept
-    $PY -m cald_speech.data.prepare slurp "$CORPORA/slurp_corpus" "$OUT/frontend_manifests" \
+    $PY -m cald_speech.data.prepare slurp "$CORPORA/slurp_corpus" \
+        --output-dir "$OUT/frontend_manifests" \
         --recording all --splits train devel
     $PY -m cald_speech.frontend --config hparams/models/tiny_wav2vec2.yaml \
         --train-csv "$OUT/frontend_manifests/train.csv" \
@@ -75,11 +76,13 @@ DROP=()
 [ -n "$HOLDOUT_ENGINE" ] && DROP=(--drop-voices "$HOLDOUT_ENGINE" "${TABLES[@]}")
 ENGINES=(espeak festival flite)
 if want manifests; then
-    $PY -m cald_speech.data.prepare librispeech "$CORPORA/lj_corpus" "$M/lj"
-    $PY -m cald_speech.data.prepare slurp "$CORPORA/slurp_corpus" "$M/slurp" --recording all
-    $PY -m cald_speech.data.prepare librispeech "$DEMO/corpus" "$M/demo" \
+    $PY -m cald_speech.data.prepare librispeech "$CORPORA/lj_corpus" --output-dir "$M/lj"
+    $PY -m cald_speech.data.prepare slurp "$CORPORA/slurp_corpus" --output-dir "$M/slurp" \
+        --recording all
+    $PY -m cald_speech.data.prepare librispeech "$DEMO/corpus" --output-dir "$M/demo" \
         --splits dev-clean test-clean
-    merge() { $PY -m cald_speech.data.prepare merge "$@"; }
+    # merge OUT IN... [options]
+    merge() { local out=$1; shift; $PY -m cald_speech.data.prepare merge "$@" --output "$out"; }
     merge "$M/train.csv" "$M/lj/train-clean-100.csv" "$M/slurp/train.csv" "${DROP[@]}"
     merge "$M/dev.csv" "$M/lj/dev-clean.csv" "${DROP[@]}"
     merge "$M/test.csv" "$M/lj/test-clean.csv"

@@ -10,6 +10,7 @@ OUT=${1:-data/pretrain/slurp_corpus}
 PY=${PY:-.venv/bin/python}
 # The LibriSpeech-format corpus's training voices (seed 1 assigns them).
 VOICES=$($PY -c "from cald_speech.data.synth import voice_split
-print(','.join(voice_split(seed=1)['train-clean-100']))")
-$PY -m cald_speech.data.synth slurp "$OUT" --train 3000 --dev 150 --test 150 \
-    --seed 7 --jobs "$(nproc)" --voices "$VOICES" --dev-voices 3 --test-voices 3 --quiet
+print(' '.join(voice_split(seed=1)['train-clean-100']))")
+# shellcheck disable=SC2086
+$PY -m cald_speech.data.synth slurp --output-dir "$OUT" --train 3000 --dev 150 --test 150 \
+    --seed 7 --jobs "$(nproc)" --voices $VOICES --dev-voices 3 --test-voices 3 --quiet

@@ -29,7 +29,10 @@ Commands:
     sequence grows (:mod:`cald_speech.bench.mixers`).
 
 Exit status and error lines follow :mod:`cald_speech.cli`. Each writes a JSON file (and
-the speed benchmark a PNG) under ``--out-dir``, prints a table and records the machine.
+the speed benchmark a PNG) under ``--output-dir`` (each command's ``--help`` says its
+default), prints a table and records the machine in the JSON. The options are read
+(:mod:`cald_speech.bench.options`) before the command's module is imported, so ``--help``
+and usage errors answer at once.
 
 Example
 -------
@@ -44,7 +47,8 @@ import sys
 
 from cald_speech import __version__
 from cald_speech.allocator import tune_allocator
-from cald_speech.cli import EXIT_OK, EXIT_USAGE, fail
+from cald_speech.bench.options import PARSERS
+from cald_speech.cli import EXIT_OK, EXIT_USAGE, fail, parse
 from cald_speech.errors import ConfigError
 
 COMMANDS = {
@@ -80,11 +84,15 @@ def main(argv=None):
     if name not in COMMANDS:
         print(usage(), file=sys.stderr)
         return fail("cald-bench", ConfigError(f"unknown command '{name}'"))
+    args, status = parse(PARSERS[name](), rest)  # --help, usage errors: nothing imported
+    if args is None:
+        return status
+    args.argv = rest  # the command line, for commands that pass it on to child processes
     try:
         tune_allocator()
     except ConfigError as exc:
         return fail("cald-bench", exc)
-    return importlib.import_module(COMMANDS[name][0]).main(rest)
+    return importlib.import_module(COMMANDS[name][0]).command(args)
 
 
 if __name__ == "__main__":

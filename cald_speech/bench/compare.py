@@ -25,7 +25,6 @@ Example
 (-0.0667, True)
 """
 
-import argparse
 import json
 import os
 import re
@@ -34,8 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
+from cald_speech.bench.options import compare_parser as build_parser
 from cald_speech.bench.report import format_table, machine_info, write_json
-from cald_speech.cli import add_version, fail, parse
+from cald_speech.cli import fail, parse
 from cald_speech.data.metrics import utterance_scores
 from cald_speech.errors import CaldError
 
@@ -237,26 +237,14 @@ def table(summary):
     return format_table(rows, cols)
 
 
-def build_parser():
-    p = argparse.ArgumentParser(
-        prog="cald-bench compare",
-        description="Paired bootstrap of two models' WER/CER on the same test utterances.",
-    )
-    p.add_argument("--a", nargs="+", required=True, help="run folder(s) of side A")
-    p.add_argument("--b", nargs="+", required=True,
-                   help="run folder(s) of side B, paired with --a in order (e.g. per seed)")
-    p.add_argument("--split", default="test-clean", help="the split to compare on")
-    p.add_argument("--resamples", type=int, default=10000, help="bootstrap draws")
-    p.add_argument("--seed", type=int, default=0, help="seed of the draws")
-    p.add_argument("--out-dir", default=None, help="also write compare.json here")
-    return add_version(p)
-
-
 def main(argv=None):
     """Entry point of ``cald-bench compare``; returns the exit status."""
     args, status = parse(build_parser(), argv)
-    if args is None:
-        return status
+    return status if args is None else command(args)
+
+
+def command(args):
+    """``cald-bench compare`` on parsed arguments (:func:`build_parser`)."""
     try:
         summary = compare(args.a, args.b, args.split, args.resamples, args.seed)
     except CaldError as exc:
@@ -269,9 +257,9 @@ def main(argv=None):
         print(f"warning: {summary['unmatched']} utterances were found on one side only "
               "and left out", file=sys.stderr)
     print(table(summary))
-    if args.out_dir:
-        os.makedirs(args.out_dir, exist_ok=True)
-        path = write_json(os.path.join(args.out_dir, "compare.json"),
+    if args.output_dir:
+        os.makedirs(args.output_dir, exist_ok=True)
+        path = write_json(os.path.join(args.output_dir, "compare.json"),
                           dict(summary, machine=machine_info()))
         print(f"wrote {path}")
     return 0

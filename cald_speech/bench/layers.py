@@ -14,28 +14,16 @@ Example
 'test'
 """
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
+from cald_speech.bench.options import layers_parser as build_parser
 from cald_speech.bench.report import format_table, machine_info, write_json
-from cald_speech.cli import EXIT_OK, add_version, fail, parse
+from cald_speech.cli import EXIT_OK, fail, parse
 from cald_speech.errors import CaldError, DataError
 from cald_speech.features import base_model
 from cald_speech.gendistiller import LayerStudent, is_layer_student, load_upstream
-
-
-def build_parser():
-    """The ``cald-bench layers`` argument parser."""
-    p = argparse.ArgumentParser(
-        prog="cald-bench layers",
-        description="Layer students vs their teacher: parameters, L1/cos to the teacher's "
-                    "layers and CTC-probe CER/WER, from distill and probe recipe runs.")
-    p.add_argument("folder", help="folder holding distill runs and probe runs")
-    p.add_argument("--split", default="test", help="test split to report (default test)")
-    p.add_argument("--out-dir", default=None, help="where layers.json goes (default: folder)")
-    return add_version(p)
 
 
 def parse_args(argv=None):
@@ -116,14 +104,17 @@ COLUMNS = [("upstream", "upstream", "s"), ("architecture", "kind", "s"),
 def main(argv=None):
     """Entry point of ``cald-bench layers``; returns the exit status."""
     args, status = parse(build_parser(), list(sys.argv[1:] if argv is None else argv))
-    if args is None:
-        return status
+    return status if args is None else command(args)
+
+
+def command(args):
+    """``cald-bench layers`` on parsed arguments (:func:`build_parser`)."""
     try:
         rows = collect(args.folder, args.split)
     except CaldError as exc:
         return fail("cald-bench layers", exc)
     print(format_table(rows, COLUMNS))
-    out = Path(args.out_dir or args.folder) / "layers.json"
+    out = Path(args.output_dir or args.folder) / "layers.json"
     payload = {"machine": machine_info(), "split": args.split, "rows": rows}
     print(f"wrote {write_json(out, payload)}")
     return EXIT_OK

@@ -28,27 +28,25 @@ Example
 ('WORD0 WORD1 WORD0 WORD1 WORD0', 0.7)
 """
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
+from cald_speech.bench.options import longform_parser as build_parser
 from cald_speech.bench.report import (
-    add_teacher_student_arguments,
     format_table,
     machine_info,
     run_child,
     write_json,
 )
 from cald_speech.bench.wer import error_rates, read_items
-from cald_speech.cli import add_version, fail, parse
+from cald_speech.cli import fail, parse
 from cald_speech.data.audio import SAMPLE_RATE, load_audio
-from cald_speech.decoding import add_decoding_options, decoding_kwargs
+from cald_speech.decoding import decoding_kwargs
 from cald_speech.errors import AudioError, CaldError, DataError
 from cald_speech.hub import resolve_model_source
-from cald_speech.inference import DEFAULT_NORM_WINDOW_S
 
 __all__ = ["build_recording", "main"]
 
@@ -120,43 +118,15 @@ def build_recording(items, path, gap_s=0.5, minutes=None, skipped=None):
             "segments": segments, "passes": passes}
 
 
-def build_parser():
-    """The ``cald-bench longform`` argument parser."""
-    p = argparse.ArgumentParser(
-        prog="cald-bench longform",
-        description="WER, time and memory of the windowed teacher and the one-pass student "
-                    "on one long recording made of test utterances with known text.",
-    )
-    add_teacher_student_arguments(p)
-    p.add_argument("--minutes", type=float, default=None,
-                   help="length of the recording (cycles through the items; default: each "
-                        "item once)")
-    p.add_argument("--gap-s", type=float, default=0.5, help="silence between utterances (s)")
-    p.add_argument("--window-s", type=float, default=30.0, help="teacher window (s)")
-    p.add_argument("--overlap-s", type=float, default=2.0, help="window context per side (s)")
-    p.add_argument("--norm-window-s", type=float, default=DEFAULT_NORM_WINDOW_S, metavar="S",
-                   help="one-pass systems, group-norm CNN: seconds of audio whose statistics "
-                        f"normalise each stretch (default {DEFAULT_NORM_WINDOW_S:g}; 0: the "
-                        "whole recording)")
-    p.add_argument("--teacher-onepass", action="store_true",
-                   help="also run the teacher over the whole recording at once")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--timeout", type=float, default=7200.0, help="per-system time limit (s)")
-    p.add_argument("--out-dir", default="results/bench_longform", help="where results go")
-    add_decoding_options(p)  # teacher and student decoded alike
-    p.add_argument("--in-process", action="store_true",
-                   help="run the systems in this process (smoke tests only: peak memory is "
-                        "then not per system)")
-    return add_version(p)
-
-
 def main(argv=None):
     """Entry point of ``cald-bench longform``; returns the exit status (:mod:`cald_speech.cli`)."""
     args, status = parse(build_parser(), argv)
-    if args is None:
-        return status
-    out = Path(args.out_dir)
+    return status if args is None else command(args)
+
+
+def command(args):
+    """``cald-bench longform`` on parsed arguments (:func:`build_parser`)."""
+    out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     skipped = {}
     try:
@@ -211,7 +181,8 @@ def main(argv=None):
                          rtf=r["rtf"], peak=r["peak_rss_mb"], cuda=r.get("cuda_peak_mb"),
                          note="ok"))
     cols = [("system", "system", "s"), ("wer", "WER %", ".2f"), ("cer", "CER %", ".2f"),
-            ("agree", "vs teacher-windowed WER %", ".2f"), ("time", "time s", ".1f"),
+            ("agree", "agreement with teacher-windowed, WER %", ".2f"),
+            ("time", "time s", ".1f"),
             ("rtf", "RTF", ".3f"), ("peak", "peak RSS MB", ".0f"), ("cuda", "CUDA MB", ".0f"),
             ("note", "status", "s")]
     print(format_table(rows, cols))

@@ -42,7 +42,6 @@ Example
 [250, 1000, 4000]
 """
 
-import argparse
 import json
 import math
 import os
@@ -56,8 +55,10 @@ from pathlib import Path
 import torch
 
 from cald_speech.allocator import tune_allocator
-from cald_speech.bench.report import machine_info, ram_gb, reset_hwm, status_mb
-from cald_speech.cli import add_version, fail
+from cald_speech.bench.options import DEFAULT_LENGTHS, DEFAULT_MIXERS
+from cald_speech.bench.options import mixers_parser as build_parser
+from cald_speech.bench.report import machine_info, machine_line, ram_gb, reset_hwm, status_mb
+from cald_speech.cli import fail, parse
 from cald_speech.errors import ConfigError
 from cald_speech.inference.precision import (
     OneDNNLinear,
@@ -65,48 +66,17 @@ from cald_speech.inference.precision import (
     onednn_linear_available,
 )
 
-DEFAULT_LENGTHS = [250, 500, 1000, 2000, 4000, 7500, 15000, 30000]
-DEFAULT_MIXERS = ["attention", "bimamba2", "bimamba2_shared", "linear_attention", "linformer"]
 SSM_MIXERS = ("bimamba2", "bimamba2_shared")
 QUICK = dict(lengths=[250, 1000, 4000], hidden=[768], repeats=3, modes=["fwd"])
 
 
 def parse_args(argv=None):
-    """Command-line options (see ``--help``)."""
-    p = argparse.ArgumentParser(
-        prog="cald-bench mixers",
-        description="Time and peak memory of token mixers vs SDPA attention as T grows.",
-    )
-    p.add_argument("--mixers", nargs="+", default=None,
-                   help=f"mixers to measure (default: {' '.join(DEFAULT_MIXERS)}); "
-                        "attention is always added as the reference")
-    p.add_argument("--hidden", nargs="+", type=int, default=None,
-                   help="hidden sizes (default: 768 1024); heads = hidden // 64")
-    p.add_argument("--lengths", nargs="+", type=int, default=None,
-                   help=f"sequence lengths in frames (default: {DEFAULT_LENGTHS})")
-    p.add_argument("--modes", nargs="+", choices=["fwd", "fwdbwd"], default=None,
-                   help="forward only and/or forward+backward (default: both)")
-    p.add_argument("--devices", nargs="+", choices=["cpu", "cuda"], default=None,
-                   help="default: cpu, plus cuda when available")
-    p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
-    p.add_argument("--repeats", type=int, default=None, help="timed passes (default 3)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: torch's default)")
-    p.add_argument("--d-state", type=int, default=64, help="BiMamba2 d_state (default 64)")
-    p.add_argument("--chunk-size", type=int, default=None,
-                   help="SSD chunk size (default: each kernel's own)")
-    p.add_argument("--time-cap", type=float, default=120.0,
-                   help="skip a configuration predicted to take longer per pass (s)")
-    p.add_argument("--mem-cap-gb", type=float, default=None,
-                   help="skip a configuration predicted to need more memory (default: "
-                        "60%% of RAM on CPU, 80%% of GPU memory on CUDA)")
-    p.add_argument("--quick", action="store_true",
-                   help="quick preset: hidden 768, T in 250 1000 4000, forward, 3 repeats")
-    p.add_argument("--out-dir", default="results/bench_mixers",
-                   help="where mixers.json and the PNG plots go")
-    p.add_argument("--no-plot", action="store_true", help="skip the PNG")
-    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    args = add_version(p).parse_args(argv)
+    """Command-line options (see ``--help``), their defaults completed."""
+    return complete_args(build_parser().parse_args(argv))
+
+
+def complete_args(args):
+    """Fills in the defaults that depend on ``--quick`` and on the machine."""
     preset = QUICK if args.quick else {}
     args.lengths = sorted(args.lengths or preset.get("lengths", DEFAULT_LENGTHS))
     args.hidden = args.hidden or preset.get("hidden", [768, 1024])
@@ -494,10 +464,18 @@ def plot(results, out_dir):
 def main(argv=None):
     """Entry point of ``cald-bench mixers``; returns the exit status (:mod:`cald_speech.cli`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        args = parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
+    args, status = parse(build_parser(), argv)
+    if args is None:
+        return status
+    args.argv = argv
+    return command(args)
+
+
+def command(args):
+    """``cald-bench mixers`` on parsed arguments (``args.argv``: the command line, passed
+    on to the child processes)."""
+    argv = args.argv
+    args = complete_args(args)
     try:
         allocator = tune_allocator()
     except ConfigError as exc:
@@ -516,10 +494,10 @@ def main(argv=None):
         child_argv += ["--lengths", *map(str, args.lengths)]
     if args.threads:
         torch.set_num_threads(args.threads)
-    out_dir = Path(args.out_dir)
+    out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     machine = dict(machine_info(), allocator=allocator)
-    print("machine:", json.dumps(machine))
+    print(machine_line(machine, out_dir / "mixers.json"))
     # in a child process too: the parent stays small, whatever the throughput runs
     flops = {dev: _run_child({"throughput": dev}, args, child_argv) for dev in args.devices}
     for dev, res in flops.items():
@@ -538,8 +516,9 @@ def main(argv=None):
     checks = targets(results)
     for line in checks:
         print(line)
-    payload = dict(machine=machine, throughput=flops, args={
-        k: v for k, v in vars(args).items() if k != "child"}, results=results, targets=checks)
+    options = {k: v for k, v in vars(args).items() if k not in ("child", "argv")}
+    payload = dict(machine=machine, throughput=flops, args=options, results=results,
+                   targets=checks)
     json_path = out_dir / "mixers.json"
     json_path.write_text(json.dumps(payload, indent=2))
     print(f"wrote {json_path}")

@@ -190,6 +190,19 @@ class MemoryMeter:
         return out
 
 
+def machine_line(machine, path):
+    """One short line naming the machine; the full record goes to ``path`` (the JSON).
+
+    Example
+    -------
+    >>> machine_line({"cpu": "EPYC", "cores": 2, "torch": "2.11", "cuda": None}, "s.json")
+    'machine: EPYC, 2 cores, torch 2.11, no GPU (the full record: s.json)'
+    """
+    gpu = machine.get("cuda") or "no GPU"
+    return (f"machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, torch "
+            f"{machine.get('torch', '?')}, {gpu} (the full record: {path})")
+
+
 def run_child(module, cfg, timeout):
     """Runs ``python -m <module> --child <json cfg>`` and returns its last JSON line.
 
@@ -297,8 +310,27 @@ def write_json(path, obj):
     return str(path)
 
 
+def readable_axes(ax):
+    """Plain-number tick labels on log axes, and a linear y axis where the values span
+    less than a factor of 3 (a log axis over 1.0-1.3 GB only crowds its labels)."""
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    ys = [y for line in ax.get_lines() for y in line.get_ydata()]
+    if ys and min(ys) > 0 and max(ys) / min(ys) < 3:
+        ax.set_yscale("linear")
+    for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
+        if scale == "log":
+            fmt = ScalarFormatter()
+            fmt.set_scientific(False)
+            axis.set_major_formatter(fmt)
+            axis.set_minor_formatter(NullFormatter())
+
+
 def loglog_plot(series, path, panels, xlabel, title=None):
     """Log-log line plots, one panel per measured quantity, one line per series.
+
+    A quantity whose values span less than a factor of 3 gets a linear axis instead
+    (:func:`readable_axes`).
 
     Arguments
     ---------
@@ -332,6 +364,7 @@ def loglog_plot(series, path, panels, xlabel, title=None):
                 continue
             ax.loglog([p[xk] for p in pts], [max(p[yk], 1e-6) for p in pts], marker="o",
                       ms=4, label=label)
+        readable_axes(ax)
         ax.set_title(ptitle)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
@@ -345,16 +378,3 @@ def loglog_plot(series, path, panels, xlabel, title=None):
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return str(path)
-
-
-def add_teacher_student_arguments(p):
-    """The arguments the teacher-vs-student benchmarks share (models, test CSV, text)."""
-    p.add_argument("--teacher", required=True, metavar="DIR",
-                   help="packaged teacher folder, or a hub id in the local Hugging Face cache")
-    p.add_argument("--student", required=True, metavar="DIR", help="packaged student folder")
-    p.add_argument("--csv", required=True, help="SpeechBrain CSV (ID,duration,wav,...,wrd)")
-    p.add_argument("--text-column", default="wrd", help="transcript column (default wrd)")
-    p.add_argument("--data-root", default=None, help="value of $data_root in the wav column")
-    p.add_argument("--normalize", action="store_true",
-                   help="normalise the references (numbers, abbreviations, punctuation)")
-    return p

@@ -8,17 +8,18 @@ report and ``cald-bench runs``:
     cald-bench runs results/LibriSpeech/ASR/*/1 --out-dir results/summary
 """
 
-import argparse
 import glob
 import json
 import math
 import os
 import re
 import sys
+import textwrap
 from pathlib import Path
 
+from cald_speech.bench.options import runs_parser as build_parser
 from cald_speech.bench.report import format_table, machine_info, write_json
-from cald_speech.cli import add_version, fail, parse
+from cald_speech.cli import fail, parse
 from cald_speech.errors import ConfigError, DataError
 
 #: Result files ``<prefix>_<split>.json``: the CTC recipe's ``wer_*``, the intent
@@ -27,6 +28,14 @@ RESULT_PREFIXES = ("wer", "intent", "acc")
 
 #: Keys of ``steps.jsonl`` records that are not loss terms.
 NON_LOSS = ("step", "time")
+#: What each logged loss term is (the training-curve panels' titles).
+TERM_TITLES = {
+    "task": "task: the task loss (CTC or intent cross-entropy)",
+    "layer": "layer: student vs teacher hidden states",
+    "kd": "kd: KL to the teacher's output distribution",
+    "total": "total: task + alpha_layer * layer + alpha_logit * kd",
+    "teacher_task": "teacher_task: the co-trained teacher's task loss",
+}
 
 
 def read_steps(path):
@@ -199,7 +208,31 @@ def summarize_run(folder, name=None):
     out["wall_s"] = (max(times) - min(times)) if len(times) > 1 else None
     out["parameters"] = count_parameters(folder / "model")
     out["valid_curve"] = valid_curve(folder / "train_log.txt")
+    out["switch_step"] = switch_step(folder)
     return out
+
+
+def switch_step(folder):
+    """The update from which a hybrid run turned its layer loss off (from the run's
+    ``hyperparams.yaml``); ``None`` for other modes.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> _ = (d / "hyperparams.yaml").write_text("mode: hybrid\\nswitch_step: 40\\n")
+    >>> switch_step(d)
+    40
+    """
+    path = Path(folder) / "hyperparams.yaml"
+    if not path.is_file():
+        return None
+    text = path.read_text(encoding="utf-8", errors="replace")
+    mode = re.search(r"^mode:\s*(\w+)", text, re.M)
+    step = re.search(r"^switch_step:\s*(\d+)", text, re.M)
+    if mode is None or mode.group(1) != "hybrid" or step is None:
+        return None
+    return int(step.group(1))
 
 
 def results_rows(runs, metrics=("WER", "CER")):
@@ -266,18 +299,31 @@ def _smooth(values, window):
     return out
 
 
-def plot_training_curves(runs, path, smooth=5):
-    """One panel per loss term, one line per run (log scale), saved as a PNG."""
+def _save(fig, path):
+    import matplotlib.pyplot as plt
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
+def training_figure(runs, smooth=5):
+    """The training-curve figure (or ``None`` without step logs): one panel per loss
+    term, titled with what the term is, one line per run (log scale), and a dashed line
+    where a hybrid run turned its layer loss off."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     series = {run["name"]: read_steps(Path(run["folder"]) / "steps.jsonl") for run in runs}
+    switches = {run["name"]: run.get("switch_step") for run in runs
+                if run.get("switch_step") is not None}
     terms = sorted({t for recs in series.values() for t in loss_terms(recs)})
     if not terms:
         return None
-    fig, axes = plt.subplots(1, len(terms), figsize=(4.2 * len(terms), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(terms), figsize=(4.4 * len(terms), 3.9), squeeze=False)
     colors = {name: f"C{i % 10}" for i, name in enumerate(series)}   # one colour per run
     handles = {}
     for ax, term in zip(axes[0], terms):
@@ -286,89 +332,93 @@ def plot_training_curves(runs, path, smooth=5):
             if pts:
                 xs, ys = zip(*pts)
                 handles[name], = ax.plot(xs, _smooth(list(ys), smooth), color=colors[name])
-        ax.set_title(term)
+        for name, step in switches.items():
+            ax.axvline(step, color=colors.get(name, "k"), ls="--", lw=1)
+        ax.set_title("\n".join(textwrap.wrap(TERM_TITLES.get(term, term), 34)), fontsize=9)
         ax.set_xlabel("update")
+        ax.set_ylabel(f"{term} loss per update (log scale, smoothed over {smooth})")
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
     names = [n for n in series if n in handles]
-    fig.legend([handles[n] for n in names], names, loc="upper center", ncol=len(names),
+    labels = [n + (f" (dashed: layer loss off from update {switches[n]})"
+                   if n in switches else "") for n in names]
+    fig.legend([handles[n] for n in names], labels, loc="upper center", ncol=min(len(names), 3),
                fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0, 1, 0.9))
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
+    fig.tight_layout(rect=(0, 0, 1, 0.86))
+    return fig
 
 
-def plot_metric_bars(runs, path, metric="WER"):
-    """Grouped bars of one metric per split and run, saved as a PNG."""
+def plot_training_curves(runs, path, smooth=5):
+    """:func:`training_figure` saved as a PNG; returns its path (``None``: no step logs)."""
+    fig = training_figure(runs, smooth)
+    return None if fig is None else _save(fig, path)
+
+
+def metric_figure(runs, metrics=("WER", "CER")):
+    """Grouped bars per split and run, one panel per metric (``None`` without results)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    splits = sorted({s for r in runs for s, st in r["splits"].items() if metric in st})
-    if not splits:
+    metrics = [metrics] if isinstance(metrics, str) else list(metrics)
+    metrics = [m for m in metrics if any(m in st for r in runs for st in r["splits"].values())]
+    if not metrics:
         return None
-    width = 0.8 / len(splits)
-    fig, ax = plt.subplots(figsize=(1.4 + 1.3 * len(runs), 3.4))
-    for j, split in enumerate(splits):
-        xs = [i + (j - (len(splits) - 1) / 2) * width for i in range(len(runs))]
-        ys = [r["splits"].get(split, {}).get(metric, float("nan")) for r in runs]
-        bars = ax.bar(xs, ys, width, label=split)
-        ax.bar_label(bars, fmt="%.1f", fontsize=7)
-    ax.set_xticks(range(len(runs)))
-    ax.set_xticklabels([r["name"] for r in runs], rotation=15, fontsize=8)
-    ax.set_ylabel(f"{metric} (%)")
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(len(metrics) * (1.6 + 1.3 * len(runs)),
+                                                       3.6), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        splits = sorted({s for r in runs for s, st in r["splits"].items() if metric in st})
+        width = 0.8 / len(splits)
+        for j, split in enumerate(splits):
+            xs = [i + (j - (len(splits) - 1) / 2) * width for i in range(len(runs))]
+            ys = [r["splits"].get(split, {}).get(metric, float("nan")) for r in runs]
+            bars = ax.bar(xs, ys, width, label=split)
+            ax.bar_label(bars, fmt="%.1f", fontsize=7)
+        ax.set_xticks(range(len(runs)))
+        ax.set_xticklabels([r["name"] for r in runs], rotation=15, fontsize=8)
+        ax.set_ylabel(f"{metric} (%, lower is better)")
+        ax.set_title(f"{metric} per model and split", fontsize=9)
+        ax.legend(fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
+    return fig
 
 
-def build_parser():
-    """The ``cald-bench runs`` argument parser."""
-    p = argparse.ArgumentParser(
-        prog="cald-bench runs",
-        description="Result table (metrics per split, updates, wall time, parameters), "
-                    "training curves and held-out learning curves of recipe runs.",
-    )
-    p.add_argument("folders", nargs="+", help="run folders (output_folder of a recipe)")
-    p.add_argument("--names", default=None, help="comma-separated names (default: folders)")
-    p.add_argument("--metrics", default="WER,CER", help="metrics to tabulate and plot")
-    p.add_argument("--out-dir", default="results/runs_summary", help="where results go")
-    return add_version(p)
+def plot_metric_bars(runs, path, metrics=("WER", "CER")):
+    """:func:`metric_figure` saved as a PNG; returns its path (``None``: no results)."""
+    fig = metric_figure(runs, metrics)
+    return None if fig is None else _save(fig, path)
 
 
 def main(argv=None):
     """Entry point of ``cald-bench runs``; returns the exit status (:mod:`cald_speech.cli`)."""
     args, status = parse(build_parser(), argv)
-    if args is None:
-        return status
+    return status if args is None else command(args)
+
+
+def command(args):
+    """``cald-bench runs`` on parsed arguments (:func:`build_parser`)."""
     folders = [f for pattern in args.folders for f in sorted(glob.glob(pattern)) or [pattern]]
     missing = [f for f in folders if not os.path.isdir(f)]
     if missing:
         return fail("cald-bench runs", DataError(", ".join(missing), "not a run folder",
                                                  "give the output folders of recipe runs"))
-    names = args.names.split(",") if args.names else [
+    names = args.names if args.names else [
         os.path.relpath(f).replace(os.sep, "/") for f in folders
     ]
     if len(names) != len(folders):
         return fail("cald-bench runs", ConfigError("--names needs one name per folder"))
     runs = [summarize_run(f, n) for f, n in zip(folders, names)]
-    rows = results_rows(runs, args.metrics.split(","))
+    rows = results_rows(runs, args.metrics)
     print(format_table(rows, [(k, k, "s" if k == "model" else ".2f") for k in _columns(rows)]))
-    out = Path(args.out_dir)
+    out = Path(args.output_dir)
     write_json(out / "runs.json", {"runs": runs, "machine": machine_info()})
     (out / "runs.md").parent.mkdir(parents=True, exist_ok=True)
     (out / "runs.md").write_text(markdown_table(rows) + "\n")
     plot_training_curves(runs, out / "training_curves.png")
-    plot_learning_curves(runs, out / "learning_curves.png", args.metrics.split(","))
-    plot_metric_bars(runs, out / f"{args.metrics.split(',')[0].lower()}.png",
-                     args.metrics.split(",")[0])
+    plot_learning_curves(runs, out / "learning_curves.png", args.metrics)
+    plot_metric_bars(runs, out / f"{args.metrics[0].lower()}.png", args.metrics)
     print(f"wrote {out}/runs.json, runs.md and plots")
     return 0
 

@@ -9,8 +9,8 @@
 - ``student-onepass``: the student over the whole file at once (blockwise CNN, encoder
   over the whole sequence, see :mod:`cald_speech.inference`),
 
-all in one run, and prints a table, writes ``speed.json`` and ``speed.png`` (time and
-peak memory versus audio length, log-log) and records the machine.
+all in one run, and prints a table, writes ``speed.json`` (with the machine's record)
+and ``speed.png`` (time and peak memory versus audio length).
 
 Models: ``--model DIR ...`` (packaged folders or hub ids in the local Hugging Face
 cache, resolved before anything runs; a student folder gets
@@ -23,11 +23,15 @@ How it measures:
 
 - every (model, system, length) runs in a **fresh subprocess**
   (:func:`cald_speech.bench.report.run_child`): its peak memory is its own;
-- in the child: the model is loaded, a 2 s warm-up transcription runs, the audio (seeded
-  noise, 16 kHz) is created, then the peak counters are reset and one full
-  transcription (posteriors, greedy decoding, word timestamps) is timed;
+- in the child: the model is loaded, the audio (seeded noise, 16 kHz) is created, one
+  untimed transcription of it warms everything up, then ``--repeats`` (default 3) full
+  transcriptions (posteriors, decoding, word timestamps) are timed: the table and the
+  plot show the best, the JSON every time and the spread (slowest minus best). The
+  default lengths (0.25 to 2 minutes) finish in minutes on a CPU; ``--minutes 10 30
+  60`` measures the long end;
 - memory on CPU: ``peak_rss_mb`` is the process's resident-set high-water mark during
-  the transcription (everything the process holds: interpreter, model, the waveform);
+  the first timed transcription (everything the process holds: interpreter, model, the
+  waveform);
   ``extra_rss_mb`` subtracts the resident set just before it. On CUDA
   ``torch.cuda.max_memory_allocated`` is reported too;
 - a configuration whose time or memory, extrapolated from the same series' previous
@@ -42,12 +46,11 @@ is recorded.
 
 Example
 -------
->>> args = parse_args(["--shape", "wav2vec2-base", "--minutes", "1,0.5"])
+>>> args = parse_args(["--shape", "wav2vec2-base", "--minutes", "1", "0.5"])
 >>> args.minutes, args.systems
 ([0.5, 1.0], ['teacher-onepass', 'teacher-windowed', 'student-onepass'])
 """
 
-import argparse
 import json
 import os
 import shutil
@@ -59,16 +62,23 @@ from pathlib import Path
 import torch
 
 from cald_speech.allocator import tune_allocator
+from cald_speech.bench.options import (  # noqa: F401 (re-exported)
+    DEFAULT_SYSTEMS,
+    SHAPES,
+    SYSTEMS,
+)
+from cald_speech.bench.options import speed_parser as build_parser
 from cald_speech.bench.report import (
     MemoryMeter,
     extrapolate,
     format_table,
     loglog_plot,
     machine_info,
+    machine_line,
     run_child,
     write_json,
 )
-from cald_speech.cli import add_version, fail
+from cald_speech.cli import fail, parse
 from cald_speech.data.audio import SAMPLE_RATE
 from cald_speech.errors import CaldError, ConfigError
 from cald_speech.hub import resolve_model_source
@@ -79,13 +89,11 @@ from cald_speech.inference import (
     DEFAULT_WINDOW_S,
     Transcriber,
 )
-from cald_speech.inference.precision import PRECISIONS, check_precision, compute_precision
+from cald_speech.inference.precision import check_precision, compute_precision
 
-#: The systems run by default (transcription); ``teacher-layers`` and ``layers-onepass``
-#: compare a layer student (GenDistiller, DistilHuBERT) with its teacher: every layer of
-#: the model over the whole file in one pass (no decoding).
-DEFAULT_SYSTEMS = ("teacher-onepass", "teacher-windowed", "student-onepass")
-SYSTEMS = (*DEFAULT_SYSTEMS, "teacher-layers", "layers-onepass")
+#: The systems (:data:`~cald_speech.bench.options.SYSTEMS`): ``teacher-layers`` and
+#: ``layers-onepass`` compare a layer student (GenDistiller, DistilHuBERT) with its
+#: teacher: every layer of the model over the whole file in one pass (no decoding).
 #: How each system runs (Transcriber mode, or ``layers``) and which kind of model it needs.
 SYSTEM_MODES = {
     "teacher-onepass": ("teacher", "one-pass"),
@@ -98,99 +106,12 @@ SYSTEM_MODES = {
 #: the skip predictor's guess when only one shorter length has been measured.
 SYSTEM_GROWTH = {"teacher-onepass": 2.0, "teacher-windowed": 1.0, "student-onepass": 1.0,
                  "teacher-layers": 2.0, "layers-onepass": 1.0}
-DEFAULT_MINUTES = "0.5,1,5,10,30,60"
-SHAPES = ("wav2vec2-base", "wav2vec2-large-lv60")
 WARMUP_S = 2.0
 
 
-def _minutes(text):
-    try:
-        values = sorted({float(v) for v in str(text).split(",") if v.strip()})
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected minutes like 0.5,1,5, got '{text}'") from None
-    if not values or min(values) <= 0:
-        raise argparse.ArgumentTypeError(f"minutes must be positive, got '{text}'")
-    return values
-
-
-def _systems(text):
-    values = [v.strip() for v in str(text).split(",") if v.strip()]
-    bad = [v for v in values if v not in SYSTEMS]
-    if bad or not values:
-        raise argparse.ArgumentTypeError(f"unknown system(s) {bad}; choose from {SYSTEMS}")
-    return values
-
-
-def _mixer_list(text):
-    from cald_speech.mixers import available_mixers
-
-    known = available_mixers()
-    values = [v.strip() for v in str(text).split(",") if v.strip()]
-    bad = [v for v in values if v not in known]
-    if bad or not values or len(set(values)) != len(values):
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: give distinct mixers from {known}, comma-separated")
-    return values
-
-
-def build_parser():
-    """The ``cald-bench speed`` argument parser."""
-    p = argparse.ArgumentParser(
-        prog="cald-bench speed",
-        description="Wall time, real-time factor and peak memory vs audio length of the "
-                    "teacher (one pass and windowed) and the student (one pass).",
-    )
-    src = p.add_mutually_exclusive_group(required=False)
-    src.add_argument("--model", nargs="+", metavar="DIR", default=None,
-                     help="packaged model folders (teachers and/or students) or hub ids "
-                          "in the local Hugging Face cache")
-    src.add_argument("--shape", nargs="+", choices=SHAPES, default=None,
-                     help="build a random-weight CTC teacher of this architecture and its "
-                          "student (no folders needed)")
-    p.add_argument("--minutes", type=_minutes, default=_minutes(DEFAULT_MINUTES),
-                   help=f"audio lengths in minutes (default {DEFAULT_MINUTES})")
-    p.add_argument("--systems", type=_systems, default=list(DEFAULT_SYSTEMS),
-                   help=f"comma-separated subset of {','.join(SYSTEMS)} (default "
-                        f"{','.join(DEFAULT_SYSTEMS)})")
-    p.add_argument("--window-s", type=float, default=30.0, help="teacher window (s)")
-    p.add_argument("--overlap-s", type=float, default=2.0,
-                   help="teacher context on each side of a window (s)")
-    p.add_argument("--mixer", type=_mixer_list, default=["bimamba2"],
-                   help="student mixer(s) for --shape, comma-separated: one teacher, one "
-                        "student per mixer, all in the same run (default bimamba2)")
-    p.add_argument("--projection-cache-mb", type=float, default=DEFAULT_PROJECTION_CACHE_MB,
-                   metavar="MB",
-                   help="one-pass student with a shared-projection mixer: memory for the "
-                        "input projections its backward scan reuses (default "
-                        f"{DEFAULT_PROJECTION_CACHE_MB:g}; 0: recompute them)")
-    p.add_argument("--tiny", action="store_true",
-                   help="--shape with tiny widths (for tests and smoke runs)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                   help="compute precision of every system (default fp32; bf16: matrix "
-                        "products in bfloat16, cald_speech.inference.precision)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--time-cap", type=float, default=3600.0,
-                   help="skip a configuration predicted to take longer (s, default 3600)")
-    p.add_argument("--mem-cap-gb", type=float, default=None,
-                   help="skip a configuration predicted to need more (default: 60%% of RAM "
-                        "on CPU, 80%% of GPU memory on CUDA)")
-    p.add_argument("--out-dir", default="results/bench_speed", help="where the results go")
-    p.add_argument("--no-plot", action="store_true", help="skip the PNG")
-    p.add_argument("--in-process", action="store_true",
-                   help="run every configuration in this process (smoke tests only: peak "
-                        "memory is then not per configuration)")
-    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    return add_version(p)
-
-
 def parse_args(argv=None):
-    """Parses and checks the options."""
-    p = build_parser()
-    args = p.parse_args(argv)
-    if args.child is None and not (args.model or args.shape):
-        p.error("give --model DIR ... or --shape NAME ...")
-    return args
+    """Parses the options (:func:`~cald_speech.bench.options.speed_parser`)."""
+    return build_parser().parse_args(argv)
 
 
 # ----------------------------------------------------------------- child process
@@ -215,14 +136,16 @@ def run_config(cfg):
         ``model`` (folder), ``mode`` (``one-pass`` / ``windowed``), ``minutes`` (synthetic
         audio) or ``audio`` (a file to transcribe), ``window_s``, ``overlap_s``,
         ``norm_window_s``, ``projection_cache_mb``, ``precision``, ``device``, ``threads``,
-        ``return_text``.
+        ``return_text``, ``repeats`` (timed runs, default 1) and ``warmup`` (``"full"``:
+        one untimed run of the same input first; otherwise a 2 s one).
 
     Returns
     -------
     dict
-        ``cfg`` plus ``status`` ``"ok"``, ``time_s``, ``rtf``, ``audio_s``, ``frames``,
-        the :class:`~cald_speech.bench.report.MemoryMeter` fields, ``threads`` and, with
-        ``return_text``, ``text``.
+        ``cfg`` plus ``status`` ``"ok"``, ``time_s`` (the best of the timed runs),
+        ``times_s`` (each), ``spread_s`` (slowest minus best), ``rtf`` (of the best),
+        ``audio_s``, ``frames``, the :class:`~cald_speech.bench.report.MemoryMeter`
+        fields of the first timed run, ``threads`` and, with ``return_text``, ``text``.
     """
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
@@ -239,17 +162,16 @@ def run_config(cfg):
                                       precision=cfg.get("precision", "fp32"),
                                       **cfg.get("decoding", {}))
     mode = cfg["mode"]
-    asr.transcribe_waveform(synthetic_audio(WARMUP_S, seed=1), mode=mode, progress=False)
+    if cfg.get("warmup") != "full":
+        asr.transcribe_waveform(synthetic_audio(WARMUP_S, seed=1), mode=mode, progress=False)
     audio = cfg.get("audio")
-    wav = None if audio else synthetic_audio(60.0 * cfg["minutes"])
     if audio:
-        result, elapsed, mem = _measured(device, asr.transcribe_file, audio, mode=mode,
-                                         progress=False)
+        fn, x = asr.transcribe_file, audio
     else:
-        result, elapsed, mem = _measured(device, asr.transcribe_waveform, wav, mode=mode,
-                                         progress=False)
-    out = dict(cfg, status="ok", time_s=elapsed, audio_s=result.duration,
-               rtf=elapsed / max(result.duration, 1e-9),
+        fn, x = asr.transcribe_waveform, synthetic_audio(60.0 * cfg["minutes"])
+    result, times, mem = _timed_runs(cfg, device, fn, x, mode=mode, progress=False)
+    out = dict(cfg, status="ok", audio_s=result.duration, **times,
+               rtf=times["time_s"] / max(result.duration, 1e-9),
                frames=round(result.duration / asr.frame_shift), words=len(result.words),
                threads=torch.get_num_threads(), result_mode=result.mode, **mem)
     if cfg.get("return_text"):
@@ -273,13 +195,30 @@ def run_layers_config(cfg):
             layers, _ = upstream_layers(model, wav[None].to(device))
         return int(layers[-1].shape[1])
 
-    once(synthetic_audio(WARMUP_S, seed=1))
+    if cfg.get("warmup") != "full":
+        once(synthetic_audio(WARMUP_S, seed=1))
     wav = synthetic_audio(60.0 * cfg["minutes"])
-    frames, elapsed, mem = _measured(device, once, wav)
+    frames, times, mem = _timed_runs(cfg, device, once, wav)
     audio_s = wav.numel() / SAMPLE_RATE
-    return dict(cfg, status="ok", time_s=elapsed, audio_s=audio_s, rtf=elapsed / audio_s,
+    return dict(cfg, status="ok", audio_s=audio_s, **times, rtf=times["time_s"] / audio_s,
                 frames=frames, words=0, threads=torch.get_num_threads(),
                 result_mode="layers", **mem)
+
+
+def _timed_runs(cfg, device, fn, x, **kwargs):
+    """``(result, {"time_s", "times_s", "spread_s"}, memory)`` of ``fn(x, **kwargs)``:
+    with ``cfg["warmup"] == "full"`` an untimed run of ``x`` first, then
+    ``cfg["repeats"]`` timed runs; the best time counts, the memory is the first timed
+    run's."""
+    if cfg.get("warmup") == "full":
+        fn(x, **kwargs)
+    times, mem, result = [], None, None
+    for _ in range(max(1, int(cfg.get("repeats") or 1))):
+        result, elapsed, measured = _measured(device, fn, x, **kwargs)
+        times.append(elapsed)
+        mem = mem or measured
+    return result, {"time_s": min(times), "times_s": times,
+                    "spread_s": max(times) - min(times)}, mem
 
 
 def _measured(device, fn, *args, **kwargs):
@@ -364,7 +303,8 @@ def plan(models, args):
                                  overlap_s=args.overlap_s, device=args.device,
                                  threads=args.threads,
                                  projection_cache_mb=args.projection_cache_mb,
-                                 precision=args.precision))
+                                 precision=args.precision, repeats=args.repeats,
+                                 warmup="full"))
     return cfgs
 
 
@@ -444,7 +384,8 @@ COLUMNS = [
     ("label", "model", "s"),
     ("system", "system", "s"),
     ("minutes", "minutes", "g"),
-    ("time_s", "time s", ".2f"),
+    ("time_s", "best s", ".2f"),
+    ("spread_s", "spread s", ".2f"),
     ("rtf", "RTF", ".3f"),
     ("peak_rss_mb", "peak RSS MB", ".0f"),
     ("extra_rss_mb", "extra MB", ".0f"),
@@ -533,7 +474,7 @@ def _labelled_models(args, workdir, folders=()):
     if args.shape:
         for shape in args.shape:
             paths = build_shape_models(shape, Path(workdir) / shape, tiny=args.tiny,
-                                       mixer=args.mixer)
+                                       mixer=args.mixers)
             label = shape + (" (tiny)" if args.tiny else "")
             models.append((label, label, paths["teacher"], "teacher"))
             for name, path in paths["students"].items():
@@ -547,11 +488,17 @@ def _labelled_models(args, workdir, folders=()):
 
 def main(argv=None):
     """Entry point of ``cald-bench speed``; returns the exit status."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        args = parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
+    args, status = parse(build_parser(), list(sys.argv[1:] if argv is None else argv))
+    return status if args is None else command(args)
+
+
+def command(args):
+    """``cald-bench speed`` on parsed arguments (:func:`build_parser`)."""
+    if args.child is None and not (args.model or args.shape):
+        return fail("cald-bench speed", ConfigError("give --model DIR ... or --shape NAME ..."))
+    if len(set(args.mixers)) != len(args.mixers):
+        return fail("cald-bench speed", ConfigError(
+            f"--mixers {' '.join(args.mixers)}: give distinct mixers"))
     try:
         allocator = tune_allocator()
         if not args.child:
@@ -562,11 +509,11 @@ def main(argv=None):
     if args.child:
         print(json.dumps(dict(run_config(json.loads(args.child)), allocator=allocator["mode"])))
         return 0
-    out_dir = Path(args.out_dir)
+    out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     machine = dict(machine_info(), allocator=allocator)
     machine["device"] = args.device
-    print("machine:", json.dumps(machine))
+    print(machine_line(machine, out_dir / "speed.json"))
     workdir = tempfile.mkdtemp(prefix="cald-speed-")
     try:
         models = _labelled_models(args, workdir, folders)

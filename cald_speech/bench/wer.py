@@ -21,25 +21,23 @@ Example
 (0.25, 1, 0.091)
 """
 
-import argparse
 import csv
 import sys
 import time
 from pathlib import Path
 
+from cald_speech.bench.options import wer_parser as build_parser
 from cald_speech.bench.report import (
-    add_teacher_student_arguments,
     format_table,
     machine_info,
     write_json,
 )
-from cald_speech.cli import EXIT_FAILED, EXIT_OK, add_version, fail, parse
+from cald_speech.cli import EXIT_FAILED, EXIT_OK, fail, parse
 from cald_speech.data import metrics
 from cald_speech.data.manifest import resolve_audio
-from cald_speech.decoding import add_decoding_options, decoding_kwargs
+from cald_speech.decoding import decoding_kwargs
 from cald_speech.errors import AudioError, CaldError, ConfigError, DataError
 from cald_speech.hub import resolve_model_source
-from cald_speech.inference.precision import PRECISIONS
 
 __all__ = ["error_rates", "evaluate", "main", "norm_text", "read_items", "word_diff"]
 
@@ -246,7 +244,7 @@ def table(summary):
     """The summary as a text table."""
     rows = []
     for name, key in (("teacher", "teacher"), ("student", "student"),
-                      ("student vs teacher", "agreement")):
+                      ("agreement with teacher", "agreement")):
         r = summary[key]
         rows.append(dict(name=name, wer=percent(r["wer"]), cer=percent(r["cer"]),
                          sub=r["substitutions"], dele=r["deletions"], ins=r["insertions"],
@@ -255,10 +253,13 @@ def table(summary):
             ("sub", "sub", "d"), ("dele", "del", "d"), ("ins", "ins", "d"),
             ("words", "ref words", "d"), ("seconds", "time s", ".1f"), ("rtf", "RTF", ".3f")]
     text = format_table(rows, cols)
+    text += ("\nagreement with teacher: the student's transcripts scored against the "
+             "teacher's (WER/CER %, 0: the same words)")
     ident = summary["agreement"]["identical"]
     text += f"\n{summary['items']} items"
     if ident is not None:
-        text += f", {100 * ident:.1f}% with identical teacher and student transcripts"
+        text += (f"; identical teacher and student transcripts: {100 * ident:.1f} % of the "
+                 "items")
     if summary["failed"]:
         text += f"; {len(summary['failed'])} unreadable item(s) left out"
     return text
@@ -293,41 +294,16 @@ def tune_decoder(asr, dev_items, mode="auto"):
     return {"dev_items": len(lps), "best": best, "grid": grid}
 
 
-def build_parser():
-    """The ``cald-bench wer`` argument parser."""
-    p = argparse.ArgumentParser(
-        prog="cald-bench wer",
-        description="WER/CER of a teacher and a student on the same test items, their "
-                    "agreement, and per-utterance differences.",
-    )
-    add_teacher_student_arguments(p)
-    p.add_argument("--limit", type=int, default=None, help="first N items only")
-    p.add_argument("--batch-size", type=int, default=8, help="items per padded batch")
-    p.add_argument("--mode", default="auto", help="Transcriber mode (default auto)")
-    p.add_argument("--window-s", type=float, default=30.0, help="teacher window (s)")
-    p.add_argument("--overlap-s", type=float, default=2.0, help="window context per side (s)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                   help="compute precision of both models (default fp32)")
-    p.add_argument("--student-precision", default=None, choices=PRECISIONS,
-                   help="the student's own precision (default: --precision); with the "
-                        "same folder twice, this measures what bf16 changes")
-    p.add_argument("--out-dir", default="results/bench_wer", help="where the results go")
-    add_decoding_options(p)
-    p.add_argument("--tune-lm", action="store_true",
-                   help="choose each model's --lm-weight and --word-bonus on --dev-csv (a "
-                        "small grid) before the test items are decoded once")
-    p.add_argument("--dev-csv", default=None, help="dev manifest for --tune-lm")
-    return add_version(p)
-
-
 def main(argv=None):
     """Entry point of ``cald-bench wer``; returns the exit status (:mod:`cald_speech.cli`)."""
+    args, status = parse(build_parser(), argv)
+    return status if args is None else command(args)
+
+
+def command(args):
+    """``cald-bench wer`` on parsed arguments (:func:`build_parser`)."""
     from cald_speech.inference import Transcriber
 
-    args, status = parse(build_parser(), argv)
-    if args is None:
-        return status
     try:
         teacher_dir = resolve_model_source(args.teacher, "teacher")
         student_dir = resolve_model_source(args.student, "student")
@@ -364,7 +340,7 @@ def main(argv=None):
     summary.update(csv=str(args.csv), teacher_dir=str(args.teacher),
                    student_dir=str(args.student), machine=machine_info(),
                    options={k: v for k, v in vars(args).items()})
-    out = Path(args.out_dir)
+    out = Path(args.output_dir)
     paths = write_utterances(utterances, out)
     print(f"wrote {write_json(out / 'wer.json', summary)}, {paths[0]}, {paths[1]}")
     return EXIT_FAILED if summary["failed"] else EXIT_OK

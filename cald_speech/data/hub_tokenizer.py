@@ -38,6 +38,7 @@ from collections import Counter
 from pathlib import Path
 
 from cald_speech.errors import ConfigError, DataError
+from cald_speech.preprocessor import read_model_json
 
 VOCAB_FILE = "vocab.json"
 CONFIG_FILE = "tokenizer_config.json"
@@ -60,18 +61,6 @@ def has_hub_tokenizer(folder):
     False
     """
     return (Path(folder) / VOCAB_FILE).is_file()
-
-
-def _read(path, kind):
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise DataError(path, f"not valid JSON ({exc})",
-                        "copy the file again from the model's hub page") from None
-    if not isinstance(data, dict):
-        raise DataError(path, f"holds a {type(data).__name__}, not {kind}",
-                        "copy the file again from the model's hub page")
-    return data
 
 
 class HubCTCTokenizer:
@@ -153,7 +142,7 @@ class HubCTCTokenizer:
         if not (folder / VOCAB_FILE).is_file():
             raise DataError(folder, f"no {VOCAB_FILE} in the folder",
                             "copy the model's vocab.json and tokenizer_config.json")
-        vocab = _read(folder / VOCAB_FILE, "a vocabulary (token -> id)")
+        vocab = read_model_json(folder / VOCAB_FILE, "a vocabulary (token -> id)")
         bad = [k for k, v in vocab.items() if not isinstance(v, int) or isinstance(v, bool)]
         ids = sorted(v for v in vocab.values() if isinstance(v, int))
         if bad or ids != list(range(len(vocab))):
@@ -162,7 +151,7 @@ class HubCTCTokenizer:
                             "copy the vocab.json saved with the model")
         config = {}
         if (folder / CONFIG_FILE).is_file():
-            config = _read(folder / CONFIG_FILE, "a tokenizer configuration")
+            config = read_model_json(folder / CONFIG_FILE, "a tokenizer configuration")
         delimiter = config.get("word_delimiter_token", "|")
         if delimiter is not None and delimiter not in vocab:
             raise DataError(folder / VOCAB_FILE, f"has no word delimiter {delimiter!r} (the "

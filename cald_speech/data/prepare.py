@@ -2,10 +2,13 @@
 
 Usage::
 
-    cald-prepare librispeech DATA_FOLDER SAVE_FOLDER [--splits dev-clean test-clean]
-    cald-prepare slurp DATA_FOLDER SAVE_FOLDER [--recording headset] [--use-synthetic]
-    cald-prepare tokenizer CSV OUT.json [--kind char|unigram|bpe] [--column wrd]
-    cald-prepare merge OUT.csv A.csv B.csv [--rename transcript=wrd] [--prefix-ids]
+    cald-prepare librispeech DATA_FOLDER --output-dir DIR [--splits dev-clean test-clean]
+    cald-prepare slurp DATA_FOLDER --output-dir DIR [--recording headset] [--use-synthetic]
+    cald-prepare tokenizer CSV --output OUT.json [--kind char|unigram|bpe] [--column wrd]
+    cald-prepare merge A.csv B.csv --output OUT.csv [--rename transcript=wrd] [--prefix-ids]
+
+The older spellings (the output folder or file as a positional argument) still work,
+with a deprecation warning.
 
 It prints a summary table (rows kept, items skipped by reason, hours per split). Bad
 input ends with a one-line error naming the file and the fix, and exit status 1 (2 for
@@ -13,22 +16,32 @@ a usage error; see :mod:`cald_speech.cli`).
 
 Example
 -------
->>> args = build_parser().parse_args(["slurp", "corpus", "csv", "--recording", "all"])
->>> args.recording, args.splits
-('all', ['train', 'devel', 'test'])
+>>> args, _ = parse(build_parser(), ["slurp", "corpus", "--output-dir", "csv",
+...                                  "--recording", "all"])
+>>> args.output_dir, args.recording, args.splits
+('csv', 'all', ['train', 'devel', 'test'])
 """
 
-import argparse
 import logging
 import sys
 
-from cald_speech.cli import add_version, fail, parse
-from cald_speech.errors import CaldError
+from cald_speech.cli import (
+    HelpFormatter,
+    ListAction,
+    deprecated_positional,
+    fail,
+    make_parser,
+    parse,
+    warn,
+)
+from cald_speech.errors import CaldError, ConfigError
 
 
 def _add_common(p):
     p.add_argument("data_folder", help="corpus root folder")
-    p.add_argument("save_folder", help="where the <split>.csv manifests are written")
+    p.add_argument("--output-dir", metavar="DIR", default=None,
+                   help="where the <split>.csv manifests are written (required)")
+    deprecated_positional(p, "save_folder", "--output-dir")
     p.add_argument("--sorting", choices=["none", "ascending", "descending"], default="none",
                    help="row order: by ID (none) or by duration")
     p.add_argument("--min-duration", type=float, default=None, metavar="SEC",
@@ -47,27 +60,30 @@ def _add_common(p):
 
 def build_parser():
     """The argument parser of ``cald-prepare``."""
-    parser = argparse.ArgumentParser(
-        prog="cald-prepare",
-        description="Write SpeechBrain CSV manifests for LibriSpeech- or SLURP-layout "
-                    "corpora, merge manifests, or build a CTC tokenizer from a manifest.",
+    parser = make_parser(
+        "cald-prepare",
+        "Write SpeechBrain CSV manifests for LibriSpeech- or SLURP-layout "
+        "corpora, merge manifests, or build a CTC tokenizer from a manifest.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every step")
     sub = parser.add_subparsers(dest="corpus", required=True)
+    fmt = {"formatter_class": HelpFormatter}
 
-    p = sub.add_parser("librispeech", help="<split>/<spk>/<chapter>/*.trans.txt + audio")
+    p = sub.add_parser("librispeech", help="<split>/<spk>/<chapter>/*.trans.txt + audio",
+                       **fmt)
     _add_common(p)
     p.add_argument("--splits", nargs="+", default=["train-clean-100", "dev-clean", "test-clean"],
-                   help="split folders to prepare (default: %(default)s)")
+                   help="split folders to prepare")
     p.add_argument("--spk-id", choices=["speaker", "speaker-chapter"], default="speaker",
                    help="spk_id column: the reader, or reader-chapter as SpeechBrain's recipe")
 
-    p = sub.add_parser("slurp", help="dataset/slurp/*.jsonl + slurp_real/ (+ slurp_synth/)")
+    p = sub.add_parser("slurp", help="dataset/slurp/*.jsonl + slurp_real/ (+ slurp_synth/)",
+                       **fmt)
     _add_common(p)
     p.add_argument("--splits", nargs="+", default=["train", "devel", "test"],
-                   help="splits to prepare (default: %(default)s)")
+                   help="splits to prepare")
     p.add_argument("--recording", choices=["headset", "far_field", "all"], default="headset",
-                   help="which real recordings to use (default: %(default)s)")
+                   help="which real recordings to use")
     p.add_argument("--use-synthetic", action="store_true",
                    help="add train_synthetic records (slurp_synth/) to train.csv")
     p.add_argument("--annotation-folder", default=None,
@@ -77,33 +93,38 @@ def build_parser():
     p.add_argument("--synth-audio", default=None,
                    help="folder of the synthetic recordings (default: DATA_FOLDER/slurp_synth)")
 
-    p = sub.add_parser("tokenizer", help="build a CTC tokenizer from a CSV manifest")
+    p = sub.add_parser("tokenizer", help="build a CTC tokenizer from a CSV manifest", **fmt)
     p.add_argument("csv", help="manifest to read transcripts from")
-    p.add_argument("out", help="tokenizer .json file (or folder) to write")
-    p.add_argument("--kind", choices=["char", "unigram", "bpe"], default="char")
-    p.add_argument("--column", default="wrd", help="transcript column (default: %(default)s)")
+    p.add_argument("--output", metavar="FILE", default=None,
+                   help="tokenizer .json file (or folder) to write (required)")
+    deprecated_positional(p, "out", "--output")
+    p.add_argument("--kind", choices=["char", "unigram", "bpe"], default="char",
+                   help="characters, or a SentencePiece unigram or BPE model")
+    p.add_argument("--column", default="wrd", help="transcript column")
     p.add_argument("--vocab-size", type=int, default=256, help="SentencePiece vocabulary size")
     p.add_argument("--default-chars", action="store_true",
                    help="char kind: use the default set (blank, |, A-Z, ') instead of the "
                         "characters found in the CSV")
     p.add_argument("--unk", action="store_true", help="char kind: add <unk> for unknown chars")
 
-    p = sub.add_parser("merge", help="several manifests -> one (train on several corpora)")
-    p.add_argument("out", help="merged .csv to write")
-    p.add_argument("inputs", nargs="+", help="manifests to merge, in order")
-    p.add_argument("--columns", default="ID,duration,wav,wrd",
-                   help="comma-separated columns of the merged manifest (default: %(default)s)")
+    p = sub.add_parser("merge", help="several manifests -> one (train on several corpora)",
+                       **fmt)
+    p.add_argument("inputs", nargs="+", metavar="CSV", help="manifests to merge, in order")
+    p.add_argument("--output", metavar="FILE", default=None,
+                   help="merged .csv to write (required)")
+    p.add_argument("--columns", action=ListAction, default=["ID", "duration", "wav", "wrd"],
+                   metavar="COLUMN", help="columns of the merged manifest")
     p.add_argument("--rename", nargs="*", default=["transcript=wrd"], metavar="OLD=NEW",
-                   help="column renames applied to inputs that have OLD (default: %(default)s)")
+                   help="column renames applied to inputs that have OLD")
     p.add_argument("--prefix-ids", action="store_true",
                    help="prefix every ID with its input's number (for colliding IDs)")
-    p.add_argument("--keep-voices", default=None, metavar="NAMES",
-                   help="comma-separated voices or engines: keep only their rows")
-    p.add_argument("--drop-voices", default=None, metavar="NAMES",
-                   help="comma-separated voices or engines: drop their rows")
+    p.add_argument("--keep-voices", action=ListAction, default=None, metavar="NAME",
+                   help="voices or engines: keep only their rows")
+    p.add_argument("--drop-voices", action=ListAction, default=None, metavar="NAME",
+                   help="voices or engines: drop their rows")
     p.add_argument("--voice-tables", nargs="*", default=[], metavar="CORPUS",
                    help="synthetic corpus folders (their utterances.tsv names the voices)")
-    return add_version(parser)
+    return parser
 
 
 def main(argv=None):
@@ -129,14 +150,14 @@ def main(argv=None):
             from cald_speech.data.librispeech import prepare_librispeech
 
             summary = prepare_librispeech(
-                args.data_folder, args.save_folder, splits=args.splits, spk_id=args.spk_id,
+                args.data_folder, args.output_dir, splits=args.splits, spk_id=args.spk_id,
                 **common,
             )
         else:
             from cald_speech.data.slurp import prepare_slurp
 
             summary = prepare_slurp(
-                args.data_folder, args.save_folder, splits=args.splits,
+                args.data_folder, args.output_dir, splits=args.splits,
                 recording=args.recording, use_synthetic=args.use_synthetic,
                 annotation_folder=args.annotation_folder,
                 real_audio_folder=args.real_audio, synth_audio_folder=args.synth_audio,
@@ -165,29 +186,29 @@ def _tokenizer(args):
             args.kind, csv_path=args.csv, column=args.column, vocab_size=args.vocab_size,
             unk=args.unk,
         )
-    path = tok.save(args.out)
+    path = tok.save(args.output)
     print(f"{tok!r} written to {path}")
     return 0
 
 
 def _merge(args):
     from cald_speech.data.merge import merge_manifests
-    from cald_speech.errors import ConfigError
 
+    if args.output is None:  # the older form: merge OUT.csv A.csv B.csv
+        if len(args.inputs) < 2:
+            raise ConfigError("give the merged manifest's path with --output FILE")
+        args.output = args.inputs.pop(0)
+        warn("cald-prepare merge", "a positional OUT is deprecated; use --output OUT")
     rename = {}
     for item in args.rename:
         old, sep, new = item.partition("=")
         if not (sep and old and new):
             raise ConfigError(f"--rename {item!r}: write OLD=NEW, e.g. transcript=wrd")
         rename[old] = new
-    columns = [c for c in args.columns.split(",") if c]
-    def names(value):
-        return [v for v in (value or "").split(",") if v] or None
-
-    n = merge_manifests(args.out, args.inputs, columns=columns, rename=rename,
-                        prefix_ids=args.prefix_ids, keep_voices=names(args.keep_voices),
-                        drop_voices=names(args.drop_voices), voice_tables=args.voice_tables)
-    print(f"{n} rows from {len(args.inputs)} manifest(s) written to {args.out}")
+    n = merge_manifests(args.output, args.inputs, columns=args.columns, rename=rename,
+                        prefix_ids=args.prefix_ids, keep_voices=args.keep_voices or None,
+                        drop_voices=args.drop_voices or None, voice_tables=args.voice_tables)
+    print(f"{n} rows from {len(args.inputs)} manifest(s) written to {args.output}")
     return 0
 
 

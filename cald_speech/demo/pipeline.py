@@ -355,7 +355,7 @@ class Pipeline:
         held = [self.manifests / "dev-clean.csv", self.manifests / "test-clean.csv"]
         order = str(self.cfg["bench"].get("decoding", {}).get("lm_order", 4))
         cmd = [sys.executable, "-m", "cald_speech.lm.cli", "build", *sources, "--order", order,
-               "--exclude", *held, "--out", self.lm_path]
+               "--exclude", *held, "--output", self.lm_path]
         return Step("lm", cmd, self.lm_path.parent, done=lambda: self.lm_path.is_file(),
                     inputs={str(p): file_digest(p) for p in [*sources, *held]})
 
@@ -463,7 +463,7 @@ class Pipeline:
             steps.append(Step(
                 f"bench wer {name}",
                 cli + ["wer", "--teacher", teacher, "--student",
-                       self.run_folder(name) / "model", "--csv", test_csv, "--out-dir", out],
+                       self.run_folder(name) / "model", "--csv", test_csv, "--output-dir", out],
                 out, done=lambda out=out: (out / "wer.json").is_file(), inputs=digests,
             ))
         main = self.cfg["main_student"]
@@ -471,18 +471,18 @@ class Pipeline:
         steps.append(Step(
             "bench speed",
             cli + ["speed", "--model", teacher, self.run_folder(main) / "model",
-                   "--minutes", ",".join(str(m) for m in b["speed_minutes"]),
-                   "--out-dir", out],
+                   "--minutes", *(str(m) for m in b["speed_minutes"]),
+                   "--output-dir", out],
             out, done=lambda: (out / "speed.json").is_file(), inputs=digests,
         ))
         dec = b.get("decoding")
         if dec:  # greedy vs beam vs beam + LM on the same posteriors, weights from dev
             out_d = bench / "decoding"
             models = [teacher, *(self.run_folder(n) / "model" for n in self.cfg["students"])]
-            cmd = cli + ["decoding", *[a for m in models for a in ("--model", m)],
+            cmd = cli + ["decoding", "--model", *models,
                          "--csv", test_csv, "--dev-csv", self.manifests / "dev-clean.csv",
                          "--lm", self.lm_path, "--beam-size", str(dec.get("beam_size", 16)),
-                         "--out-dir", out_d]
+                         "--output-dir", out_d]
             if dec.get("lm_weights"):
                 cmd += ["--lm-weights", *map(str, dec["lm_weights"])]
             if dec.get("word_bonuses"):
@@ -496,7 +496,7 @@ class Pipeline:
             cli + ["longform", "--teacher", teacher, "--student",
                    self.run_folder(main) / "model", "--csv", test_csv,
                    "--minutes", str(b["longform_minutes"]), "--window-s",
-                   str(b.get("window_s", 30)), "--out-dir", lf],
+                   str(b.get("window_s", 30)), "--output-dir", lf],
             lf, done=lambda: (lf / "longform.json").is_file(), inputs=digests,
         ))
         return steps

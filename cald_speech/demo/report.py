@@ -64,12 +64,12 @@ def wer_bench_rows(pipe):
             continue
         rows.append({
             "student": name,
-            "teacher WER": percent(s["teacher"]["wer"]),
-            "student WER": percent(s["student"]["wer"]),
-            "teacher CER": percent(s["teacher"]["cer"]),
-            "student CER": percent(s["student"]["cer"]),
-            "student vs teacher WER": percent(s["agreement"]["wer"]),
-            "identical": percent(s["agreement"].get("identical")),
+            "teacher WER %": percent(s["teacher"]["wer"]),
+            "student WER %": percent(s["student"]["wer"]),
+            "teacher CER %": percent(s["teacher"]["cer"]),
+            "student CER %": percent(s["student"]["cer"]),
+            "agreement with teacher, WER %": percent(s["agreement"]["wer"]),
+            "identical transcripts, % of items": percent(s["agreement"].get("identical")),
             "items": s["items"],
         })
     return rows
@@ -88,7 +88,7 @@ def summary_box(pipe, runs, split="test-clean"):
     ...          "splits": {"test-clean": {"CER": 22.0, "WER": 64.0}}}]
     >>> print("\\n".join(summary_box(pipe, runs)))
     > **Summary.** Trained: teacher (40 updates), s (hybrid, 40 updates).
-    > Test CER / WER (%): teacher 20.00 / 60.00; s 22.00 / 64.00 (CER relative to teacher +10.0 %).
+    > Test CER / WER (%): teacher 20.00 / 60.00; s 22.00 / 64.00 (CER +10.0 % relative to teacher).
     > Stage times: teacher 1.0 min.
     """
     trained = ", ".join(
@@ -104,7 +104,7 @@ def summary_box(pipe, runs, split="test-clean"):
         text = f"{name} {sc['CER']:.2f} / {sc.get('WER', float('nan')):.2f}"
         gap = relative_gap(sc["CER"], teacher.get("CER")) if name != "teacher" else None
         if gap is not None:
-            text += f" (CER relative to teacher {gap:+.1f} %)"
+            text += f" (CER {gap:+.1f} % relative to teacher)"
         parts.append(text)
     if parts:
         lines.append("> Test CER / WER (%): " + "; ".join(parts) + ".")
@@ -170,8 +170,11 @@ def longform_rows(pipe):
         if r["status"] != "ok":
             rows.append({"system": r["system"], "status": r["status"]})
             continue
-        rows.append({"system": r["system"], "WER": percent(r["scores"]["wer"]),
-                     "CER": percent(r["scores"]["cer"]), "time (s)": r["time_s"],
+        agree = r.get("agreement_with_teacher_windowed", {}).get("wer")
+        rows.append({"system": r["system"], "WER %": percent(r["scores"]["wer"]),
+                     "CER %": percent(r["scores"]["cer"]),
+                     "agreement with teacher-windowed, WER %": percent(agree),
+                     "time (s)": r["time_s"],
                      "RTF": r["rtf"], "peak RSS (MB)": r["peak_rss_mb"]})
     return rows, s["recording"]
 
@@ -184,7 +187,7 @@ def gap_statement(runs, split="test-clean"):
     >>> runs = [{"name": "teacher", "splits": {"test-clean": {"WER": 10.0, "CER": 4.0}}},
     ...         {"name": "s", "splits": {"test-clean": {"WER": 10.5, "CER": 3.8}}}]
     >>> print(gap_statement(runs)[0])
-    - **s**: test-clean WER 10.50% vs 10.00% (+5.0% relative), CER 3.80% vs 4.00% (-5.0% relative)
+    - **s**: test-clean WER 10.50 % vs 10.00 % (+5.0 % relative to teacher), CER 3.80 % ...
     """
     by_name = {r["name"]: r for r in runs}
     teacher = by_name.get("teacher", {}).get("splits", {}).get(split, {})
@@ -197,7 +200,8 @@ def gap_statement(runs, split="test-clean"):
             mine, ref = r["splits"].get(split, {}).get(metric), teacher.get(metric)
             gap = relative_gap(mine, ref)
             if gap is not None:
-                parts.append(f"{metric} {mine:.2f}% vs {ref:.2f}% ({gap:+.1f}% relative)")
+                parts.append(f"{metric} {mine:.2f} % vs {ref:.2f} % ({gap:+.1f} % relative "
+                             "to teacher)")
         if parts:
             lines.append(f"- **{r['name']}**: {split} " + ", ".join(parts))
     return lines
@@ -248,7 +252,8 @@ def write_report(pipe):
            f"checkpoint kept (lowest dev {best}, capped at 100 %, ties broken by {other}) "
            "and evaluated; wall time spans the step log.", ""]
     md.append(markdown_table(results_rows(runs)))
-    md += ["", "Student vs teacher:", ""] + gap_statement(runs)
+    md += ["", "Each student's error rates relative to the teacher's ((student - teacher) / "
+           "teacher; positive: the student makes more errors):", ""] + gap_statement(runs)
     cer = starting_cer(pipe.pretrained)
     weak = f"CER {cer:.0f} % on held-out voices" if cer is not None else "see its README"
     md += ["", f"How to read this: the offline starting model is weak ({weak}; "
@@ -256,13 +261,17 @@ def write_report(pipe):
                "error rates stay high and words are rarely all right. Compare CERs, and "
                "the students with the teacher."]
     if bars:
-        md += ["", f"![WER per model]({Path(bars).relative_to(out)})"]
+        md += ["", f"![WER and CER per model]({Path(bars).relative_to(out)})"]
     if curves:
-        md += ["", "Training curves (every loss term, per update, smoothed):", "",
+        md += ["", "Training curves: every loss term per update (log scale, smoothed); each "
+               "panel's title says what the term is; a dashed line marks the update from "
+               "which a hybrid student trains without the layer loss.", "",
                f"![training curves]({Path(curves).relative_to(out)})"]
     rows = wer_bench_rows(pipe)
     if rows:
         md += ["", "## cald-bench wer: the same test items through the inference API", "",
+               "Error rates in %. Agreement with teacher: the student's transcripts scored "
+               "against the teacher's (0: the same words), not against the references.", "",
                markdown_table(rows)]
     rows, note = decoding_rows(pipe)
     if rows:

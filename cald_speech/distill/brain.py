@@ -29,11 +29,12 @@ import torch
 
 from cald_speech.data.audio import SAMPLE_RATE, resample
 from cald_speech.distill.checkpoints import RandomState
-from cald_speech.distill.faults import FaultGuard, all_finite
+from cald_speech.distill.faults import FaultGuard, nonfinite
 from cald_speech.distill.guidance import Guidance
 from cald_speech.distill.losses import logit_kd_loss, masked_layer_loss
 from cald_speech.distill.optim import (
     average_gradients,
+    ddp_find_unused_parameters,
     make_optimizer,
     optimizer_params,
     stochastic_in_training,
@@ -151,7 +152,7 @@ class DistillBrain(StageRecords, sb.Brain):
         self.train_stats = None
         self.last_stats = None
         self._eval_split = None  # the test split being evaluated (see evaluate_split)
-        self._poisoned = False  # a micro-batch of this step had a non-finite loss
+        self._nonfinite = None  # this step's micro-batches had a non-finite loss (on device)
         self._batch_ids, self._batch_terms = [], {}
         self._teacher_has_grads = False
         self.teacher_optimizers = {}
@@ -162,13 +163,15 @@ class DistillBrain(StageRecords, sb.Brain):
                 # A dropped layer has no hidden state to align with the teacher's.
                 logger.info("layer alignment: LayerDrop %.2f -> 0", config.layerdrop)
                 config.layerdrop = 0.0
-        if self.distributed_launch and getattr(config, "layerdrop", 0.0):
-            # Each process drops its own layers: DDP must expect unused parameters, or
-            # the gradient all-reduce waits forever.
-            if not self.find_unused_parameters:
-                logger.info("LayerDrop %.2f under DDP: find_unused_parameters on",
-                            config.layerdrop)
-            self.find_unused_parameters = True
+        if self.distributed_launch:
+            run_opts = kwargs.get("run_opts")
+            given = (hparams.get("find_unused_parameters") is not None
+                     or "find_unused_parameters" in getattr(run_opts, "overridden_args",
+                                                            run_opts or {}))
+            off = self.hparams.spec_augment_layer_loss == "off" and guidance is not None
+            self.find_unused_parameters = ddp_find_unused_parameters(
+                base_model(unwrap(self.modules.model)), self.find_unused_parameters, given,
+                spec_augment_off=off)
         enable_feature_input(unwrap(self.modules.model))
         if self.hparams.spec_augment_layer_loss not in SPEC_AUGMENT_LAYER_LOSS:
             raise ConfigError(
@@ -217,22 +220,31 @@ class DistillBrain(StageRecords, sb.Brain):
             self._waypoint_index = idx
 
     # ------------------------------------------------------------------ inputs
-    def model_inputs(self, batch, model):
+    @staticmethod
+    def sample_lengths(batch):
+        """Samples of each waveform of ``batch`` (a list), read before the batch moves to
+        the device (afterwards reading them would wait for it)."""
+        wavs, rel = batch.sig
+        return (rel.cpu() * wavs.shape[1]).round().long().tolist()
+
+    def model_inputs(self, batch, model, lengths=None):
         """``input_values`` (features when cached) and the sample-level attention mask.
 
         The model's waveform settings (:func:`~cald_speech.features.waveform_settings`)
         apply: each utterance normalised alone when it asks for ``do_normalize``, and
         resampled from the corpus's 16 kHz when it was trained at another rate.
+        ``lengths``: :meth:`sample_lengths` of the batch (read here when not given).
         """
         wavs, rel = batch.sig
         wavs = wavs.to(self.device)
-        n = (rel * wavs.shape[1]).round().long()
+        lengths = self.sample_lengths(batch) if lengths is None else lengths
+        n = (rel.to(self.device) * wavs.shape[1]).round().long()  # the same, on the device
         settings = waveform_settings(unwrap(model))
         cache = self.hparams.feature_cache
         if cache is None and settings.sampling_rate == SAMPLE_RATE:
             mask = (torch.arange(wavs.shape[1], device=self.device)[None] < n[:, None]).long()
-            return settings.normalize_padded(wavs, n.tolist()), mask
-        singles = [w[:k] for w, k in zip(wavs, n)]
+            return settings.normalize_padded(wavs, lengths), mask
+        singles = [w[:k] for w, k in zip(wavs, lengths)]
         if settings.sampling_rate != SAMPLE_RATE:
             singles = [resample(w, SAMPLE_RATE, settings.sampling_rate) for w in singles]
         if cache is not None:
@@ -246,7 +258,7 @@ class DistillBrain(StageRecords, sb.Brain):
                 < torch.tensor(lengths, device=self.device)[:, None]).long()
         return settings.normalize_padded(padded, lengths), mask
 
-    def teacher_inputs(self, batch, inputs, amask):
+    def teacher_inputs(self, batch, inputs, amask, lengths=None):
         """The student's inputs when both share a CNN (or take waveforms); else the teacher's."""
         cache = self.hparams.feature_cache
         student = unwrap(self.modules.model)
@@ -254,7 +266,7 @@ class DistillBrain(StageRecords, sb.Brain):
             same = waveform_settings(self.teacher) == waveform_settings(student)
         else:
             same = cache.fingerprint(self.teacher) == cache.fingerprint(student)
-        return (inputs, amask) if same else self.model_inputs(batch, self.teacher)
+        return (inputs, amask) if same else self.model_inputs(batch, self.teacher, lengths)
 
     def frame_mask(self, model, attention_mask, batch):
         """(B, T') bool mask of valid frames; items whose audio failed are all False.
@@ -293,24 +305,26 @@ class DistillBrain(StageRecords, sb.Brain):
     # ------------------------------------------------------------ forward
     def compute_forward(self, batch, stage):
         """Runs the model and, when the guidance needs it at this step, the teacher."""
+        lengths = self.sample_lengths(batch)
         batch = batch.to(self.device)
         model = self.modules.model
         step = self.optimizer_step
         g = self.guidance
         use_teacher = stage == sb.Stage.TRAIN and g is not None and g.uses_teacher(step)
         need_hid = use_teacher and g.layer_weight(step) > 0
-        inputs, amask = self.model_inputs(batch, model)
+        inputs, amask = self.model_inputs(batch, model, lengths)
         off = need_hid and self.hparams.spec_augment_layer_loss == "off"
         with spec_augment_disabled(unwrap(model)) if off else contextlib.nullcontext():
             hid, logits = self.run_model(model, inputs, amask, need_hid)
-        out = {"hid": hid, "logits": logits, "inputs": inputs, "amask": amask}
+        out = {"hid": hid, "logits": logits, "inputs": inputs, "amask": amask,
+               "lengths": lengths}
         if need_hid and self.hparams.spec_augment_layer_loss == "unmasked_frames":
             out["time_mask"] = time_mask(unwrap(model))
         out["mask"] = self.frame_mask(model, amask, batch)
         if use_teacher:
             if g.mode == "waypoint":
                 self._ensure_waypoint_teacher()
-            t_inputs, t_amask = self.teacher_inputs(batch, inputs, amask)
+            t_inputs, t_amask = self.teacher_inputs(batch, inputs, amask, lengths)
             if self._teacher_due(stage) and self._teacher_reuses_pass:
                 # Train and eval mode give the same outputs: one pass serves as the
                 # student's targets (detached) and as the teacher's own training loss.
@@ -329,9 +343,6 @@ class DistillBrain(StageRecords, sb.Brain):
     def compute_objectives(self, predictions, batch, stage):
         """Task loss plus the distillation terms the guidance asks for at this step."""
         mask = predictions["mask"]
-        if stage == sb.Stage.TRAIN:
-            self.faults.batch(list(batch.id), (~mask.any(dim=1)).tolist(),
-                              getattr(batch, "wav", None))
         loss = self.task_loss(predictions["logits"], mask, batch, stage)
         terms = {"task": loss.detach()}
         if "t_logits" in predictions:
@@ -354,8 +365,8 @@ class DistillBrain(StageRecords, sb.Brain):
                 terms["kd"] = kd.detach()
         terms["total"] = loss.detach()
         self._batch_terms = terms
-        if stage != sb.Stage.TRAIN or all_finite(loss):  # a skipped step is not averaged
-            self._accumulate(stage, terms)
+        # A non-finite loss is not averaged in (decided on the device: no wait here).
+        self._accumulate(stage, terms, keep=torch.isfinite(terms["total"]))
         return loss
 
     # ------------------------------------------------------------ training
@@ -380,27 +391,37 @@ class DistillBrain(StageRecords, sb.Brain):
         student step that is due for a teacher update, every micro-batch adds the
         teacher's task loss (under the same autocast and loss scaling, divided by the
         accumulation factor) and the teacher steps once, with the student.
+
+        Every micro-batch runs its backward pass, also with a non-finite loss: under DDP
+        the gradient all-reduce happens there, and a process that left it out would
+        leave the others waiting. Whether the step is applied is decided once per step,
+        by every process together (:meth:`optimizers_step`). Nothing here waits for the
+        device: the loss is returned as a device tensor.
         """
         should_step = (self.step % self.grad_accumulation_factor) == 0
         self._batch_ids = list(getattr(batch, "id", []))
+        ok = getattr(batch, "ok", None)  # still on the host here
+        self.faults.batch(self._batch_ids,
+                          [False] * len(self._batch_ids) if ok is None
+                          else [not x for x in torch.as_tensor(ok).bool().tolist()],
+                          getattr(batch, "wav", None))
         self.on_fit_batch_start(batch, should_step)
         with self.no_sync(not should_step):
             with self.training_ctx:
                 outputs = self.compute_forward(batch, sb.Stage.TRAIN)
                 loss = self.compute_objectives(outputs, batch, sb.Stage.TRAIN)
                 t_loss = self._teacher_loss(batch, outputs)
-            if all_finite(loss, t_loss):
-                scaled = self.scaler.scale(loss / self.grad_accumulation_factor)
-                if t_loss is not None:  # the graphs are disjoint: one backward serves both
-                    scaled = scaled + self.scaler.scale(t_loss / self.grad_accumulation_factor)
-                    self._teacher_has_grads = True
-                scaled.backward()
-            else:  # the whole step is skipped: no parameter moves
-                self._poisoned = True
-                self._batch_terms = {**self._batch_terms, "total": loss.detach()}
+            self._batch_terms = {**self._batch_terms, "total": loss.detach()}
+            bad = nonfinite(loss, t_loss)
+            self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
+            scaled = self.scaler.scale(loss / self.grad_accumulation_factor)
+            if t_loss is not None:  # the graphs are disjoint: one backward serves both
+                scaled = scaled + self.scaler.scale(t_loss / self.grad_accumulation_factor)
+                self._teacher_has_grads = True
+            scaled.backward()
         stepped = should_step and self.optimizers_step()
         self.on_fit_batch_end(batch, outputs, loss, stepped)
-        return loss.detach().cpu()
+        return loss.detach()
 
     @property
     def bad_items(self):
@@ -424,7 +445,8 @@ class DistillBrain(StageRecords, sb.Brain):
         if "t_train" in outputs:
             logits, amask = outputs["t_train"]
         else:
-            inputs, amask = self.teacher_inputs(batch, outputs["inputs"], outputs["amask"])
+            inputs, amask = self.teacher_inputs(batch, outputs["inputs"], outputs["amask"],
+                                                outputs.get("lengths"))
             self.teacher.train()
             _, logits = self.run_model(self.teacher, inputs, amask, False)
             self.teacher.eval()
@@ -439,7 +461,9 @@ class DistillBrain(StageRecords, sb.Brain):
         As SpeechBrain's, except that the gradient norm is clipped over all parameter
         groups of an optimiser (SpeechBrain clips only the first group), and that a
         non-finite loss or gradient skips the whole step (:mod:`cald_speech.distill.faults`;
-        under fp16 the loss scaler skips steps with overflowing gradients itself).
+        under fp16 the loss scaler skips steps with overflowing gradients itself). In a
+        distributed run that decision is taken by every process together, from one
+        reduced flag: a fault in any process skips the step in all of them.
 
         Returns
         -------
@@ -457,15 +481,20 @@ class DistillBrain(StageRecords, sb.Brain):
             self.scaler.unscale_(opt)
             norms.append(torch.nn.utils.clip_grad_norm_(optimizer_params(opt),
                                                         self.max_grad_norm))
-        if self._poisoned or (not self.scaler.is_enabled() and not all_finite(*norms)):
+        loss_bad, self._nonfinite = self._nonfinite, None
+        if loss_bad is None:
+            loss_bad = torch.zeros((), dtype=torch.bool, device=self.device)
+        bad = loss_bad
+        if not self.scaler.is_enabled():  # (fp16: the loss scaler skips those steps)
+            bad = bad | nonfinite(*norms).to(bad.device)
+        # The one wait per step: every process learns whether any saw a fault.
+        if self.faults.agree(bad, self.optimizer_step, getattr(self, "_batch_ids", []),
+                             self._batch_terms, loss_nonfinite=loss_bad):
             for opt in opts:
                 opt.zero_grad(set_to_none=True)
             self.scaler.update()
-            self._poisoned = self._teacher_has_grads = False
-            ids = getattr(self, "_batch_ids", [])
-            self.faults.skipped_step(self.optimizer_step, ids, self._batch_terms)
+            self._teacher_has_grads = False
             return False
-        self.faults.good_step()
         for opt in opts:
             self.scaler.step(opt)
         self.scaler.update()

@@ -5,9 +5,9 @@
   (preemption, SIGKILL, out of memory) leaves the previous checkpoint as the one to
   resume from. SpeechBrain writes ``CKPT.yaml`` first and the parameter files after it,
   so a kill in between leaves a newest checkpoint that cannot be loaded.
-- :class:`RandomState` checkpoints the random generators: a run resumed from a
-  mid-epoch checkpoint draws the same dropout and masks as the uninterrupted run and
-  ends with the same weights.
+- :class:`RandomState` checkpoints the random generators, each process its own: a run
+  resumed from a mid-epoch checkpoint draws the same dropout and masks as the
+  uninterrupted run and ends with the same weights.
 
 Example
 -------
@@ -18,14 +18,19 @@ Example
 (True, ['CKPT.yaml', 'w.ckpt'])
 """
 
+import functools
+import logging
 import os
 import shutil
+from pathlib import Path
 
 from speechbrain.utils.checkpoints import Checkpoint, Checkpointer
 from speechbrain.utils.checkpoints import mark_as_loader as sb_loader
 from speechbrain.utils.checkpoints import mark_as_saver as sb_saver
 from speechbrain.utils.checkpoints import register_checkpoint_hooks as sb_checkpoint_hooks
 from speechbrain.utils.distributed import ddp_barrier, if_main_process
+
+logger = logging.getLogger(__name__)
 
 #: Prefix of a checkpoint folder still being written (SpeechBrain lists only "CKPT*").
 PARTIAL = ".partial-"
@@ -67,12 +72,38 @@ class AtomicCheckpointer(Checkpointer):
         return super().recover_if_possible(*args, **kwargs)
 
 
-@sb_checkpoint_hooks
+def _rank():
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def rank_file(path, rank):
+    """Where process ``rank`` keeps its random state: ``path`` itself for rank 0, a file
+    beside it for the others (named so that SpeechBrain lists only ``path``).
+
+    Example
+    -------
+    >>> from pathlib import Path
+    >>> p = Path("c/random_state.ckpt")
+    >>> rank_file(p, 0).name, rank_file(p, 2).name
+    ('random_state.ckpt', 'random_state.ckpt.rank2')
+    """
+    path = Path(path)
+    return path if rank == 0 else path.with_name(f"{path.name}.rank{rank}")
+
+
+# Saved by every process (SpeechBrain runs savers on the main process only by default).
+@functools.partial(sb_checkpoint_hooks, save_on_main_only=False)
 class RandomState:
     """The random generators' state as a checkpoint recoverable (torch, CUDA, NumPy, Python).
 
     With it, a run resumed from a mid-epoch checkpoint draws the same dropout and
     SpecAugment masks as the uninterrupted run, and so ends with the same weights.
+    In a distributed run every process saves and restores its own generators (their
+    draws differ: each process sees other data), the CUDA generator of its own device
+    included. A process without a file of its own (a checkpoint of fewer processes)
+    starts from rank 0's, with a warning.
 
     Example
     -------
@@ -94,9 +125,12 @@ class RandomState:
 
         state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
                  "python": random.getstate()}
-        if torch.cuda.is_available():
-            state["cuda"] = torch.cuda.get_rng_state_all()
-        torch.save(state, path)
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state()  # the current device's
+        target = rank_file(path, _rank())
+        tmp = target.with_name(target.name + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, target)
 
     @sb_loader
     def _recover(self, path, end_of_epoch=False):
@@ -105,9 +139,18 @@ class RandomState:
         import numpy as np
         import torch
 
-        state = torch.load(path, weights_only=False)  # our own file: NumPy/Python tuples
+        rank = _rank()
+        mine = rank_file(path, rank)
+        if not mine.is_file():
+            logger.warning("%s: no random state of rank %d (saved by fewer processes); "
+                           "rank 0's is used", mine.parent, rank)
+            mine = Path(path)
+        state = torch.load(mine, weights_only=False)  # our own file: NumPy/Python tuples
         torch.set_rng_state(state["torch"])
         np.random.set_state(state["numpy"])
         random.setstate(state["python"])
         if "cuda" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda"])
+            cuda = state["cuda"]
+            if isinstance(cuda, (list, tuple)):  # saved by an older version: every device
+                cuda = cuda[torch.cuda.current_device()]
+            torch.cuda.set_rng_state(cuda)

@@ -184,6 +184,50 @@ def average_gradients(params):
         offset += n
 
 
+def ddp_find_unused_parameters(model, current, given, spec_augment_off=False):
+    """Whether DDP must look for parameters without a gradient (``find_unused_parameters``).
+
+    DDP waits in every step for a gradient of every trainable parameter; one that gets
+    none (LayerDrop drops its layer in one process, SpecAugment switched off leaves
+    ``masked_spec_embed`` out of the loss, a head a task does not use) makes it fail
+    ("Expected to have finished reduction in the prior iteration") or wait forever.
+    The search costs a walk over the autograd graph per step, so it is on unless the
+    run set ``find_unused_parameters: false`` itself (``given``) — and on regardless
+    where the configuration is known to leave a parameter out.
+
+    Arguments
+    ---------
+    model : torch.nn.Module
+        The bare encoder model (``config`` and ``masked_spec_embed`` are read).
+    current : bool
+        The run's setting.
+    given : bool
+        Whether the run set it (hparams or command line) rather than took the default.
+    spec_augment_off : bool
+        SpecAugment is switched off while the layer loss is on.
+
+    Example
+    -------
+    >>> m = torch.nn.Linear(2, 2)
+    >>> ddp_find_unused_parameters(m, False, given=False)
+    True
+    >>> ddp_find_unused_parameters(m, False, given=True)
+    False
+    """
+    reasons = []
+    layerdrop = getattr(getattr(model, "config", None), "layerdrop", 0.0)
+    if layerdrop:  # each process drops its own layers
+        reasons.append(f"LayerDrop {layerdrop:.2f}")
+    if spec_augment_off and getattr(model, "masked_spec_embed", None) is not None:
+        reasons.append("spec_augment_layer_loss: off (masked_spec_embed unused)")
+    if current or (given and not reasons):
+        return current
+    logger.info("DDP: find_unused_parameters on (%s)", ", ".join(reasons) or (
+        "set find_unused_parameters: false when every parameter gets a gradient in "
+        "every step"))
+    return True
+
+
 def rank_mean(values):
     """The mean of each float over the processes of a distributed run (unchanged alone).
 

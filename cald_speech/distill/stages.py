@@ -12,7 +12,9 @@ import os
 import time
 
 import speechbrain as sb
+import torch
 
+from cald_speech.distill.faults import reduce_sum
 from cald_speech.distill.optim import rank_mean
 
 #: Checkpoint meta key holding :meth:`StageRecords.checkpoint_rank`.
@@ -40,25 +42,91 @@ def write_stats_json(path, stats):
 
 
 class StageRecords:
-    """Stage bookkeeping of a distillation Brain (a mixin of :class:`speechbrain.Brain`)."""
+    """Stage bookkeeping of a distillation Brain (a mixin of :class:`speechbrain.Brain`).
 
-    def _accumulate(self, stage, terms):
+    Loss terms are summed on the device where they were computed; they are read back
+    (and averaged over the processes of a distributed run) only when a step-log line is
+    written or a stage ends, so that a training step never waits for the device to
+    report its numbers.
+    """
+
+    _loss_sum = None     # (sum, count) of this stage's finite training losses, on device
+    _loss_shown = 0.0    # their mean as of the last step-log line (the progress bar's)
+    _stage_now = None
+
+    def _accumulate(self, stage, terms, keep=None):
+        """Adds a batch's loss terms (tensors or numbers) to the stage's and the window's
+        sums; ``keep`` (a bool tensor) False leaves them out without reading it."""
         acc = self._terms.setdefault(stage, {})
         win = self._terms.setdefault(("window", stage), {})
         for k, v in terms.items():
+            v = torch.as_tensor(v).detach().to(torch.float64)
+            n = torch.ones((), dtype=torch.float64, device=v.device)  # a fill: no copy
+            if keep is not None:
+                keep_here = keep.to(v.device)
+                v, n = torch.where(keep_here, v, 0.0), keep_here.to(torch.float64)
             for d in (acc, win):
-                s, n = d.get(k, (0.0, 0))
-                d[k] = (s + float(v), n + 1)
+                s, c = d.get(k, (0.0, 0.0))
+                d[k] = (v + s, n + c)
 
     def stage_terms(self, stage, window=False):
-        """Mean of every loss term over the stage (or the window since the last log)."""
+        """Mean of every loss term over the stage (or the window since the last log).
+
+        In a distributed training stage, the mean over the batches of every process.
+        """
         d = self._terms.get(("window", stage) if window else stage, {})
-        terms = {k: s / max(n, 1) for k, (s, n) in d.items()}
-        return rank_mean(terms) if stage == sb.Stage.TRAIN else terms
+        keys = sorted(d)
+        if not keys:
+            return {}
+        device = d[keys[0]][0].device
+        flat = torch.stack([d[k][i].to(device) for i in (0, 1) for k in keys])
+        flat = reduce_sum(flat) if stage == sb.Stage.TRAIN else flat.tolist()
+        sums, counts = flat[: len(keys)], flat[len(keys):]
+        return {k: s / max(c, 1.0) for k, s, c in zip(keys, sums, counts)}
+
+    def update_average(self, loss, avg_loss):
+        """SpeechBrain's running mean of the training loss, kept on the device (other
+        stages: SpeechBrain's own).
+
+        Returns, for the progress bar, the mean loss of the window before the last
+        step-log line (a float known without waiting); the stage's exact mean is read
+        at its end and when a checkpoint is saved. Non-finite losses are left out, as
+        SpeechBrain does. A run resumed mid-epoch starts from the mean its checkpoint
+        holds.
+        """
+        if self._stage_now != sb.Stage.TRAIN:
+            return super().update_average(loss, avg_loss)
+        loss = torch.as_tensor(loss).detach()
+        if self._loss_sum is None:
+            done = float(max(self.step - 1, 0))
+            self._loss_sum = (torch.full((), float(avg_loss) * done, dtype=torch.float64,
+                                         device=loss.device),
+                              torch.full((), done, dtype=torch.float64, device=loss.device))
+        total, count = self._loss_sum
+        keep = torch.isfinite(loss).to(total.device)
+        loss = loss.to(total.device)
+        total += torch.where(keep, loss.double(), 0.0)
+        count += keep
+        return self._loss_shown
+
+    def train_loss_mean(self, reset=False):
+        """The mean of this stage's finite training losses so far (reads the device)."""
+        if self._loss_sum is None:
+            return self._loss_shown
+        total, count = torch.stack(self._loss_sum).tolist()
+        if reset:
+            self._loss_sum = None
+        self._loss_shown = total / count if count else float("nan")
+        return self._loss_shown
+
+    def _save_intra_epoch_ckpt(self):
+        self.avg_train_loss = self.train_loss_mean()  # what the checkpoint resumes from
+        super()._save_intra_epoch_ckpt()
 
     def _write_step_log(self, step):
         terms = self.stage_terms(sb.Stage.TRAIN, window=True)
         self._terms[("window", sb.Stage.TRAIN)] = {}
+        self._loss_shown = terms.get("total", self._loss_shown)
         if not sb.utils.distributed.if_main_process() or not terms:
             return
         lrs = {
@@ -73,8 +141,11 @@ class StageRecords:
 
     def on_stage_start(self, stage, epoch=None):
         """Resets the per-stage loss terms (and, for training, the bad-item count)."""
+        self._stage_now = stage
         if stage == sb.Stage.TRAIN:
             self.faults.start_epoch(epoch)
+            self._loss_sum = None
+            self._nonfinite = None  # of a step the last epoch left unfinished
         self._terms.pop(stage, None)
         self._terms.pop(("window", stage), None)
 
@@ -111,11 +182,13 @@ class StageRecords:
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         """Logs every loss term and metric, keeps the best checkpoint, writes results."""
+        if stage == sb.Stage.TRAIN:
+            stage_loss = self.train_loss_mean(reset=True)
         stats = {**rank_mean({"loss": stage_loss}), **self.stage_terms(stage)}
         if stage == sb.Stage.TRAIN:
+            self.faults.flush()  # every process together: the same counts, the same stop
             stats["bad_items"] = self.faults.bad_items
             stats["skipped_steps"] = self.faults.nonfinite_total
-            self.faults.check_fraction()
             self.train_stats = stats
             return
         stats.update(self.stage_metrics())

@@ -9,64 +9,59 @@ SRT), :mod:`~.precision` (float32 or bfloat16 matrix products), :mod:`~.transcri
 :func:`cald_speech.data.audio.load_audio`; ``cald-transcribe`` sets the process's
 allocator with :func:`cald_speech.allocator.tune_allocator`.
 
+:mod:`~.settings` holds the defaults (importable without torch).
+
 The package imports data, errors, features, mixers and model loading
-(:mod:`cald_speech.student`), never training code (brains, recipes, experiment).
+(:mod:`cald_speech.student`), never training code (brains, recipes, experiment). Its
+names load on first use, so that ``cald-transcribe --help`` needs no model code.
 """
 
-from cald_speech.inference.align import Word, align_words
-from cald_speech.inference.classifier import Classifier
-from cald_speech.inference.cli import build_parser, main
-from cald_speech.inference.cnn_blocks import (
-    DEFAULT_CNN_BLOCK_S,
-    DEFAULT_NORM_WINDOW_S,
-    cnn_features,
-    cnn_geometry,
-    padded_features,
-)
-from cald_speech.inference.formats import FORMATS, Transcript, to_srt
-from cald_speech.inference.long_form import (
-    DEFAULT_ENCODER_BLOCK,
-    DEFAULT_PROJECTION_CACHE_MB,
-    bimamba2_blockwise,
-    lean_ctc_logits,
-    lean_supported,
-    long_form,
-)
-from cald_speech.inference.precision import PRECISIONS
-from cald_speech.inference.transcriber import MODES, Transcriber, model_task
-from cald_speech.inference.windows import (
-    DEFAULT_OVERLAP_S,
-    DEFAULT_WINDOW_S,
-    stitch,
-    window_plan,
-)
+import importlib
+import sys
+import types
 
-__all__ = [
-    "DEFAULT_CNN_BLOCK_S",
-    "DEFAULT_ENCODER_BLOCK",
-    "DEFAULT_NORM_WINDOW_S",
-    "DEFAULT_OVERLAP_S",
-    "DEFAULT_PROJECTION_CACHE_MB",
-    "DEFAULT_WINDOW_S",
-    "FORMATS",
-    "MODES",
-    "PRECISIONS",
-    "Classifier",
-    "Transcriber",
-    "Transcript",
-    "Word",
-    "align_words",
-    "bimamba2_blockwise",
-    "lean_ctc_logits",
-    "lean_supported",
-    "build_parser",
-    "cnn_features",
-    "cnn_geometry",
-    "long_form",
-    "main",
-    "model_task",
-    "padded_features",
-    "stitch",
-    "to_srt",
-    "window_plan",
-]
+#: name -> the module that defines it (imported on first use)
+_EXPORTS = {
+    "Word": "align", "align_words": "align",
+    "Classifier": "classifier",
+    "build_parser": "cli", "main": "cli",
+    "cnn_features": "cnn_blocks", "cnn_geometry": "cnn_blocks",
+    "padded_features": "cnn_blocks",
+    "Transcript": "formats", "to_srt": "formats",
+    "DEFAULT_ENCODER_BLOCK": "long_form", "bimamba2_blockwise": "long_form",
+    "lean_ctc_logits": "long_form", "lean_supported": "long_form", "long_form": "long_form",
+    "DEFAULT_CNN_BLOCK_S": "settings", "DEFAULT_NORM_WINDOW_S": "settings",
+    "DEFAULT_OVERLAP_S": "settings", "DEFAULT_PROJECTION_CACHE_MB": "settings",
+    "DEFAULT_WINDOW_S": "settings", "FORMATS": "settings", "MODES": "settings",
+    "PRECISIONS": "settings",
+    "Transcriber": "transcriber", "model_task": "transcriber",
+    "stitch": "windows", "window_plan": "windows",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+class _Package(types.ModuleType):
+    """The package: ``long_form`` stays the function, though a submodule has its name
+    (the import system would set the package attribute to the submodule)."""
+
+    def __setattr__(self, name, value):
+        if name == "long_form" and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -18,11 +18,7 @@ from cald_speech.data.audio import SAMPLE_RATE
 from cald_speech.errors import ConfigError
 from cald_speech.features import base_model, frame_lengths, pad_features, waveform_settings
 from cald_speech.inference.progress import NoProgress
-
-#: Seconds of audio per CNN block in one-pass mode.
-DEFAULT_CNN_BLOCK_S = 10.0
-#: One-pass mode, group-norm CNN: seconds of audio whose statistics normalise each block.
-DEFAULT_NORM_WINDOW_S = 30.0
+from cald_speech.inference.settings import DEFAULT_CNN_BLOCK_S
 
 
 def cnn_geometry(config):

@@ -15,9 +15,7 @@ from dataclasses import dataclass, field
 
 from cald_speech.data.audio import SAMPLE_RATE
 from cald_speech.errors import ConfigError
-
-#: Output formats of a transcript.
-FORMATS = ("txt", "json", "srt")
+from cald_speech.inference.settings import FORMATS
 
 
 def _srt_time(seconds):

@@ -22,16 +22,12 @@ from torch import nn
 
 from cald_speech.errors import ConfigError
 from cald_speech.features import base_model
+from cald_speech.inference.settings import DEFAULT_PROJECTION_CACHE_MB
 from cald_speech.mixers.bimamba2 import BiMamba2, BiMamba2Shared
 from cald_speech.student import MixerAttention, encoder_layers, frame_padding_mask
 
 #: Frames per block of the encoder's time-local parts and of blockwise BiMamba2 scans.
 DEFAULT_ENCODER_BLOCK = 2048
-#: One-pass mode: MiB of a shared-projection mixer's in_proj features kept for reuse
-#: by its backward scan (see :func:`bimamba2_blockwise`). 512 MiB covers 10 minutes of
-#: wav2vec2-base-sized features (370 MB) and keeps an hour of audio within 4 GiB; 2 GiB
-#: would cover the hour for about 6 % less time at 60 minutes and 1.8 GiB more peak.
-DEFAULT_PROJECTION_CACHE_MB = 512
 
 
 class _TimeBlocked(nn.Module):

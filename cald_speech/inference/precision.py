@@ -100,6 +100,10 @@ class OneDNNLinear(TorchFunctionMode):
 def bf16_native(device):
     """Whether ``device`` computes bfloat16 matrix products natively.
 
+    On CUDA the device asked for is checked (``"cuda"`` alone: the current one):
+    NVIDIA GPUs from Ampere on (compute capability 8.0) have bfloat16 tensor cores;
+    older ones only emulate it, which ``torch.cuda.is_bf16_supported()`` also counts.
+
     Example
     -------
     >>> isinstance(bf16_native(torch.device("cpu")), bool)
@@ -107,7 +111,14 @@ def bf16_native(device):
     """
     device = torch.device(device)
     if device.type == "cuda":
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        if not torch.cuda.is_available():
+            return False
+        index = torch.cuda.current_device() if device.index is None else device.index
+        if index >= torch.cuda.device_count():
+            return False
+        if torch.version.hip:  # ROCm: the GPUs it supports have bfloat16
+            return True
+        return torch.cuda.get_device_capability(index) >= (8, 0)
     if device.type != "cpu":
         return False
     try:

@@ -95,8 +95,6 @@ from cald_speech.features import (
 )
 from cald_speech.inference.align import align_words
 from cald_speech.inference.cnn_blocks import (
-    DEFAULT_CNN_BLOCK_S,
-    DEFAULT_NORM_WINDOW_S,
     _cnn_blocks,
     cnn_features,
     cnn_geometry,
@@ -105,24 +103,25 @@ from cald_speech.inference.cnn_blocks import (
 from cald_speech.inference.formats import Transcript
 from cald_speech.inference.long_form import (
     DEFAULT_ENCODER_BLOCK,
-    DEFAULT_PROJECTION_CACHE_MB,
     lean_ctc_logits,
     lean_supported,
     long_form,
 )
 from cald_speech.inference.precision import check_precision, compute_precision
 from cald_speech.inference.progress import PROGRESS_AFTER_S, progress_bar
-from cald_speech.inference.windows import (
+from cald_speech.inference.settings import (
+    DEFAULT_CNN_BLOCK_S,
+    DEFAULT_NORM_WINDOW_S,
     DEFAULT_OVERLAP_S,
+    DEFAULT_PROJECTION_CACHE_MB,
     DEFAULT_WINDOW_S,
-    stitch,
-    window_plan,
+    MODES,
 )
+from cald_speech.inference.windows import stitch, window_plan
 from cald_speech.student import Student, encoder_layers, load_model, read_config
 
 logger = logging.getLogger(__name__)
 
-MODES = ("auto", "one-pass", "windowed", "plain")
 #: Peak amplitude below which a whole file counts as silent (-80 dBFS).
 SILENCE_PEAK = 1e-4
 

@@ -9,10 +9,6 @@ import torch
 
 from cald_speech.errors import ConfigError
 
-#: Windowed mode: seconds the model sees at once, and context on each side.
-DEFAULT_WINDOW_S = 30.0
-DEFAULT_OVERLAP_S = 2.0
-
 
 def window_plan(num_frames, window_frames, context_frames):
     """Windows over ``num_frames`` frames and the centre frames each one keeps.

@@ -7,10 +7,9 @@ usage: cald-lm build ...
 0
 """
 
-import argparse
 import sys
 
-from cald_speech.cli import add_version, fail, parse
+from cald_speech.cli import HelpFormatter, deprecated_option, fail, make_parser, parse
 from cald_speech.errors import CaldError
 
 PROG = "cald-lm"
@@ -18,10 +17,10 @@ PROG = "cald-lm"
 
 def build_parser():
     """The ``cald-lm`` parser (one command: ``build``)."""
-    p = add_version(argparse.ArgumentParser(
-        prog=PROG, description="Word n-gram language models for CTC beam search."))
+    p = make_parser(PROG, "Word n-gram language models for CTC beam search.")
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", prog=f"{PROG} build", help="estimate an ARPA model from text",
+                       formatter_class=HelpFormatter,
                        description=(
                            "Estimate a modified Kneser-Ney n-gram model with KenLM's lmplz "
                            "from plain text: .txt (a sentence per line), .tsv (last column), "
@@ -30,8 +29,9 @@ def build_parser():
                            "(numbers spelled out, punctuation removed) and to the alphabet "
                            "and case of --model."))
     b.add_argument("texts", nargs="+", metavar="TEXT", help="text files")
-    b.add_argument("--out", required=True, metavar="LM.arpa", help="ARPA file to write")
-    b.add_argument("--order", type=int, default=4, help="n-gram order (default 4)")
+    b.add_argument("--output", required=True, metavar="LM.arpa", help="ARPA file to write")
+    deprecated_option(b, "--out", "--output")
+    b.add_argument("--order", type=int, default=4, help="n-gram order")
     b.add_argument("--prune", type=int, nargs="+", default=None, metavar="N",
                    help="lmplz --prune thresholds per order, e.g. 0 0 1 (default: none)")
     b.add_argument("--model", default=None, metavar="DIR",
@@ -55,12 +55,12 @@ def main(argv=None):
     from cald_speech.lm.build import build_lm
 
     try:
-        info = build_lm(args.texts, args.out, order=args.order, prune=args.prune,
+        info = build_lm(args.texts, args.output, order=args.order, prune=args.prune,
                         model=args.model, exclude=args.exclude, column=args.column,
                         binary=args.binary, memory=args.memory)
     except CaldError as exc:
         return fail(PROG, exc)
-    print(f"{args.out}: {args.order}-gram, {info['sentences']} sentences "
+    print(f"{args.output}: {args.order}-gram, {info['sentences']} sentences "
           f"({info['excluded_sentences']} excluded), {info['words']} words, vocabulary "
           f"{info['vocabulary']}; {info['dropped_words']} words outside the alphabet dropped")
     return 0

@@ -24,7 +24,7 @@ from torch import nn
 
 from cald_speech.errors import ConfigError
 from cald_speech.mixers.ops.conv import causal_conv1d
-from cald_speech.mixers.ops.ssd import ssd_scan
+from cald_speech.mixers.ops.ssd import fused_scan_dtype, ssd_scan
 from cald_speech.mixers.padding import mask_padding
 
 __all__ = ["Mamba2Block", "RMSNormGated", "mamba2_param_shapes"]
@@ -253,6 +253,7 @@ class _SSMCore(nn.Module):
             self.conv1d.bias,
             activation="silu",
             impl=self.impl,
+            dtype=fused_scan_dtype(xbc, self.impl),  # bf16 x, B, C for the fused scan
         ).transpose(1, 2)
         if conv_history is not None:
             xbc = xbc[:, -t:]
@@ -369,14 +370,17 @@ class Mamba2Block(_SSMCore):
         Channels per SSM head.
     ngroups : int
         Groups sharing B and C.
+    bias : bool
+        Biases of in_proj and out_proj.
+
+    Other Parameters
+    ----------------
     A_init_range : tuple
         ``A`` uniform in this range at init (``A_log = log A``).
     dt_min, dt_max, dt_init_floor : float
         Log-uniform init range of the step size, and its floor.
     dt_limit : tuple
         Clamp range of the step size.
-    bias : bool
-        Biases of in_proj and out_proj.
     conv_bias : bool
         Bias of the depthwise convolution.
     chunk_size : int or None

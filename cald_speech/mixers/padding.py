@@ -13,6 +13,17 @@ Example
 import torch
 
 
+def on_host(t):
+    """Whether ``t`` lives in host memory, where reading its values costs no wait.
+
+    Example
+    -------
+    >>> on_host(torch.zeros(1))
+    True
+    """
+    return t.device.type == "cpu"
+
+
 def lengths_from_mask(padding_mask, check=True):
     """Per-row number of valid frames of a prefix padding mask.
 
@@ -22,6 +33,8 @@ def lengths_from_mask(padding_mask, check=True):
         (B, T) bool, ``True`` on valid frames, valid frames first.
     check : bool
         Raise ``ValueError`` if a row is not of the form ``[True]*n + [False]*(T-n)``.
+        On a GPU the check is a device-side assertion: it does not wait for the device
+        (a bad mask then fails the next operation that waits, with the same message).
 
     Returns
     -------
@@ -39,11 +52,12 @@ def lengths_from_mask(padding_mask, check=True):
     lengths = mask.sum(dim=1)
     if check:
         expected = torch.arange(mask.shape[1], device=mask.device) < lengths.unsqueeze(1)
-        if not torch.equal(expected, mask):
-            raise ValueError(
-                "padding_mask must mark valid frames first and padding at the end of each "
-                "row (True...True False...False); right-pad the batch"
-            )
+        message = ("padding_mask must mark valid frames first and padding at the end of "
+                   "each row (True...True False...False); right-pad the batch")
+        if not on_host(mask):
+            torch._assert_async((expected == mask).all(), message)
+        elif not torch.equal(expected, mask):
+            raise ValueError(message)
     return lengths
 
 
@@ -73,7 +87,9 @@ def reverse_padded(x, lengths):
     if lengths is None:
         return x.flip(1)
     lengths = lengths.to(device=x.device, dtype=torch.long)
-    if bool((lengths == T).all()):
+    # Full rows are a plain flip; asking that on a GPU would wait for it (the gather
+    # below gives the same result).
+    if on_host(x) and bool((lengths == T).all()):
         return x.flip(1)
     t = torch.arange(T, device=x.device)
     idx = torch.where(t < lengths.unsqueeze(1), lengths.unsqueeze(1) - 1 - t, t)  # (B, T)

@@ -7,51 +7,36 @@ gets), :mod:`~.files` (model folders on disk: config, weights, strict loading),
 parameters go) and :mod:`~.cli` (``cald-convert``).
 
 The package imports mixers, families, features, errors and cli, never tasks, distill,
-recipes, inference or data.
+recipes, inference or data. Its names load on first use, so that ``cald-convert --help``
+needs no model code.
 """
 
-from cald_speech.student.conversion import check_conversion, convert
-from cald_speech.student.files import load_strict, read_config, respect_umask, weights_file
-from cald_speech.student.io import load_model, package_model
-from cald_speech.student.model import (
-    FRAME_MASK_IMPLEMENTATION,
-    MixerAttention,
-    Student,
-    encoder_layers,
-    frame_padding_mask,
-    install_mixers,
-    model_family,
-    supported_class,
-)
-from cald_speech.student.report import (
-    format_table,
-    module_kind,
-    parameter_table,
-    public_parameter_counts,
-)
-from cald_speech.student.shapes import PUBLIC_SHAPES, public_config
+import importlib
 
-__all__ = [
-    "FRAME_MASK_IMPLEMENTATION",
-    "PUBLIC_SHAPES",
-    "MixerAttention",
-    "Student",
-    "check_conversion",
-    "convert",
-    "encoder_layers",
-    "format_table",
-    "frame_padding_mask",
-    "install_mixers",
-    "load_model",
-    "load_strict",
-    "model_family",
-    "module_kind",
-    "package_model",
-    "parameter_table",
-    "public_config",
-    "public_parameter_counts",
-    "read_config",
-    "respect_umask",
-    "supported_class",
-    "weights_file",
-]
+#: name -> the module that defines it (imported on first use)
+_EXPORTS = {
+    **dict.fromkeys(("check_conversion", "convert"), "conversion"),
+    **dict.fromkeys(("load_strict", "read_config", "respect_umask", "weights_file"), "files"),
+    **dict.fromkeys(("load_model", "package_model"), "io"),
+    **dict.fromkeys(("FRAME_MASK_IMPLEMENTATION", "MixerAttention", "Student", "encoder_layers",
+                     "frame_padding_mask", "install_mixers", "model_family",
+                     "supported_class"), "model"),
+    **dict.fromkeys(("format_table", "module_kind", "parameter_table",
+                     "public_parameter_counts"), "report"),
+    **dict.fromkeys(("PUBLIC_SHAPES", "public_config"), "shapes"),
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

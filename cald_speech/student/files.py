@@ -71,15 +71,34 @@ def respect_umask(folder):
 
 
 def read_config(directory):
-    """Reads ``config.json`` of a model folder, with clear errors for missing files."""
+    """Reads ``config.json`` of a model folder, with clear errors for missing files.
+
+    A folder that holds a model one level down (a recipe's run folder and its
+    ``model/``) gets that folder named as the fix.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> run = Path(tempfile.mkdtemp())
+    >>> (run / "model").mkdir(); _ = (run / "model" / CONFIG_NAME).write_text("{}")
+    >>> read_config(run)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+      ...
+    cald_speech.errors.DataError: ...: no config.json in the folder (fix: give the model ...)
+    >>> read_config(run / "model")
+    {}
+    """
     directory = Path(directory)
     if not directory.is_dir():
         raise DataError(directory, "no such model folder", "give the folder of a saved model")
     path = directory / CONFIG_NAME
     if not path.is_file():
-        raise DataError(
-            directory, f"no {CONFIG_NAME} in the folder", "give a folder written by save_pretrained"
-        )
+        inside = sorted(p.parent for p in directory.glob(f"*/{CONFIG_NAME}"))
+        fix = "give a folder written by save_pretrained"
+        if inside:  # a recipe's run folder: the packaged model is in model/
+            best = next((p for p in inside if p.name == "model"), inside[0])
+            fix = f"give the model folder inside it: {best}"
+        raise DataError(directory, f"no {CONFIG_NAME} in the folder", fix)
     try:
         config = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -32,6 +32,31 @@ logger = logging.getLogger(__name__)
 
 RECIPE_MODES = ("finetune", *MODES)
 
+#: The hparams keys that name each mode's sources: a file runs the modes whose keys it has.
+MODE_KEYS = {
+    "finetune": ("model_source", "model_config"),
+    "unguided": ("teacher_source", "student_source"),
+    "target": ("teacher_source",),
+    "hybrid": ("teacher_source",),
+    "trajectory": ("pretrained_source",),
+    "waypoint": ("pretrained_source",),
+}
+
+
+def modes_of(hp):
+    """The modes an hparams file can run: those whose source keys it has.
+
+    ``finetune.yaml`` (``model_source``, ``model_config``) runs ``finetune``;
+    ``cald.yaml`` (``teacher_source``, ``pretrained_source``) runs the
+    guidance modes.
+
+    Example
+    -------
+    >>> modes_of({"teacher_source": None, "pretrained_source": None, "waypoint_dir": None})
+    ('unguided', 'target', 'trajectory', 'waypoint', 'hybrid')
+    """
+    return tuple(m for m in RECIPE_MODES if any(k in hp for k in MODE_KEYS[m]))
+
 
 def _require(hp, key, mode):
     if hp.get(key) in (None, ""):

@@ -4,12 +4,17 @@
 is built), prepares the data, builds the model and teacher for the chosen ``mode``
 (:mod:`cald_speech.tasks.modes`), trains with the task's distillation Brain, evaluates
 every test split with the best checkpoint and packages the model for inference in
-``<output_folder>/model``. A task (:class:`Task`: ASR in :mod:`cald_speech.tasks.asr`,
-intents in :mod:`cald_speech.tasks.intent`) supplies its keys, defaults, models,
-datasets and Brain; everything else is shared.
+``<output_folder>/model``. Everything a run writes goes under its ``output_folder``
+(the CNN feature cache too, unless ``feature_cache_folder`` names a shared one). A
+finished run started again tests only what it has not tested yet
+(``<output_folder>/test_results.json``: split, checkpoint and test settings), so its
+``train_log.txt`` keeps one line per test. A task (:class:`Task`: ASR in
+:mod:`cald_speech.tasks.asr`, intents in :mod:`cald_speech.tasks.intent`) supplies its
+keys, defaults, models, datasets and Brain; everything else is shared.
 """
 
 import gc
+import json
 import logging
 import os
 import random
@@ -23,12 +28,14 @@ import torch
 import yaml
 from hyperpyyaml import load_hyperpyyaml
 
+from cald_speech.cli import quiet
 from cald_speech.data.pipeline import dynamic_batching, epoch_sampler
 from cald_speech.distill.brain import RANK_KEY
 from cald_speech.errors import CaldError, ConfigError
 from cald_speech.features import FeatureCache
 from cald_speech.student import package_model
 from cald_speech.tasks.hparams import check_hparams_keys, check_types, yaml_error
+from cald_speech.tasks.run_options import parse_run_options, run_option_help, settle_intervals
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +95,32 @@ class Task:
     defaults = {}
     brain_class = None
 
+    def modes(self, hp):
+        """The modes the loaded hparams file can run (its source keys decide).
+
+        Example
+        -------
+        >>> Task().modes({"mode": "hybrid", "teacher_source": None})
+        ('unguided', 'target', 'hybrid')
+        >>> Task().modes({"mode": "finetune", "model_config": "tiny.yaml"})
+        ('finetune',)
+        """
+        from cald_speech.tasks.modes import modes_of
+
+        return modes_of(hp)
+
+    def check_mode(self, hp, hparams_file):
+        """Raises ConfigError unless ``hp["mode"]`` is one of :meth:`modes`."""
+        modes = self.modes(hp)
+        mode = hp.get("mode")
+        if mode not in modes:
+            import difflib
+
+            close = difflib.get_close_matches(str(mode), modes, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"{os.path.basename(hparams_file)}: unknown mode '{mode}'{hint};"
+                              f" this file runs: {', '.join(modes)}")
+
     def check(self, hp):
         """Checks the task's options before anything is built."""
 
@@ -116,10 +149,13 @@ def run_recipe(task, argv):
         Per test split: the task's metrics, the mean of every loss term and the task's
         extra counts.
     """
-    hp, run_opts = load_recipe_hparams(argv, task.keys)
+    hp, run_opts = load_recipe_hparams(argv, task.keys, task.check_mode)
     for key, value in {**RECIPE_DEFAULTS, **task.defaults}.items():
         hp.setdefault(key, value)
     task.check(hp)
+    if run_opts["test_only"] and hp["checkpointer"].find_checkpoint() is None:
+        raise ConfigError(f"--test_only: no checkpoint in {hp['save_folder']} (fix: train "
+                          "first, or give the --output_folder of a trained run)")
     csvs = prepare_manifests(hp)
     model, teacher, guidance, loader = task.models(hp, csvs)
     train, valid, tests = task.datasets(hp, csvs, model)
@@ -131,17 +167,26 @@ def run_recipe(task, argv):
         modules={"model": model}, hparams=brain_hp, teacher=teacher,
         run_opts=run_opts, checkpointer=hp["checkpointer"],
     )
-    brain.fit(
-        hp["epoch_counter"], train, valid,
-        train_loader_kwargs=loader_opts(hp, train, True),
-        valid_loader_kwargs=loader_opts(hp, valid, False),
-    )
+    if not run_opts["test_only"] and not _step_limit_reached(brain, hp["checkpointer"]):
+        brain.fit(
+            hp["epoch_counter"], train, valid,
+            train_loader_kwargs=loader_opts(hp, train, True),
+            valid_loader_kwargs=loader_opts(hp, valid, False),
+        )
     best = {f"{brain.best_metric()[1]}_key": RANK_KEY}
     results = {}
+    tested = TestedSplits(hp, hp["checkpointer"].find_checkpoint(**best), csvs)
     for split, (ds, extra) in tests.items():
+        if tested.done(split):
+            logger.info("%s: already tested with this checkpoint and these settings (%s); "
+                        "not tested again", split, tested.path)
+            results[split] = tested.results(split)
+            continue
         stats = brain.evaluate_split(split, ds, test_loader_kwargs=loader_opts(hp, ds, False),
                                      **best)
         results[split] = {**stats, **extra}
+        if sb.utils.distributed.if_main_process():
+            tested.add(split, results[split])
     if sb.utils.distributed.if_main_process():
         tokenizer, info = task.package(hp)
         folder = hp["package_folder"] or os.path.join(hp["output_folder"], "model")
@@ -154,13 +199,100 @@ def run_recipe(task, argv):
     return results
 
 
-def load_recipe_hparams(argv, known_keys):
-    """Parses the command line, loads the YAML and checks its keys."""
-    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+#: hparams that change a test's result, beside the checkpoint (see :class:`TestedSplits`).
+TEST_SETTINGS = ("beam_size", "lm", "lm_weight", "word_bonus", "precision", "text_column",
+                 "normalize_text", "max_duration", "min_duration", "batch_size")
+
+
+class TestedSplits:
+    """The test splits a run has evaluated, with which checkpoint and settings.
+
+    ``<output_folder>/test_results.json`` holds, per split, the checkpoint tested (its
+    folder name), the settings of :data:`TEST_SETTINGS`, the test manifest's size and
+    time, and the results. A split whose entry matches is not tested again.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> hp = {"output_folder": tempfile.mkdtemp(), "beam_size": None}
+    >>> rec = TestedSplits(hp, None, {})
+    >>> rec.done("test")  # no checkpoint: always tested
+    False
+    """
+
+    def __init__(self, hp, checkpoint, csvs):
+        self.path = os.path.join(hp["output_folder"], "test_results.json")
+        self.checkpoint = None if checkpoint is None else os.path.basename(checkpoint.path)
+        self.settings = {k: None if hp.get(k) is None else str(hp[k])
+                         for k in TEST_SETTINGS if k in hp}
+        self.csvs = csvs
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                self.entries = json.load(f)
+        except (OSError, ValueError):
+            self.entries = {}
+        if not isinstance(self.entries, dict):
+            self.entries = {}
+
+    def _key(self, split):
+        csv = self.csvs.get(split)
+        stat = os.stat(csv) if csv and os.path.isfile(csv) else None
+        return {"checkpoint": self.checkpoint, "settings": self.settings,
+                "manifest": None if stat is None else [stat.st_size, stat.st_mtime_ns]}
+
+    def done(self, split):
+        """Whether ``split`` was tested with this checkpoint and these settings."""
+        entry = self.entries.get(split)
+        return (self.checkpoint is not None and isinstance(entry, dict)
+                and all(entry.get(k) == v for k, v in self._key(split).items()))
+
+    def results(self, split):
+        """The recorded results of ``split``."""
+        return self.entries[split]["results"]
+
+    def add(self, split, results):
+        """Records ``split``'s results (written at once, atomically)."""
+        if self.checkpoint is None:
+            return
+        self.entries[split] = {**self._key(split), "results": results}
+        tmp = f"{self.path}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(self.entries, f, indent=1, default=float)
+        os.replace(tmp, self.path)
+
+
+def _step_limit_reached(brain, checkpointer):
+    """Whether a run's checkpoints already reached ``optimizer_step_limit`` (then fit
+    would only add an epoch without updates)."""
+    limit = brain.optimizer_step_limit
+    if not limit:
+        return False
+    done = max((c.meta.get("updates", 0) for c in checkpointer.find_checkpoints(
+        max_num_checkpoints=None)), default=0)
+    if done >= limit:
+        logger.info("optimizer_step_limit %d reached (%d updates): not training further",
+                    limit, done)
+        return True
+    return False
+
+
+def load_recipe_hparams(argv, known_keys, check_mode=None):
+    """Parses the command line, loads the YAML and checks its keys and mode.
+
+    ``check_mode(hp, hparams_file)`` (:meth:`Task.check_mode`) runs before anything is
+    built or written. ``--verbose`` shows the libraries' own bars and notices
+    (:func:`cald_speech.cli.quiet`).
+    """
+    quiet("--verbose" in argv)
+    argv = [a for a in argv if a != "--verbose"]
+    hparams_file, run_opts, overrides = parse_run_options(argv)
     if not os.path.isfile(hparams_file):
         raise ConfigError(f"{hparams_file}: hparams file not found")
     given = _override_values(overrides)
     check_types(given, "command line", command_line=set(given))  # before anything is built
+    plain = _plain_values(hparams_file)
+    if check_mode is not None and plain is not None:
+        check_mode({**plain, **given}, hparams_file)
     # Under torchrun: join the process group (no-op in a single process).
     sb.utils.distributed.ddp_init_group(run_opts)
     with open(hparams_file, encoding="utf-8") as f:
@@ -180,14 +312,17 @@ def load_recipe_hparams(argv, known_keys):
                           f"{type(hp).__name__}")
     check_hparams_keys(hp, known_keys, hparams_file)
     check_types(hp, hparams_file, command_line=set(given))
+    settle_intervals(hp, run_opts, hparams_file)
     seed_host_generators(hp.get("seed"))
     base = os.path.dirname(os.path.abspath(hparams_file))
     for key in ("model_config", "mixer"):
         hp[key] = load_fragment(hp.get(key), base, key)
+    log_config = {"log_config": run_opts["log_config"]} if run_opts["log_config"] else {}
     sb.create_experiment_directory(
         experiment_directory=hp["output_folder"],
         hyperparams_to_save=hparams_file,
         overrides=overrides,
+        **log_config,
     )
     return hp, run_opts
 
@@ -226,12 +361,48 @@ def _strip_tags(text):
     return re.sub(r"!\S+", "", text)
 
 
+def _plain_values(hparams_file):
+    """The file's top-level keys and untagged values, read as plain YAML (None on
+    errors: the full load reports them)."""
+    try:
+        with open(hparams_file, encoding="utf-8") as f:
+            values = yaml.safe_load(_strip_tags(f.read()))
+    except (OSError, yaml.YAMLError):
+        return None
+    return values if isinstance(values, dict) else None
+
+
+def _raw_values(hparams_file):
+    """``[(key, value as written)]`` of the file's top-level keys (for ``--help``)."""
+    rows = []
+    with open(hparams_file, encoding="utf-8") as f:
+        for line in f:
+            m = re.match(r"^([A-Za-z]\w*):(.*)$", line.rstrip())
+            if m:
+                value = re.sub(r"\s+#.*$", "", m.group(2)).strip()
+                rows.append((m.group(1), value or "(a mapping, below it in the file)"))
+    return rows
+
+
 def load_fragment(value, base, key):
-    """A YAML fragment given inline (dict) or as a file path (relative to ``base``)."""
+    """A YAML fragment given inline (dict) or as a file path (relative to ``base``).
+
+    ``mixer`` also takes a mixer's name (``--mixer linformer``): that mixer with its
+    default options, as ``cald-convert --mixer`` builds it.
+
+    Example
+    -------
+    >>> load_fragment("linformer", ".", "mixer")
+    {'name': 'linformer'}
+    """
     if value is None or isinstance(value, dict):
         return value
     path = value if os.path.isabs(value) else os.path.join(base, value)
     if not os.path.isfile(path):
+        if key == "mixer" and os.sep not in value and not value.endswith(".yaml"):
+            from cald_speech.mixers import get_mixer_class
+
+            return {"name": get_mixer_class(value).name}  # a name, or a ConfigError
         raise ConfigError(f"{key}: fragment file '{path}' not found")
     with open(path, encoding="utf-8") as f:
         frag = load_hyperpyyaml(f)
@@ -306,12 +477,35 @@ def recipe_entry(run, argv=None):
     and leaves the process group before exiting, so that no rank tears the group down
     under another one.
     """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or any(a in ("-h", "--help") for a in argv):
+        print(recipe_help(argv))
+        sys.exit(0 if argv else 2)
     try:
-        result = run(sys.argv[1:] if argv is None else argv)
+        result = run(argv)
     except CaldError as exc:
         sys.exit(f"error: {exc}")
     _leave_process_group()
     return result
+
+
+def recipe_help(argv):
+    """``train.py --help``: the command line, the hparams file's options and their values
+    (when the file is given), and the SpeechBrain run options the recipes take."""
+    lines = ["usage: python train.py HPARAMS.yaml [--option value ...]", "",
+             "Every top-level key of the hparams file is an option (--key value, YAML "
+             "syntax: --train_splits \"[a, b]\"); a value on the command line replaces "
+             "the file's. Everything the run writes goes under --output_folder."]
+    path = next((a for a in argv if a.endswith((".yaml", ".yml"))), None)
+    if path is not None and os.path.isfile(path):
+        lines += ["", f"options of {path} (default: the value in the file):"]
+        lines += [f"  --{key:<28} {value}" for key, value in _raw_values(path)]
+    else:
+        lines += ["", "(give the hparams file before --help to list its options)"]
+    lines += ["", "run options (SpeechBrain's, those the recipes take):"]
+    lines += [f"  {flag:<30} {text}" for flag, text in run_option_help()]
+    lines += [f"  {'--verbose':<30} also show the libraries' own progress bars and notices"]
+    return "\n".join(lines)
 
 
 def _leave_process_group():

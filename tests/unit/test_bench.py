@@ -62,7 +62,9 @@ def test_speed_one_teacher_several_students(tmp_path, capsys):
                    ("wav2vec2-base (tiny) bimamba2_shared", "student-onepass")]
     assert {r["group"] for r in doc["results"]} == {"wav2vec2-base (tiny)"}
     assert doc["machine"]["allocator"]["mode"] in ("tuned", "default", "unsupported")
-    assert speed.main(["--shape", "wav2vec2-base", "--mixer", "bimamba2,nope"]) == 2
+    assert speed.main(["--shape", "wav2vec2-base", "--mixers", "bimamba2", "nope"]) == 2
+    assert "invalid choice 'nope'" in capsys.readouterr().err
+    assert speed.main(["--shape", "wav2vec2-base", "--mixers", "bimamba2", "bimamba2"]) == 2
     assert "give distinct mixers" in capsys.readouterr().err
 
 

@@ -116,7 +116,7 @@ def test_load_model_takes_a_hub_id(hf_home):
 
 def test_convert_cli_takes_a_hub_id(hf_home, tmp_path, capsys):
     dst = tmp_path / "student"
-    assert convert_main([REPO, str(dst), "--mixer", "bimamba2"]) == 0
+    assert convert_main([REPO, "--output-dir", str(dst), "--mixer", "bimamba2"]) == 0
     assert f"student in {dst}" in capsys.readouterr().out
     student = load_model(dst)
     assert isinstance(student, Student)
@@ -139,7 +139,7 @@ def test_uncached_id_fails_at_once_saying_where_it_looked(hf_home, tmp_path, cap
     assert "did you mean" not in msg  # nothing cached is close to it
     # the command line: one error line, exit status 1, nothing written
     start = time.monotonic()
-    assert convert_main([repo, str(tmp_path / "out")]) == 1
+    assert convert_main([repo, "--output-dir", str(tmp_path / "out")]) == 1
     assert time.monotonic() - start < 5
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"hf download {repo}" in err
@@ -189,11 +189,11 @@ def test_bench_resolves_models_before_any_work(hf_home, tmp_path, capsys):
 
     out = tmp_path / "bench"
     missing = "facebook/hubert-large-ls960-ft"
-    assert speed.main(["--model", REPO, missing, "--out-dir", str(out)]) == 1
+    assert speed.main(["--model", REPO, missing, "--output-dir", str(out)]) == 1
     assert f"hf download {missing}" in capsys.readouterr().err
     assert not out.exists()
     # the teacher is checked before the CSV is read
     assert wer.main(["--teacher", missing, "--student", REPO, "--csv",
-                     str(tmp_path / "no.csv"), "--out-dir", str(out)]) == 1
+                     str(tmp_path / "no.csv"), "--output-dir", str(out)]) == 1
     err = capsys.readouterr().err
     assert f"hf download {missing}" in err and "no.csv" not in err

@@ -68,7 +68,9 @@ def reference(folder, audio, normalize=None):
 
 def cli_text(capsys, audio, model, *extra):
     assert transcribe_main([str(audio), "--model", str(model), "--no-progress", *extra]) == 0
-    return capsys.readouterr().out.strip()
+    path, text = capsys.readouterr().out.rstrip("\n").split("\t", 1)  # FILE<TAB>TEXT
+    assert path == str(audio)
+    return text.strip()
 
 
 def test_cald_transcribe_equals_transformers_pipeline(hub, capsys):
@@ -83,15 +85,16 @@ def test_cald_transcribe_equals_transformers_pipeline(hub, capsys):
 def test_student_keeping_every_attention_layer_transcribes_like_the_teacher(hub, tmp_path,
                                                                             capsys):
     _, folder, audio = hub
-    keep = ",".join(str(i) for i in range(load_model(folder).config.num_hidden_layers))
-    assert convert_main([str(folder), str(tmp_path / "s"), "--keep-attention", keep]) == 0
+    keep = [str(i) for i in range(load_model(folder).config.num_hidden_layers)]
+    assert convert_main([str(folder), "--output-dir", str(tmp_path / "s"), "--keep-attention",
+                         *keep]) == 0
     capsys.readouterr()
     assert cli_text(capsys, audio, tmp_path / "s") == reference(folder, audio)
 
 
 def test_bimamba2_student_keeps_the_teachers_alphabet_and_input(hub, tmp_path, capsys):
     _, folder, audio = hub
-    assert convert_main([str(folder), str(tmp_path / "s")]) == 0
+    assert convert_main([str(folder), "--output-dir", str(tmp_path / "s")]) == 0
     capsys.readouterr()
     student = Transcriber.from_pretrained(tmp_path / "s")
     teacher = Transcriber.from_pretrained(folder)
@@ -120,7 +123,7 @@ def normalising(tmp_path_factory):
 
 
 def test_one_pass_uses_whole_file_statistics(normalising, tmp_path):
-    assert convert_main([str(normalising), str(tmp_path / "s")]) == 0
+    assert convert_main([str(normalising), "--output-dir", str(tmp_path / "s")]) == 0
     asr = Transcriber.from_pretrained(tmp_path / "s", cnn_block_s=0.25)
     wav = torch.cat([_wav(1.0, seed=2, offset=0.5), 0.1 * _wav(1.0, seed=3, offset=-0.2)])
     one_pass = asr.log_probs(wav, mode="one-pass")
@@ -307,8 +310,9 @@ def test_training_inputs_follow_the_models_settings(normalising, tmp_path, cache
     padded[0], padded[1, : wavs[1].numel()] = wavs[0], wavs[1]
     rel = torch.tensor([1.0, wavs[1].numel() / wavs[0].numel()])
     batch = SimpleNamespace(sig=(padded, rel), id=["a", "b"])
-    brain = SimpleNamespace(device="cpu", hparams=SimpleNamespace(
-        feature_cache=FeatureCache(tmp_path / "c") if cached else None))
+    brain = SimpleNamespace(device="cpu", sample_lengths=DistillBrain.sample_lengths,
+                            hparams=SimpleNamespace(
+                                feature_cache=FeatureCache(tmp_path / "c") if cached else None))
     inputs, mask = DistillBrain.model_inputs(brain, batch, model)
     with torch.no_grad():
         got = model(inputs, attention_mask=mask).logits

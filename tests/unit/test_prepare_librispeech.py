@@ -336,11 +336,13 @@ def test_read_manifest_validates(corpus, tmp_path):
 
 def test_cli_prints_summary_and_fails_cleanly(corpus, tmp_path, capsys):
     save = tmp_path / "save"
-    assert main(["librispeech", str(corpus), str(save), "--splits", "dev-clean"]) == 0
+    assert main(["librispeech", str(corpus), "--output-dir", str(save),
+                 "--splits", "dev-clean"]) == 0
     out = capsys.readouterr().out
     assert "LibriSpeech manifests in" in out and "dev-clean" in out and "written" in out
-    assert main(["librispeech", str(corpus), str(save), "--splits", "dev-clean"]) == 0
+    assert main(["librispeech", str(corpus), "--output-dir", str(save),
+                 "--splits", "dev-clean"]) == 0
     assert "up to date" in capsys.readouterr().out
-    assert main(["librispeech", str(tmp_path / "nope"), str(save)]) == 1
+    assert main(["librispeech", str(tmp_path / "nope"), "--output-dir", str(save)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("cald-prepare: error: ") and "nope" in err[0]

@@ -335,17 +335,17 @@ def test_real_slurp_records(tmp_path):
 
 def test_cli(slurp, tmp_path, capsys):
     save = tmp_path / "s"
-    assert main(["slurp", str(slurp), str(save), "--recording", "far_field",
+    assert main(["slurp", str(slurp), "--output-dir", str(save), "--recording", "far_field",
                  "--splits", "train", "devel", "--use-synthetic"]) == 0
     out = capsys.readouterr().out
     assert "SLURP manifests in" in out and "train" in out
     _, rows = read_rows(save / "train.csv")
     assert len(rows) == 4  # 3 far-field + 1 synthetic
-    assert main(["slurp", str(slurp), str(save), "--recording", "far_field",
+    assert main(["slurp", str(slurp), "--output-dir", str(save), "--recording", "far_field",
                  "--splits", "train", "devel", "--use-synthetic", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["splits"]["train"]["up_to_date"] and data["splits"]["train"]["kept"] == 4
     (slurp / "dataset" / "slurp" / "test.jsonl").write_text("{oops\n")
-    assert main(["slurp", str(slurp), str(save), "--splits", "test"]) == 1
+    assert main(["slurp", str(slurp), "--output-dir", str(save), "--splits", "test"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "test.jsonl: line 1: not valid JSON" in err[0]

@@ -548,20 +548,21 @@ def test_folder_holding_something_else_is_refused(tmp_path, ls_corpus):
 @pytest.mark.synth_engines("flite")
 def test_cli(tmp_path, capsys):
     out = tmp_path / "cli"
-    code = main(["librispeech", str(out), "--train", "2", "--dev", "1", "--test", "1",
-                 "--engines", "flite", "--seed", "4", "--quiet"])
+    code = main(["librispeech", "--output-dir", str(out), "--train", "2", "--dev", "1",
+                 "--test", "1", "--engines", "flite", "--seed", "4", "--quiet"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "train-clean-100" in printed and "total" in printed
     assert len(list((out / "LibriSpeech").rglob("*.flac"))) == 4
-    assert main(["librispeech", str(out), "--train", "2", "--dev", "1", "--test", "1",
-                 "--engines", "flite", "--seed", "4", "--quiet"]) == 0
+    assert main(["librispeech", "--output-dir", str(out), "--train", "2", "--dev", "1",
+                 "--test", "1", "--engines", "flite", "--seed", "4", "--quiet"]) == 0
     assert "already up to date" in capsys.readouterr().out
     # errors: one line on stderr, non-zero exit
-    code = main(["slurp", str(tmp_path / "s"), "--engines", "bogus"])
+    code = main(["slurp", "--output-dir", str(tmp_path / "s"), "--engines", "bogus"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "unknown engine 'bogus'" in err
-    code = main(["librispeech", str(tmp_path / "t"), "--text", str(tmp_path / "none.tsv")])
+    code = main(["librispeech", "--output-dir", str(tmp_path / "t"), "--text",
+                 str(tmp_path / "none.tsv")])
     err = capsys.readouterr().err
     assert code == 1 and err.startswith("cald-synth: error: ") and "none.tsv" in err
     assert main(["voices"]) == 0

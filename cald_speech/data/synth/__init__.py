@@ -8,52 +8,36 @@ two corpus builders) and :mod:`.cli` (the command line). The voice identities an
 their engines are in :mod:`cald_speech.data.voices`. The package imports only data-side
 modules (``cald_speech.data.voices``, ``text``, ``slurp``, ``audio``),
 :mod:`cald_speech.errors` and the package version: never models, training or inference.
+Its names load on first use, so that ``cald-synth --help`` answers at once.
 """
 
-from cald_speech.data.synth.bookkeeping import (
-    FORMAT_VERSION,
-    METADATA_FILE,
-    UTTERANCES_FILE,
-    format_summary,
-)
-from cald_speech.data.synth.cli import build_parser, main
-from cald_speech.data.synth.corpora import (
-    CHAPTER_SIZE,
-    synthesize_librispeech,
-    synthesize_slurp,
-)
-from cald_speech.data.synth.options import (
-    LIBRISPEECH_SPLITS,
-    SLURP_SPLITS,
-    SynthOptions,
-    assign_voices,
-    default_data_dir,
-    voice_split,
-    voice_weights,
-)
-from cald_speech.data.synth.render import augment, telephone
-from cald_speech.data.synth.texts import CHARS_PER_SECOND
-from cald_speech.data.voices import list_voices
+import importlib
 
-__all__ = [
-    "SynthOptions",
-    "synthesize_librispeech",
-    "synthesize_slurp",
-    "list_voices",
-    "assign_voices",
-    "voice_weights",
-    "voice_split",
-    "augment",
-    "telephone",
-    "format_summary",
-    "default_data_dir",
-    "build_parser",
-    "main",
-    "LIBRISPEECH_SPLITS",
-    "SLURP_SPLITS",
-    "METADATA_FILE",
-    "UTTERANCES_FILE",
-    "FORMAT_VERSION",
-    "CHAPTER_SIZE",
-    "CHARS_PER_SECOND",
-]
+#: name -> the module that defines it (imported on first use)
+_EXPORTS = {
+    **dict.fromkeys(("FORMAT_VERSION", "METADATA_FILE", "UTTERANCES_FILE", "format_summary"),
+                    "bookkeeping"),
+    **dict.fromkeys(("build_parser", "main"), "cli"),
+    **dict.fromkeys(("CHAPTER_SIZE", "synthesize_librispeech", "synthesize_slurp"), "corpora"),
+    **dict.fromkeys(("LIBRISPEECH_SPLITS", "SLURP_SPLITS", "SynthOptions", "assign_voices",
+                     "default_data_dir", "voice_split", "voice_weights"), "options"),
+    **dict.fromkeys(("augment", "telephone"), "render"),
+    "CHARS_PER_SECOND": "texts",
+    "list_voices": "cald_speech.data.voices",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    path = module if "." in module else f"{__name__}.{module}"
+    value = getattr(importlib.import_module(path), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -7,47 +7,46 @@ Subcommands: ``librispeech`` and ``slurp`` synthesize a corpus
 
 Example
 -------
->>> args = build_parser().parse_args(["librispeech", "out", "--train", "4", "--engines",
-...                                   "flite"])
+>>> args, _ = parse(build_parser(), ["librispeech", "--output-dir", "out", "--train", "4",
+...                                  "--engines", "flite", "espeak"])
 >>> args.train, args.dev, _options_from_args(args)["engines"]
-(4, 100, 'flite')
+(4, 100, 'flite,espeak')
 """
 
-import argparse
 import logging
 import sys
 import time
 
-from cald_speech.cli import EXIT_FAILED, add_version, fail, parse
-from cald_speech.data.synth.bookkeeping import format_summary
-from cald_speech.data.synth.corpora import synthesize_librispeech, synthesize_slurp
+from cald_speech.cli import (
+    EXIT_FAILED,
+    HelpFormatter,
+    ListAction,
+    deprecated_positional,
+    fail,
+    make_parser,
+    parse,
+)
 from cald_speech.data.synth.options import LIBRISPEECH_SPLITS, SynthOptions
-from cald_speech.data.voices import list_voices
 from cald_speech.errors import CaldError
-
-
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows defaults, except empty ones and those the help text already gives."""
-
-    def _get_help_string(self, action):
-        if action.default in (None, False) or "default" in (action.help or ""):
-            return action.help
-        return super()._get_help_string(action)
 
 
 def _common_arguments(p, n_train, n_dev, n_test):
     d = SynthOptions()
-    p.add_argument("out", help="corpus folder")
+    p.add_argument("--output-dir", metavar="DIR", default=None,
+                   help="corpus folder (required)")
+    deprecated_positional(p, "out", "--output-dir")
     p.add_argument("--train", type=int, default=n_train, help="train size")
     p.add_argument("--dev", type=int, default=n_dev, help="dev size (0: no dev split)")
     p.add_argument("--test", type=int, default=n_test, help="test size (0: no test split)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of every random choice")
     p.add_argument("--jobs", type=int, default=1,
                    help="worker processes (the output does not depend on it)")
-    p.add_argument("--voices", default=None,
-                   help="comma-separated identities, engine:voice or engines (default: all "
-                        "installed; see `cald-synth voices`)")
-    p.add_argument("--engines", default=None, help="comma-separated: espeak,flite,festival")
+    p.add_argument("--voices", action=ListAction, default=None, metavar="VOICE",
+                   help="identities, engine:voice or engines (default: all installed; see "
+                        "`cald-synth voices`)")
+    p.add_argument("--engines", action=ListAction, default=None, metavar="ENGINE",
+                   help="engines to use, e.g. --engines espeak flite festival (default: "
+                        "all installed)")
     p.add_argument("--dev-voices", type=int, default=d.dev_voices,
                    help="identities held out for the dev split")
     p.add_argument("--test-voices", type=int, default=d.test_voices,
@@ -83,9 +82,13 @@ def _common_arguments(p, n_train, n_dev, n_test):
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _joined(values):
+    return None if values is None else ",".join(values)
+
+
 def _options_from_args(args):
     return {
-        "seed": args.seed, "voices": args.voices, "engines": args.engines,
+        "seed": args.seed, "voices": _joined(args.voices), "engines": _joined(args.engines),
         "dev_voices": args.dev_voices, "test_voices": args.test_voices,
         "eval_texts": args.eval_texts, "noise_prob": args.noise_prob,
         "snr_db": tuple(args.snr), "reverb_prob": args.reverb_prob,
@@ -97,13 +100,13 @@ def _options_from_args(args):
 
 def build_parser():
     """The ``cald-synth`` argument parser."""
-    parser = argparse.ArgumentParser(
-        prog="cald-synth",
-        description="Synthesize offline speech corpora in the real LibriSpeech and SLURP "
-                    "layouts (held-out voices and sentences for dev/test).",
+    parser = make_parser(
+        "cald-synth",
+        "Synthesize offline speech corpora in the real LibriSpeech and SLURP "
+        "layouts (held-out voices and sentences for dev/test).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    fmt = {"formatter_class": _HelpFormatter}
+    fmt = {"formatter_class": HelpFormatter}
     p = sub.add_parser("librispeech", help="OUT/LibriSpeech/<split>/<spk>/<chapter>/...", **fmt)
     _common_arguments(p, 800, 100, 100)
     p.add_argument("--text", default=None, help="ID<TAB>sentence file (default: LJ Speech)")
@@ -119,9 +122,9 @@ def build_parser():
                    help="recordings (different voices) per record")
     p.add_argument("--far-field-prob", type=float, default=0.3,
                    help="share of recordings that also get a far-field twin")
-    p = sub.add_parser("voices", help="list the voice identities")
+    p = sub.add_parser("voices", help="list the voice identities", **fmt)
     p.add_argument("--available", action="store_true", help="only those installed here")
-    return add_version(parser)
+    return parser
 
 
 def main(argv=None):
@@ -129,12 +132,16 @@ def main(argv=None):
 
     Example
     -------
-    >>> main(["librispeech", "/nonexistent/out", "--engines", "bogus"])
+    >>> main(["librispeech", "--output-dir", "/nonexistent/out", "--engines", "bogus"])
     2
     """
     args, status = parse(build_parser(), argv)
     if args is None:
         return status
+    from cald_speech.data.synth.bookkeeping import format_summary
+    from cald_speech.data.synth.corpora import synthesize_librispeech, synthesize_slurp
+    from cald_speech.data.voices import list_voices
+
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     start = time.time()
     try:
@@ -147,11 +154,11 @@ def main(argv=None):
                   "progress": not args.quiet, **_options_from_args(args)}
         if args.command == "librispeech":
             summary = synthesize_librispeech(
-                args.out, args.train, args.dev, args.test, text_file=args.text,
+                args.output_dir, args.train, args.dev, args.test, text_file=args.text,
                 eval_text_file=args.eval_text, split_names=args.split_names, **common)
         else:
             summary = synthesize_slurp(
-                args.out, args.train, args.dev, args.test, slurp_files=args.slurp_text,
+                args.output_dir, args.train, args.dev, args.test, slurp_files=args.slurp_text,
                 eval_slurp_file=args.eval_text,
                 recordings_per_record=args.recordings_per_record,
                 far_field_prob=args.far_field_prob, **common)

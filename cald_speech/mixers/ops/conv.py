@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from cald_speech.mixers.ops.fused import load_kernel, use_fused
 
 
-def causal_conv1d(x, weight, bias=None, activation="silu", impl=None):
+def causal_conv1d(x, weight, bias=None, activation="silu", impl=None, dtype=None):
     """Depthwise causal convolution with one dispatch point.
 
     Arguments
@@ -37,18 +37,31 @@ def causal_conv1d(x, weight, bias=None, activation="silu", impl=None):
         on CUDA (see :func:`cald_speech.mixers.ops.fused.use_fused`), else PyTorch:
         causal-conv1d is optional even for the fused SSD path, so a forced
         ``"fused"`` without it falls back here, with a log line.
+    dtype : torch.dtype or None
+        Type of the output (and of the activation): what ``nn.Conv1d`` gives under
+        autocast, e.g. bfloat16. The PyTorch path sums in float32 and rounds once,
+        before the activation; causal-conv1d gets ``x`` in this type. ``None``: the
+        type of ``x``, ``weight`` and ``bias`` promoted together (float32 for bfloat16
+        ``x`` and float32 weights).
 
     Returns
     -------
     torch.Tensor
         (b, d, l).
+
+    Example
+    -------
+    >>> x, w, b = torch.randn(1, 4, 6).bfloat16(), torch.randn(4, 3), torch.randn(4)
+    >>> causal_conv1d(x, w, b).dtype, causal_conv1d(x, w, b, dtype=torch.bfloat16).dtype
+    (torch.float32, torch.bfloat16)
     """
     if activation not in (None, "silu", "swish"):
         raise ValueError(f"unsupported activation '{activation}' (use 'silu' or None)")
     if use_fused("conv", impl, x):
         fn = load_kernel("conv").fn
+        x = x if dtype is None else x.to(dtype)  # its output takes the input's type
         return fn(fused_conv_layout(x), weight, bias=bias, activation=activation)
-    return _causal_conv1d_torch(x, weight, bias, activation)
+    return _causal_conv1d_torch(x, weight, bias, activation, dtype)
 
 
 def fused_conv_layout(x):
@@ -78,7 +91,7 @@ def fused_conv_layout(x):
     return x.contiguous()
 
 
-def _causal_conv1d_torch(x, weight, bias, activation):
+def _causal_conv1d_torch(x, weight, bias, activation, out_dtype=None):
     # Works in the (b, l, d) layout the Mamba2 block already has (x is usually a
     # transposed view of it). Without autograd on CPU in float32: oneDNN's depthwise
     # convolution in the channels-last layout (one pass; measured 4x faster than the
@@ -110,6 +123,8 @@ def _causal_conv1d_torch(x, weight, bias, activation):
             else:
                 pad = xt.new_zeros(xt.shape[0], shift, d)
                 out = out + torch.cat([pad, xt[:, : length - shift]], dim=1) * weight[:, k]
+    if out_dtype is not None and out.dtype != out_dtype:
+        out = out.to(out_dtype)
     if activation:
         out = F.silu(out, inplace=inplace)
     return out.transpose(1, 2)

@@ -36,7 +36,8 @@ from cald_speech.mixers.ops.fused import IMPL_ENV, load_kernel, resolve_impl, us
 from cald_speech.mixers.ops.ssd_nograd import _ssd_core_exact, ssd_core_nograd
 
 __all__ = ["FUSED_CHUNK_SIZE", "IMPL_ENV", "TORCH_CHUNK_SIZE", "fused_scan_available",
-           "resolve_impl", "ssd_chunk_scan_torch", "ssd_scan", "ssd_sequential_ref"]
+           "fused_scan_dtype", "resolve_impl", "ssd_chunk_scan_torch", "ssd_scan",
+           "ssd_sequential_ref"]
 
 #: Chunk size of the fused kernel when none is given (mamba-ssm's default).
 FUSED_CHUNK_SIZE = 256
@@ -53,6 +54,27 @@ def fused_scan_available():
     True
     """
     return load_kernel("ssd").available
+
+
+def fused_scan_dtype(x, impl=None):
+    """The type the scan's ``x``, ``B`` and ``C`` take: what mamba-ssm's ``Mamba2`` hands
+    the fused kernel.
+
+    Under autocast, where the fused kernel runs (:func:`ssd_scan` with ``x``'s device
+    and ``impl``), autocast's type (bfloat16 under bf16 autocast: the depthwise
+    convolution's output, as ``nn.Conv1d`` gives it); ``A``, ``D``, ``dt_bias`` and
+    the states stay float32. ``None`` otherwise: the PyTorch scan computes in float32
+    whatever it gets, and keeps the convolution's float32 output.
+
+    Example
+    -------
+    >>> fused_scan_dtype(torch.zeros(1), "torch") is None
+    True
+    """
+    device = x.device.type
+    if not torch.is_autocast_enabled(device) or not use_fused("ssd", impl, x):
+        return None
+    return torch.get_autocast_dtype(device)
 
 
 def ssd_scan(

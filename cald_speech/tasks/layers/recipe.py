@@ -32,9 +32,10 @@ class LayerDistillTask(Task):
                 "generator": None}
     brain_class = LayerDistillBrain
 
+    def modes(self, hp):
+        return tuple(ARCHITECTURES)
+
     def check(self, hp):
-        if hp["mode"] not in ARCHITECTURES:
-            raise ConfigError(f"mode '{hp['mode']}' is not one of {list(ARCHITECTURES)}")
         if hp.get("train_feature_encoder"):
             raise ConfigError("train_feature_encoder: a layer student keeps the teacher's "
                               "CNN frozen; set it to false")

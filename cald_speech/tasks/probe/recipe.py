@@ -26,10 +26,11 @@ class ProbeTask(AsrTask):
     defaults = {**AsrTask.defaults, "probe_layers": None, "probe_head": "lstm",
                 "probe_hidden": 256}
 
+    def modes(self, hp):
+        return ("probe",)
+
     def check(self, hp):
         super().check(hp)
-        if hp["mode"] != "probe":
-            raise ConfigError(f"the probe recipe runs mode 'probe', got '{hp['mode']}'")
         if not hp.get("upstream_source"):
             raise ConfigError("the probe recipe needs upstream_source (a layer student "
                               "from the distill recipe, or a teacher folder)")
