@@ -14,6 +14,7 @@ import time
 import pytest
 import yaml
 
+from cald_speech.bench.decoding import model_label
 from cald_speech.demo import pipeline as demo
 from cald_speech.testing import tiny_teacher
 
@@ -39,7 +40,9 @@ def demo_run(tmp_path_factory):
             "unguided": {**RUN, "mode": "unguided"},
         },
         "main_student": "cald_hybrid",
-        "bench": {"speed_minutes": [0.05], "longform_minutes": 0.2, "window_s": 6},
+        "bench": {"speed_minutes": [0.05], "longform_minutes": 0.2, "window_s": 6,
+                  "decoding": {"beam_size": 4, "lm_order": 2, "lm_weights": [0.5],
+                               "word_bonuses": [1.0]}},
     }}))
     argv = ["--scale", "tiny", "--config", str(config), "--data", str(tmp / "data"),
             "--results", str(tmp / "results"), "--jobs", "1"]
@@ -66,6 +69,16 @@ def test_every_stage_writes_its_output(demo_run):
     speed = json.loads((bench / "speed" / "speed.json").read_text())
     assert {r["label"] for r in speed["results"]} == {"teacher", "cald_hybrid"}
     assert (bench / "longform" / "longform.json").is_file()
+    decoding = json.loads((bench / "decoding" / "decoding.json").read_text())
+    assert [model_label(r["model"]) for r in decoding["results"]] == \
+        ["teacher", "cald_hybrid", "unguided"]
+    for res in decoding["results"]:
+        assert [r["decoding"] for r in res["rows"]] == ["greedy", "beam 4", "beam 4 + LM"]
+        greedy = json.loads((runs / model_label(res["model"]) / "wer_test-clean.json")
+                            .read_text())
+        assert 100 * res["rows"][0]["wer"] == pytest.approx(greedy["WER"], abs=1e-6)
+    lm = json.loads((tmp / "data" / "lm" / "lm.arpa.json").read_text())
+    assert lm["excluded_sentences"] > 0 and lm["order"] == 2
 
 
 @pytest.mark.shared_data
@@ -75,7 +88,9 @@ def test_report_has_tables_plots_and_commands(demo_run):
     report = (tmp / "results" / "report.md").read_text()
     for needle in ("| teacher |", "| cald_hybrid |", "| unguided |", "WER test-clean",
                    "relative", "plots/training_curves.png", "plots/wer.png",
-                   "recipes/LibriSpeech/ASR/train.py", "cald_speech.bench.cli speed"):
+                   "recipes/LibriSpeech/ASR/train.py", "cald_speech.bench.cli speed",
+                   "## Decoding: greedy vs beam search vs beam search + n-gram LM",
+                   "| teacher | beam 4 + LM |", "> **Summary.**", "cald_speech.lm.cli build"):
         assert needle in report, needle
     for png in ("training_curves.png", "wer.png"):
         assert (tmp / "results" / "plots" / png).stat().st_size > 1000
