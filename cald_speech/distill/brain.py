@@ -28,7 +28,7 @@ import speechbrain as sb
 import torch
 
 from cald_speech.data.audio import SAMPLE_RATE, resample
-from cald_speech.distill.checkpoints import RandomState
+from cald_speech.distill.checkpoints import RandomState, TrainStageState
 from cald_speech.distill.faults import FaultGuard, nonfinite
 from cald_speech.distill.guidance import Guidance
 from cald_speech.distill.losses import logit_kd_loss, masked_layer_loss
@@ -538,6 +538,7 @@ class DistillBrain(StageRecords, sb.Brain):
         if self.checkpointer is not None:
             if "random_state" not in self.checkpointer.recoverables:
                 self.checkpointer.add_recoverable("random_state", RandomState())
+                self.checkpointer.add_recoverable("train_stage", TrainStageState(self))
             for name, opt in self.optimizers_dict.items():
                 self.checkpointer.add_recoverable(f"{name}_optimizer", opt)
             if self.teacher_optimizers:

@@ -154,3 +154,45 @@ class RandomState:
             if isinstance(cuda, (list, tuple)):  # saved by an older version: every device
                 cuda = cuda[torch.cuda.current_device()]
             torch.cuda.set_rng_state(cuda)
+
+
+@functools.partial(sb_checkpoint_hooks, save_on_main_only=False)
+class TrainStageState:
+    """The training stage's running sums as a checkpoint recoverable.
+
+    The loss terms summed so far in the epoch (this process's) and the fault counts
+    (:class:`~cald_speech.distill.faults.FaultGuard`), so that a run resumed from a
+    mid-epoch checkpoint ends the epoch with the log line an uninterrupted run writes.
+    Every process saves its own file, as :class:`RandomState` does. Restored values
+    wait in ``brain.resume_stage`` until the training stage starts
+    (:meth:`~cald_speech.distill.stages.StageRecords.on_stage_start`).
+
+    Arguments
+    ---------
+    brain : cald_speech.distill.brain.DistillBrain
+        The Brain whose ``train_stage_state()`` is saved.
+    """
+
+    def __init__(self, brain):
+        self.brain = brain
+
+    @sb_saver
+    def _save(self, path):
+        import torch
+
+        target = rank_file(path, _rank())
+        tmp = target.with_name(target.name + ".tmp")
+        torch.save(self.brain.train_stage_state(), tmp)
+        os.replace(tmp, target)
+
+    @sb_loader
+    def _recover(self, path, end_of_epoch=False):
+        import torch
+
+        mine = rank_file(path, _rank())
+        if not mine.is_file():
+            mine = Path(path)
+        state = torch.load(mine, weights_only=True)
+        if end_of_epoch:  # a new epoch starts from zero sums; run totals carry on
+            state = {**state, "terms": {}, "items": 0, "bad_items": 0}
+        self.brain.resume_stage = state

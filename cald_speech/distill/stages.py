@@ -7,6 +7,7 @@ task's per-split result files. A task Brain supplies :meth:`~StageRecords.stage_
 :meth:`~StageRecords.best_metric` and :meth:`~StageRecords.write_stage_files`.
 """
 
+import functools
 import json
 import os
 import time
@@ -50,6 +51,7 @@ class StageRecords:
     report its numbers.
     """
 
+    resume_stage = None  # training-stage sums restored from a checkpoint, until it starts
     _loss_sum = None     # (sum, count) of this stage's finite training losses, on device
     _loss_shown = 0.0    # their mean as of the last step-log line (the progress bar's)
     _stage_now = None
@@ -139,8 +141,18 @@ class StageRecords:
             with open(path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(rec) + "\n")
 
+    def train_stage_state(self):
+        """This process's training-stage sums and the fault counts (for a checkpoint)."""
+        terms = {k: (float(s), float(c))
+                 for k, (s, c) in self._terms.get(sb.Stage.TRAIN, {}).items()}
+        f = self.faults
+        return {"terms": terms, "items": f.items, "bad_items": f.bad_items,
+                "bad_items_total": f.bad_items_total, "nonfinite_total": f.nonfinite_total,
+                "nonfinite_run": f.nonfinite_run}
+
     def on_stage_start(self, stage, epoch=None):
-        """Resets the per-stage loss terms (and, for training, the bad-item count)."""
+        """Resets the per-stage loss terms (and, for training, the bad-item count); a
+        training stage resumed from a checkpoint starts from the sums it holds."""
         self._stage_now = stage
         if stage == sb.Stage.TRAIN:
             self.faults.start_epoch(epoch)
@@ -148,6 +160,14 @@ class StageRecords:
             self._nonfinite = None  # of a step the last epoch left unfinished
         self._terms.pop(stage, None)
         self._terms.pop(("window", stage), None)
+        if stage == sb.Stage.TRAIN and self.resume_stage is not None:
+            state, self.resume_stage = self.resume_stage, None
+            f = self.faults
+            for key in ("items", "bad_items", "bad_items_total", "nonfinite_total",
+                        "nonfinite_run"):
+                setattr(f, key, int(state[key]))
+            as_t = functools.partial(torch.tensor, dtype=torch.float64, device=self.device)
+            self._terms[stage] = {k: (as_t(s), as_t(c)) for k, (s, c) in state["terms"].items()}
 
     def stage_metrics(self):
         """The task's metrics of a finished valid/test stage (dict)."""

@@ -18,6 +18,7 @@ Scenarios (``SCENARIO[:option]``):
   ``K``, as a killed job would; started again, it resumes.
 """
 
+import gc
 import hashlib
 import json
 import os
@@ -130,6 +131,12 @@ def main(scenario, folder):
                   weights=digest(model))
     (folder / f"rank{rank}.json").write_text(json.dumps(result))
     if torch.distributed.is_initialized():
+        # As the recipes leave: the DDP wrappers (kept alive by reference cycles) freed
+        # while the process group exists, every rank there, then the group torn down;
+        # torn down after it, gloo may abort the process at exit.
+        del brain
+        gc.collect()
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return 1 if "error" in result else 0
 

@@ -195,7 +195,7 @@ def test_wer_benchmark_on_a_tiny_csv(tmp_path, models, capsys):
     identical = sum(r["teacher"] == r["student"] for r in rows) / len(rows)
     assert doc["agreement"]["identical"] == pytest.approx(identical)
     captured = capsys.readouterr()
-    assert "student vs teacher" in captured.out and "skipped gone" in captured.err
+    assert "agreement with teacher" in captured.out and "skipped gone" in captured.err
 
 
 def test_wer_agreement_of_a_model_with_itself(tmp_path, models):

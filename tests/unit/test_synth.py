@@ -574,8 +574,8 @@ def test_command_line_process_exit_status(tmp_path):
     setup = (Path(__file__).resolve().parents[2] / "setup.py").read_text()
     assert "cald-synth=cald_speech.data.synth.cli:main" in setup
     proc = subprocess.run(
-        [sys.executable, "-m", "cald_speech.data.synth", "slurp", str(tmp_path / "s"),
-         "--slurp-text", str(tmp_path / "missing.jsonl")],
+        [sys.executable, "-m", "cald_speech.data.synth", "slurp", "--output-dir",
+         str(tmp_path / "s"), "--slurp-text", str(tmp_path / "missing.jsonl")],
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 1
