@@ -30,6 +30,7 @@ Example
 ('TO WO', [('TO', 0.02, 0.1), ('WO', 0.14, 0.18)])
 """
 
+import copy
 import logging
 import math
 import os
@@ -304,6 +305,12 @@ class BeamDecoder:
                               "use a blank_skip closer to 1")
         self.blank_skip = blank_skip
         self.vocab, self.never = beam_vocabulary(tokenizer)
+        import torch
+
+        self._unit_index = {v: i for i, v in enumerate(self.vocab) if v}
+        # units that spell something (not blank, a space or a bare ▁)
+        self._spells = torch.tensor([bool(v.replace("\u2581", "").strip())
+                                     for v in self.vocab])
         self.lm = None if lm is None else str(lm)
         self.lm_weight, self.word_bonus = float(lm_weight), float(word_bonus)
         if self.lm is not None:
@@ -331,6 +338,19 @@ class BeamDecoder:
                             "cald-lm build") from None
         finally:
             sb_logger.setLevel(level)
+
+    def with_weights(self, lm_weight, word_bonus):
+        """The same search with another LM weight and word bonus, sharing the loaded LM
+        (a grid of weights reads the LM file once)."""
+        other = copy.copy(self)
+        other.lm_weight, other.word_bonus = float(lm_weight), float(word_bonus)
+        other.searcher = copy.copy(self.searcher)
+        other.searcher.alpha, other.searcher.beta = other.lm_weight, other.word_bonus
+        if self.searcher.lm is not None:
+            other.searcher.lm = copy.copy(self.searcher.lm)
+            other.searcher.lm.alpha, other.searcher.lm.beta = other.lm_weight, \
+                other.word_bonus
+        return other
 
     def __repr__(self):
         lm = f", lm={os.path.basename(self.lm)}, weight {self.lm_weight:g}, bonus " \
@@ -397,9 +417,8 @@ class BeamDecoder:
         if self.kind == "sentencepiece":
             return self.tokenizer.encode(word)
         ids = []
-        index = {v: i for i, v in enumerate(self.vocab) if v}
         for ch in word:
-            i = index.get(ch)
+            i = self._unit_index.get(ch)
             if i is None:
                 return None
             ids.append(i)
@@ -423,10 +442,7 @@ class BeamDecoder:
             except RuntimeError:
                 path = None
             if path is not None:
-                # frames of units that spell something (not blank, a space or a bare ▁)
-                spells = torch.tensor([bool(v.replace("\u2581", "").strip())
-                                       for v in self.vocab])
-                on = spells[path[0].long()].nonzero().flatten()
+                on = self._spells[path[0].long()].nonzero().flatten()
                 if on.numel():
                     conf = float(scores[0, on].exp().mean())
                     return start + int(on[0]), start + int(on[-1]), conf

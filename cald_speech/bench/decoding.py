@@ -94,8 +94,9 @@ def tune_lm(asr, dev_items, dev_lps, lm, beam_size, grid=None):
     from cald_speech.decoding import BeamDecoder
 
     points = []
+    base = BeamDecoder(asr.tokenizer, beam_size, lm)  # the LM is read once
     for weight, bonus in grid or lm_grid():
-        decoder = BeamDecoder(asr.tokenizer, beam_size, lm, weight, bonus)
+        decoder = base.with_weights(weight, bonus)
         hyps, seconds = decode(asr, dev_lps, decoder)
         s = score(dev_items, hyps)
         points.append({"lm_weight": weight, "word_bonus": bonus, "wer": s["wer"],

@@ -16,9 +16,10 @@ The package imports data, errors, features, mixers and model loading
 names load on first use, so that ``cald-transcribe --help`` needs no model code.
 """
 
-import importlib
 import sys
 import types
+
+from cald_speech import lazy_exports
 
 #: name -> the module that defines it (imported on first use)
 _EXPORTS = {
@@ -41,17 +42,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
 
 
 class _Package(types.ModuleType):

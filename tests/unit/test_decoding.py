@@ -269,3 +269,16 @@ def test_searching_runs_of_sure_blanks_as_one_frame_changes_nothing(corpus_lm, w
     assert a[0] == b[0] == "THE CAT SAT ON THE MAT"
     assert [(w.word, w.start, w.end) for w in a[1]] == [(w.word, w.start, w.end) for w in b[1]]
     assert len(skip.best(lp)[1]) < 0.6 * len(path)
+
+
+def test_other_weights_on_a_shared_lm_decode_as_a_new_decoder(corpus_lm):
+    tok = CharTokenizer()
+    ids = tok.encode("THE CAT SAD")
+    lp = peaked(frames_of(ids), len(tok), sure=0.55)
+    base = BeamDecoder(tok, 8, lm=corpus_lm[1])
+    for weight, bonus in ((0.25, 0.0), (2.0, 3.0)):
+        shared = base.with_weights(weight, bonus)
+        fresh = BeamDecoder(tok, 8, lm=corpus_lm[1], lm_weight=weight, word_bonus=bonus)
+        assert shared.best(lp)[0].score == pytest.approx(fresh.best(lp)[0].score)
+        assert shared.decode(lp, 0.02)[0] == fresh.decode(lp, 0.02)[0]
+    assert base.searcher.lm.alpha == 0.5  # the original keeps its weights

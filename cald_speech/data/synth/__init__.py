@@ -11,7 +11,7 @@ modules (``cald_speech.data.voices``, ``text``, ``slurp``, ``audio``),
 Its names load on first use, so that ``cald-synth --help`` answers at once.
 """
 
-import importlib
+from cald_speech import lazy_exports
 
 #: name -> the module that defines it (imported on first use)
 _EXPORTS = {
@@ -29,15 +29,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    path = module if "." in module else f"{__name__}.{module}"
-    value = getattr(importlib.import_module(path), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
