@@ -2,10 +2,10 @@
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 
+from cald_speech.data.synth import default_data_dir
 from cald_speech.data.text import (
     normalize_text,
     number_to_words,
@@ -14,7 +14,7 @@ from cald_speech.data.text import (
     year_to_words,
 )
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+DATA = default_data_dir()  # $CALD_SPEECH_DATA, else shared/data beside the repository
 ALLOWED = re.compile(r"^(?:[A-Z']+(?: [A-Z']+)*)?$")
 
 
