@@ -4,7 +4,6 @@ import csv
 import json
 import logging
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,10 +11,11 @@ import soundfile as sf
 
 from cald_speech.data.prepare import main
 from cald_speech.data.slurp import CSV_COLUMNS, STATE_FILE, prepare_slurp, read_slurp_jsonl
+from cald_speech.data.synth import default_data_dir
 from cald_speech.errors import ConfigError, DataError
 
 SR = 16000
-SHARED_DEVEL = Path(__file__).resolve().parents[3] / "shared/data/text/slurp_devel.jsonl"
+SHARED_DEVEL = default_data_dir() / "text" / "slurp_devel.jsonl"
 
 
 def write_tone(path, seconds=0.4, sr=SR, freq=300.0):
