@@ -20,8 +20,16 @@
 #            recipe; about 3 h on 2 CPU cores: how models/pretrained-offline was made);
 #  fast      the same training with python -m cald_speech.pretrain instead (writes
 #            $OUT/fast/model): the corpus held in memory, length-bucketed batches of
-#            BATCH_S seconds, speed/noise/gain augmentation, bf16 on CUDA. Meant for a GPU
-#            (DEVICE=cuda): UPDATES=20000 or MINUTES=20;
+#            BATCH_S seconds, the frozen CNN's features of every utterance at speeds
+#            0.9/1.0/1.1 (clean and noisy) computed once and kept in $OUT/fast, an
+#            update-budget learning-rate schedule (warm-up, plateau, decay), SpecAugment
+#            time and channel masks, bf16 on CUDA; resumable (run it again). On a GPU
+#            (DEVICE=cuda): UPDATES=20000 or MINUTES=20; on the CPU, how the third
+#            starting model is built (FRONTEND=models/pretrained-offline: the CNN of the
+#            previous build, frozen there too):
+#              STAGES=corpora,manifests bash tools/make_pretrained.sh data/pretrain3
+#              FRONTEND=models/pretrained-offline STAGES=fast UPDATES=6000 BATCH_S=120 \
+#                  bash tools/make_pretrained.sh data/pretrain3
 #  pack      (for training on another machine) the training and dev manifests' audio in
 #            Opus shards at KBPS kbit/s (python -m cald_speech.data.pack): $OUT/pack holds
 #            train.csv/dev.csv pointing into them; give those to `fast` there.
@@ -34,7 +42,11 @@ PY=${PY:-.venv/bin/python}
 JOBS=${JOBS:-$(nproc)}
 STAGES=${STAGES:-corpora,frontend,manifests,ctc}
 EPOCHS=${EPOCHS:-10}
-LJ_TRAIN=${LJ_TRAIN:-7000}
+LJ_TRAIN=${LJ_TRAIN:-all}             # every usable LJ sentence outside dev, test, eval
+# shares of the LJ training audio with noise / room reverberation / a telephone channel
+NOISE_PROB=${NOISE_PROB:-0.25}
+REVERB_PROB=${REVERB_PROB:-0.1}
+TELEPHONE_PROB=${TELEPHONE_PROB:-0.05}
 HOLDOUT_ENGINE=${HOLDOUT_ENGINE:-}
 DEVICE=${DEVICE:-cpu}
 BATCH_S=${BATCH_S:-240}
@@ -57,6 +69,12 @@ if want corpora; then
     # seed 1 and the default voice options: the demo's voice split
     $PY -m cald_speech.data.synth librispeech --output-dir "$CORPORA/lj_corpus" \
         --train "$LJ_TRAIN" --dev 200 --test 200 --seed 1 --jobs "$JOBS" \
+        --eval-text "$CORPORA/keep_out.tsv" --quiet --noise-prob "$NOISE_PROB" \
+        --reverb-prob "$REVERB_PROB" --telephone-prob "$TELEPHONE_PROB"
+    # the same dev/test sentences and voices with the synthesizer's default (harsher)
+    # degradation shares: how well a model survives noise, reverberation, telephone
+    $PY -m cald_speech.data.synth librispeech --output-dir "$CORPORA/lj_degraded" \
+        --train 0 --dev 200 --test 200 --seed 1 --jobs "$JOBS" \
         --eval-text "$CORPORA/keep_out.tsv" --quiet
     bash tools/make_slurp_corpus.sh "$CORPORA/slurp_corpus"
 fi
@@ -90,6 +108,9 @@ if want manifests; then
         merge "$M/test_$e.csv" "$M/lj/test-clean.csv" --keep-voices "$e" "${TABLES[@]}"
     done
     merge "$M/slurp_test.csv" "$M/slurp/test.csv"
+    $PY -m cald_speech.data.prepare librispeech "$CORPORA/lj_degraded" --output-dir "$M/lj_degraded" \
+        --splits test-clean
+    merge "$M/test_degraded.csv" "$M/lj_degraded/test-clean.csv"
     merge "$M/demo_test.csv" "$M/demo/test-clean.csv"
 fi
 
@@ -114,14 +135,17 @@ fi
 
 TESTS=()   # evaluated at the end (not where TRAIN_CSV points to a pack on another machine)
 [ -z "${TRAIN_CSV:-}" ] && for t in test test_espeak test_festival test_flite slurp_test \
-    demo_test; do TESTS+=("$t=$M/$t.csv"); done
+    demo_test test_degraded; do TESTS+=("$t=$M/$t.csv"); done
 if want fast; then
     if [ -n "${MINUTES:-}" ]; then LENGTH=(--minutes "$MINUTES"); else LENGTH=(--updates "${UPDATES:-20000}"); fi
     # the CNN of the front end; everything above it trained from a seeded initialisation
-    $PY -m cald_speech.pretrain --init "$OUT/frontend" --train-csv "${TRAIN_CSV:-$M/train.csv}" \
+    # PRETRAIN_OPTS: more options, e.g. "--lr 2e-3 --precision bf16 --eval-every 200"
+    # shellcheck disable=SC2086
+    $PY -m cald_speech.pretrain --init "${FRONTEND:-$OUT/frontend}" \
+        --train-csv "${TRAIN_CSV:-$M/train.csv}" \
         --dev-csv "${DEV_CSV:-$M/dev.csv}" --out "$OUT/fast" --device "$DEVICE" --seed 7 \
         --batch-seconds "$BATCH_S" --noise-dir "$DATA/noise" "${LENGTH[@]}" \
-        ${TESTS[@]:+--test-csv "${TESTS[@]}"}
+        ${PRETRAIN_OPTS:-} ${TESTS[@]:+--test-csv "${TESTS[@]}"}
 fi
 
 if want pack; then

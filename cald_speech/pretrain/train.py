@@ -115,17 +115,33 @@ def _param_groups(model, weight_decay):
             {"params": no_decay, "weight_decay": 0.0}]
 
 
-def lr_factor(step, warmup, total):
-    """Linear warm-up to 1 over ``warmup`` updates, then cosine decay to 0 at ``total``.
+def lr_factor(step, warmup, total, schedule="tristage", decay_from=0.4, final=0.05):
+    """The learning rate at update ``step`` relative to the peak, fixed by the update budget.
+
+    Linear warm-up over ``warmup`` updates, then either
+
+    - ``"tristage"``: the peak held until ``decay_from`` x ``total``, then an exponential
+      decay that reaches ``final`` x peak at ``total`` (the schedule of wav2vec2's
+      fine-tuning: most updates at the peak, a few percent at the end); or
+    - ``"cosine"``: a cosine decay from the peak to 0 at ``total``.
+
+    Only ``step`` and the budget decide it, so a resumed run continues the same schedule.
 
     Example
     -------
-    >>> [round(lr_factor(s, 10, 110), 3) for s in (0, 5, 10, 60, 110)]
+    >>> [round(lr_factor(s, 10, 110, "cosine"), 3) for s in (0, 5, 10, 60, 110)]
     [0.0, 0.5, 1.0, 0.5, 0.0]
+    >>> [round(lr_factor(s, 10, 110), 3) for s in (5, 10, 44, 77, 110)]
+    [0.5, 1.0, 1.0, 0.224, 0.05]
     """
     if step < warmup:
         return step / max(1, warmup)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+    start = max(warmup, decay_from * total)
+    if step <= start:
+        return 1.0
+    return final ** min(1.0, (step - start) / max(1.0, total - start))
 
 
 def _errors(refs, hyps):
@@ -178,11 +194,13 @@ def train(args):
     np.random.seed(args.seed)
     model, tokenizer = build_model(args.init, args.keep, args.seed)
     cfg = model.config
-    saved_masks = (cfg.mask_time_prob, cfg.mask_time_length)
-    cfg.mask_time_prob, cfg.mask_time_length = args.mask_time_prob, args.mask_time_length
+    saved_masks = _masks(cfg)
+    _set_masks(cfg, (args.mask_time_prob, args.mask_time_length, args.mask_feature_prob,
+                     args.mask_feature_length))
     if not hasattr(base_model(model), "masked_spec_embed"):
-        # the config of --init turns SpecAugment off; its mask embedding does not exist
-        logger.info("SpecAugment off: the config of %s has no mask embedding", args.init)
+        # the config of --init turns time masks off; their mask embedding does not exist
+        logger.info("SpecAugment time masks off: the config of %s has no mask embedding",
+                    args.init)
         cfg.mask_time_prob = 0.0
     model.to(dev).train()
     if not args.train_cnn:
@@ -204,8 +222,7 @@ def train(args):
         if noise is not None and args.noisy_copies:
             variants += [(s, True) for s in speeds]
         t1 = time.time()
-        bank = FeatureBank(model, train_set, variants, noise, (args.snr_low, args.snr_high),
-                           seed=args.seed)
+        bank = _cached_bank(out, model, train_set, variants, noise, args)
         dev_bank = FeatureBank(model, dev_set, [(1.0, False)])
         logger.info("CNN features of %d variant(s) (speed, noise): %s, in %.0f s",
                     len(variants), variants, time.time() - t1)
@@ -214,8 +231,10 @@ def train(args):
     max_samples = int(args.batch_seconds * SAMPLE_RATE)
     gen = torch.Generator().manual_seed(args.seed)
 
+    bf16 = args.precision == "bf16" or (args.precision == "auto" and dev.type == "cuda")
+
     def autocast():
-        return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
+        return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16)
 
     state_path = out / "state.pt"
     step, total, curve, best, info = 0, args.updates, [], None, {}
@@ -248,7 +267,8 @@ def train(args):
             x, mask = _augmented_waveforms(train_set, idx, speeds, noise, args, gen)
         np.random.seed(int(torch.randint(2**31 - 1, (1,), generator=gen)))  # SpecAugment
         for g in opt.param_groups:
-            g["lr"] = args.lr * lr_factor(step, warmup, total or 10**9)
+            g["lr"] = args.lr * lr_factor(step, warmup, total or 10**9, args.schedule,
+                                          args.decay_from, args.final_lr)
         with autocast():
             logits = model(x, attention_mask=mask).logits
         logp = F.log_softmax(logits.float(), -1).transpose(0, 1)
@@ -317,6 +337,34 @@ def train(args):
     return info
 
 
+def _cached_bank(out, model, corpus, variants, noise, args):
+    """The training :class:`FeatureBank`, kept in ``out`` so that a resumed run skips it.
+
+    The file's name carries a digest of what the features depend on (the utterances and
+    their lengths, the variants, the noise draws' seed and range, the CNN's weights), so
+    a changed corpus or front end computes a new bank.
+    """
+    import hashlib
+
+    from cald_speech.features import base_model
+
+    h = hashlib.sha1(json.dumps([corpus.ids, corpus.lengths.tolist(), variants, args.seed,
+                                 args.snr_low, args.snr_high, noise is not None]).encode())
+    for k, v in sorted(base_model(model).feature_extractor.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().float().cpu().numpy().tobytes())
+    path = out / f"feature_bank-{h.hexdigest()[:12]}.pt"
+    if path.is_file():
+        logger.info("CNN features read from %s", path)
+        return FeatureBank.load(path)
+    bank = FeatureBank(model, corpus, variants, noise, (args.snr_low, args.snr_high),
+                       seed=args.seed)
+    for old in out.glob("feature_bank-*.pt"):
+        old.unlink()
+    bank.save(path)
+    return bank
+
+
 def _augmented_waveforms(corpus, idx, speeds, noise, args, gen):
     """A batch of waveforms with speed, noise and gain augmentation (a trainable CNN)."""
     wavs, lens, _ = corpus.batch(idx)
@@ -331,11 +379,24 @@ def _augmented_waveforms(corpus, idx, speeds, noise, args, gen):
     return wavs, _sample_mask(wavs.shape[1], lens.to(wavs.device))
 
 
+_MASK_KEYS = ("mask_time_prob", "mask_time_length", "mask_feature_prob", "mask_feature_length")
+
+
+def _masks(cfg):
+    """The config's SpecAugment settings: time and feature (channel) masks."""
+    return tuple(getattr(cfg, k) for k in _MASK_KEYS)
+
+
+def _set_masks(cfg, values):
+    for k, v in zip(_MASK_KEYS, values):
+        setattr(cfg, k, v)
+
+
 def _write_model(model, tokenizer, out, masks, curve, best, extra):
     """Writes ``out/model`` (the current weights, the config's own SpecAugment settings)."""
     cfg = model.config
-    training_masks = (cfg.mask_time_prob, cfg.mask_time_length)
-    cfg.mask_time_prob, cfg.mask_time_length = masks
+    training_masks = _masks(cfg)
+    _set_masks(cfg, masks)
     info = {"what": "character CTC model trained by python -m cald_speech.pretrain",
             "torch": torch.__version__, "best_at": best["updates"],
             "dev": {"CER": best["dev_CER"], "WER": best["dev_WER"]}, **extra}
@@ -347,7 +408,7 @@ def _write_model(model, tokenizer, out, masks, curve, best, extra):
     if folder.exists():
         shutil.rmtree(folder)
     os.replace(tmp, folder)
-    cfg.mask_time_prob, cfg.mask_time_length = training_masks
+    _set_masks(cfg, training_masks)
     (out / "curve.json").write_text(json.dumps({"curve": curve, **info}, indent=2,
                                                default=str) + "\n")
     return info
@@ -374,6 +435,15 @@ def build_parser():
     a("--batch-seconds", type=float, default=240.0, help="padded audio per batch (s)")
     a("--lr", type=float, default=2e-3)
     a("--warmup", type=int, default=500)
+    a("--schedule", default="tristage", choices=("tristage", "cosine"),
+      help="after warm-up: hold the peak, then decay exponentially to --final-lr x peak "
+           "(tristage), or a cosine decay to 0")
+    a("--decay-from", type=float, default=0.4,
+      help="tristage: the share of the update budget after which the rate decays")
+    a("--final-lr", type=float, default=0.05,
+      help="tristage: the rate at the budget's end, relative to --lr")
+    a("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+      help="bf16 autocast (auto: on CUDA only)")
     a("--weight-decay", type=float, default=0.01)
     a("--clip", type=float, default=5.0)
     a("--train-cnn", type=int, default=0, help="also train the CNN front end (1)")
@@ -387,6 +457,9 @@ def build_parser():
     a("--gain-db", type=float, default=6.0, help="with --train-cnn 1: random gain range")
     a("--mask-time-prob", type=float, default=0.05)
     a("--mask-time-length", type=int, default=10)
+    a("--mask-feature-prob", type=float, default=0.1,
+      help="SpecAugment channel masks (the config's mask_feature_prob) while training")
+    a("--mask-feature-length", type=int, default=16)
     a("--max-seconds", type=float, default=20.0, help="leave out longer utterances")
     a("--eval-every", type=int, default=500)
     a("--device", default="cuda" if torch.cuda.is_available() else "cpu")

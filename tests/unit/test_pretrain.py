@@ -3,6 +3,7 @@
 import csv
 import importlib
 import json
+import math
 
 import numpy as np
 import pytest
@@ -62,9 +63,44 @@ def test_speed_perturbation_moves_pitch_and_length_together():
     t = torch.arange(16000) / 16000
     wav = torch.sin(2 * torch.pi * 500 * t)[None]
     out, lens = pretrain.speed_perturb(wav, torch.tensor([16000]), 1.1)
-    assert int(lens) == out.shape[1] == round(16000 / 1.1)
+    assert int(lens) == out.shape[1] == math.ceil(16000 / 1.1)
     peak = torch.fft.rfft(out[0]).abs().argmax().item() * 16000 / out.shape[1]
     assert abs(peak - 550) < 5
+
+
+def test_speed_perturbation_is_band_limited():
+    # a 7.8 kHz tone played 1.1x faster lands above the 8 kHz Nyquist rate: a resampler
+    # removes it; linear interpolation folds it back into the band (aliasing)
+    t = torch.arange(16000) / 16000
+    tone = torch.sin(2 * torch.pi * 7800 * t)[None]
+    out, _ = pretrain.speed_perturb(tone, torch.tensor([16000]), 1.1)
+    linear = torch.nn.functional.interpolate(tone[:, None], size=out.shape[1], mode="linear")[0]
+    power = (tone ** 2).mean()
+    assert (out ** 2).mean() < 0.1 * power < (linear ** 2).mean()
+
+
+def _reference_tristage(step, warmup, total, decay_from, final):
+    """The schedule written out segment by segment, in float64."""
+    if step < warmup:
+        return step / warmup
+    start = max(warmup, decay_from * total)
+    if step <= start:
+        return 1.0
+    # log-linear between (start, 1) and (total, final)
+    frac = min(1.0, (step - start) / (total - start))
+    return math.exp((1 - frac) * math.log(1.0) + frac * math.log(final))
+
+
+@pytest.mark.parametrize("warmup,total,decay_from,final", [(50, 1000, 0.4, 0.05),
+                                                           (300, 400, 0.5, 0.02)])
+def test_tristage_schedule_holds_then_decays_to_its_final_rate(warmup, total, decay_from,
+                                                               final):
+    got = [loop.lr_factor(s, warmup, total, "tristage", decay_from, final)
+           for s in range(total + 50)]
+    ref = [_reference_tristage(s, warmup, total, decay_from, final) for s in range(total + 50)]
+    assert np.allclose(got, ref, rtol=1e-12, atol=1e-12)
+    assert max(got) == 1.0 and got[total] == pytest.approx(final) and got[-1] == got[total]
+    assert all(b <= a for a, b in zip(got[warmup:], got[warmup + 1:]))   # never rises again
 
 
 def test_noise_is_added_at_the_requested_snr_and_padding_stays_silent():
@@ -133,13 +169,31 @@ def corpus(tmp_path):
     return tmp_path, teacher
 
 
-def test_training_keeps_the_front_end_and_writes_a_loadable_model(corpus):
+def test_training_keeps_the_front_end_and_writes_a_loadable_model(corpus, monkeypatch):
     tmp_path, teacher = corpus
+    from transformers.models.wav2vec2 import modeling_wav2vec2 as w2v
+
+    spans, compute = [], w2v._compute_mask_indices
+
+    def spy(shape, mask_prob, mask_length, *a, **k):
+        spans.append((shape[-1], mask_prob, mask_length))
+        return compute(shape, mask_prob, mask_length, *a, **k)
+
+    monkeypatch.setattr(w2v, "_compute_mask_indices", spy)
+    config = json.loads((tmp_path / "init" / "config.json").read_text())
+    (tmp_path / "init" / "config.json").write_text(json.dumps({**config,
+                                                               "mask_time_prob": 0.05}))
     info = pretrain.train(_args(tmp_path, tmp_path / "run", "--test-csv",
-                                f"dev={tmp_path / 'dev.csv'}"))
+                                f"dev={tmp_path / 'dev.csv'}", "--mask-feature-prob", "0.2",
+                                "--mask-feature-length", "3"))
+    # time masks over frames and channel masks over the 32 hidden channels, every update
+    hidden = teacher.config.hidden_size
+    assert spans.count((hidden, 0.2, 3)) == 6
+    assert sum(1 for n, p, k in spans if (p, k) == (0.05, 10) and n != hidden) == 6
     model = load_model(tmp_path / "run" / "model")
     assert type(model).__name__ == "Wav2Vec2ForCTC"
-    assert model.config.vocab_size == 29 and model.config.mask_time_prob == 0.0
+    assert model.config.vocab_size == 29 and model.config.mask_time_prob == 0.05
+    assert model.config.mask_feature_prob == teacher.config.mask_feature_prob  # not training's
     cnn, ref = (base_model(m).feature_extractor.state_dict() for m in (model, teacher))
     assert all(torch.equal(cnn[k], ref[k]) for k in ref)          # frozen front end kept
     assert not torch.equal(model.lm_head.weight, teacher.lm_head.weight)
@@ -193,6 +247,40 @@ def test_an_interrupted_run_resumes_to_the_same_weights(corpus, monkeypatch):
     a = torch.load(tmp_path / "whole" / "state.pt", weights_only=False)["model"]
     b = torch.load(tmp_path / "split" / "state.pt", weights_only=False)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_feature_bank_is_kept_for_a_rerun_and_renewed_when_its_inputs_change(
+        corpus, monkeypatch):
+    tmp_path, _ = corpus
+    built = []
+    init = pretrain.FeatureBank.__init__
+
+    def counting(self, model, corpus, variants, *a, **k):
+        built.append(len(variants))
+        init(self, model, corpus, variants, *a, **k)
+
+    monkeypatch.setattr(pretrain.FeatureBank, "__init__", counting)
+    out = tmp_path / "run"
+    pretrain.train(_args(tmp_path, out, "--updates", "3"))
+    assert built == [6, 1]                      # train (3 speeds x clean/noisy) and dev
+    (saved,) = out.glob("feature_bank-*.pt")
+    first = torch.load(out / "state.pt", weights_only=False)["model"]
+    fresh = pretrain.FeatureBank.load(saved)
+    # a run from scratch that reads the saved bank trains to the same weights
+    (out / "state.pt").unlink()
+    built.clear()
+    pretrain.train(_args(tmp_path, out, "--updates", "3"))
+    assert built == [1]                         # only the dev bank was computed
+    again = torch.load(out / "state.pt", weights_only=False)["model"]
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert fresh.variants == [(s, n) for n in (False, True) for s in (0.9, 1.0, 1.1)]
+    # other variants: a new bank replaces the old one
+    (out / "state.pt").unlink()
+    built.clear()
+    pretrain.train(_args(tmp_path, out, "--updates", "3", "--speed-perturb", "0"))
+    assert built == [2, 1]
+    assert [p.name for p in out.glob("feature_bank-*.pt")] != [saved.name]
+    assert len(list(out.glob("feature_bank-*.pt"))) == 1
 
 
 def test_a_folder_without_a_front_end_is_refused(tmp_path):

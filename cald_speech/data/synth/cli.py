@@ -13,6 +13,7 @@ Example
 (4, 100, 'flite,espeak')
 """
 
+import argparse
 import logging
 import sys
 import time
@@ -30,12 +31,29 @@ from cald_speech.data.synth.options import LIBRISPEECH_SPLITS, SynthOptions
 from cald_speech.errors import CaldError
 
 
+def _train_count(value):
+    """``--train``: a number of utterances or ``all``.
+
+    Example
+    -------
+    >>> _train_count("12"), _train_count("all")
+    (12, 'all')
+    """
+    if value == "all":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: give a number or 'all'") from None
+
+
 def _common_arguments(p, n_train, n_dev, n_test):
     d = SynthOptions()
     p.add_argument("--output-dir", metavar="DIR", default=None,
                    help="corpus folder (required)")
     deprecated_positional(p, "out", "--output-dir")
-    p.add_argument("--train", type=int, default=n_train, help="train size")
+    p.add_argument("--train", type=_train_count, default=n_train,
+                   help="train size, or 'all': every usable sentence left after dev and test")
     p.add_argument("--dev", type=int, default=n_dev, help="dev size (0: no dev split)")
     p.add_argument("--test", type=int, default=n_test, help="test size (0: no test split)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of every random choice")

@@ -146,10 +146,12 @@ def _summary(corpus, root, opts, record, split_names, eval_file):
 
 def _check_counts(counts, n_jobs):
     for split, n in counts.items():
+        if n == "all" and split == next(iter(counts)):   # the train split: every sentence left
+            continue
         if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 0:
             raise ConfigError(f"number of utterances for {split!r} must be an integer >= 0, "
                               f"got {n!r}")
-    if sum(counts.values()) == 0:
+    if all(n == 0 for n in counts.values()):
         raise ConfigError("nothing to synthesize: every split has 0 utterances")
     if not isinstance(n_jobs, int) or n_jobs < 1:
         raise ConfigError(f"jobs={n_jobs!r} must be an integer >= 1")
@@ -183,7 +185,8 @@ def synthesize_librispeech(
         Corpus folder; gets ``LibriSpeech/<split>/...``, ``README.md`` and
         ``metadata.json``.
     n_train, n_dev, n_test : int
-        Utterances per split (each a distinct sentence); 0 leaves a split out.
+        Utterances per split (each a distinct sentence); 0 leaves a split out;
+        ``n_train="all"`` takes every usable sentence left after dev and test.
     jobs : int
         Worker processes (the output does not depend on it).
     text_file : str, optional
@@ -380,7 +383,8 @@ def synthesize_slurp(
     root : str
         Corpus folder.
     n_train, n_dev, n_test : int
-        Records (distinct sentences) per split; 0 leaves a split out.
+        Records (distinct sentences) per split; 0 leaves a split out;
+        ``n_train="all"`` takes every usable record left after dev and test.
     jobs : int
         Worker processes (the output does not depend on it).
     slurp_files : list of str, optional

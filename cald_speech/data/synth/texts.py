@@ -83,6 +83,10 @@ def _file_digest(paths):
 
 
 def _take(pool, n, split, source, hint):
+    if n == "all":
+        if not pool:
+            raise ConfigError(f"{split}: no usable sentence is left in {source}; {hint}")
+        return list(pool)
     if n > len(pool):
         raise ConfigError(
             f"{split}: {n} sentences requested but only {len(pool)} usable ones are left in "
