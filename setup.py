@@ -49,9 +49,11 @@ setup(
         #     pip install --no-build-isolation --no-deps mamba-ssm==2.3.2.post1
         "cuda": ["triton>=3.5", "einops", "packaging"],
         "dev": ["pytest>=8", "ruff>=0.5"],
-        # Beam search with an n-gram LM (SpeechBrain's KenLM scorer needs pygtrie). kenlm
-        # is a source distribution: it compiles (a C++ compiler, zlib; ~1 min).
-        "lm": ["kenlm==0.3.0", "pygtrie>=2.5"],
+        # Beam search with an n-gram LM: flashlight-text (the compiled CTC decoder that
+        # torchaudio's ctc_decoder runs; wheels), kenlm for SpeechBrain's KenLM scorer
+        # (with pygtrie). kenlm is a source distribution: it compiles (a C++ compiler,
+        # zlib; ~1 min).
+        "lm": ["flashlight-text==0.0.7", "kenlm==0.3.0", "pygtrie>=2.5"],
         # The documentation site (make docs): mkdocs, and mkdocstrings for the API
         # reference from the numpy-style docstrings (griffe reads them without importing).
         "docs": ["mkdocs==1.6.1", "mkdocstrings==1.0.8", "mkdocstrings-python==2.0.11",

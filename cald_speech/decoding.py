@@ -39,6 +39,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from cald_speech import decoding_flashlight as fl
 from cald_speech.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -64,12 +65,15 @@ DEFAULT_LM_WEIGHT = 0.5
 DEFAULT_WORD_BONUS = 1.5
 #: Blank posterior above which a run of frames is searched as one frame.
 DEFAULT_BLANK_SKIP = 0.999
+#: Beam-search engines: "flashlight" (compiled, torchaudio's CTC decoder) where it is
+#: installed and the vocabulary is made of characters, else "speechbrain".
+ENGINES = ("auto", "flashlight", "speechbrain")
 #: Share of an ARPA model's words that must be spellable with the model's units.
 MIN_LM_COVERAGE = 0.5
 
 
-def check_beam_options(beam_size=None, lm=None, lm_weight=DEFAULT_LM_WEIGHT,
-                       word_bonus=DEFAULT_WORD_BONUS):
+def check_beam_options(beam_size=None, lm=None, lm_weight=None, word_bonus=None,
+                       engine="auto"):
     """Checks decoding options; returns ``beam_size`` as an int or ``None`` (greedy).
 
     Example
@@ -90,9 +94,11 @@ def check_beam_options(beam_size=None, lm=None, lm_weight=DEFAULT_LM_WEIGHT,
         raise ConfigError(f"beam size must be a positive integer, got {beam_size!r}; fix: "
                           f"--beam-size {DEFAULT_BEAM_SIZE} (or leave it out for greedy "
                           "decoding)")
+    if engine not in ENGINES:
+        raise ConfigError(f"beam engine {engine!r}: use one of {', '.join(ENGINES)}")
     for name, value in (("lm weight", lm_weight), ("word bonus", word_bonus)):
         try:
-            float(value)
+            None if value is None else float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{name} must be a number, got {value!r}") from None
     return int(beam_size)
@@ -116,18 +122,26 @@ def add_decoding_options(parser):
     g.add_argument("--lm", default=None, metavar="PATH",
                    help="KenLM n-gram model (ARPA or binary) fused into the beam search "
                         "(needs --beam-size; build one with cald-lm build)")
-    g.add_argument("--lm-weight", type=float, default=DEFAULT_LM_WEIGHT, metavar="A",
-                   help=f"weight of the LM log-probability (default {DEFAULT_LM_WEIGHT:g})")
-    g.add_argument("--word-bonus", type=float, default=DEFAULT_WORD_BONUS, metavar="B",
-                   help=f"score added per word (default {DEFAULT_WORD_BONUS:g})")
+    g.add_argument("--lm-weight", type=float, default=None, metavar="A",
+                   help="weight of the LM log-probability (default: the engine's, "
+                        f"{DEFAULT_LM_WEIGHT:g} speechbrain, {fl.LM_WEIGHT:g} flashlight)")
+    g.add_argument("--word-bonus", type=float, default=None, metavar="B",
+                   help="score added per word (default: the engine's, "
+                        f"{DEFAULT_WORD_BONUS:g} speechbrain, {fl.WORD_BONUS:g} flashlight)")
+    g.add_argument("--beam-engine", default="auto", choices=ENGINES,
+                   help="flashlight: torchaudio's compiled CTC decoder (with an LM, over a "
+                        "lexicon of the LM's words); speechbrain: SpeechBrain's prefix beam "
+                        "search (any vocabulary, open vocabulary with an LM); auto: "
+                        "flashlight for character vocabularies where it is installed")
 
 
 def decoding_kwargs(args):
     """The :class:`~cald_speech.inference.Transcriber` options of parsed arguments,
     checked (a :class:`~cald_speech.errors.ConfigError` for a bad combination)."""
-    check_beam_options(args.beam_size, args.lm, args.lm_weight, args.word_bonus)
+    check_beam_options(args.beam_size, args.lm, args.lm_weight, args.word_bonus,
+                       args.beam_engine)
     return {"beam_size": args.beam_size, "lm": args.lm, "lm_weight": args.lm_weight,
-            "word_bonus": args.word_bonus}
+            "word_bonus": args.word_bonus, "beam_engine": args.beam_engine}
 
 
 def _tokenizer_kind(tokenizer):
@@ -176,7 +190,8 @@ def beam_vocabulary(tokenizer):
 
 
 def _arpa_unigrams(path, limit=20000):
-    """Up to ``limit`` words of an ARPA file's unigram section (no special tokens)."""
+    """Up to ``limit`` words (``None``: all) of an ARPA file's unigram section (no
+    special tokens)."""
     words = []
     with open(path, encoding="utf-8", errors="replace") as f:
         section = None
@@ -191,12 +206,12 @@ def _arpa_unigrams(path, limit=20000):
                 parts = line.split("\t")
                 if len(parts) >= 2 and parts[1] not in ("<s>", "</s>", "<unk>"):
                     words.append(parts[1])
-                    if len(words) >= limit:
+                    if limit is not None and len(words) >= limit:
                         break
     return words
 
 
-def check_lm_file(path, tokenizer):
+def check_lm_file(path, tokenizer, engine="speechbrain"):
     """Checks an LM file before the beam search loads it: present, readable by KenLM,
     and — for ARPA — made of words the model can spell.
 
@@ -215,8 +230,9 @@ def check_lm_file(path, tokenizer):
     if path.stat().st_size == 0:
         raise DataError(path, "is empty", "build the LM again (cald-lm build)")
     try:
-        import kenlm  # noqa: F401
-        import pygtrie  # noqa: F401  (SpeechBrain's KenLM scorer needs it)
+        if engine == "speechbrain":
+            import kenlm  # noqa: F401
+            import pygtrie  # noqa: F401  (SpeechBrain's KenLM scorer needs it)
     except ImportError:
         raise ConfigError("LM fusion needs the kenlm and pygtrie modules; fix: pip install "
                           "-e '.[lm]' (kenlm compiles from source: see the README)") from None
@@ -261,6 +277,23 @@ class _quiet_stderr:
         return self._file.read().decode("utf-8", "replace")
 
 
+def resolve_engine(engine, tokenizer):
+    """The beam-search engine ``"auto"`` stands for with ``tokenizer``.
+
+    Example
+    -------
+    >>> from cald_speech.data.tokenizer import CharTokenizer
+    >>> resolve_engine("speechbrain", CharTokenizer())
+    'speechbrain'
+    """
+    if engine not in ENGINES:
+        raise ConfigError(f"beam engine {engine!r}: use one of {', '.join(ENGINES)}")
+    if engine != "auto":
+        return engine
+    chars = _tokenizer_kind(tokenizer) != "sentencepiece"
+    return "flashlight" if chars and fl.available() else "speechbrain"
+
+
 def is_binary_lm(path):
     """True for a KenLM binary file (``build_binary`` output), by its magic bytes."""
     with open(path, "rb") as f:
@@ -288,17 +321,27 @@ class BeamDecoder:
     blank_skip : float or None
         Blank posterior above which a run of frames is searched as one (see
         :meth:`best`); ``None``: every frame.
+    engine : str
+        ``"flashlight"`` (:mod:`cald_speech.decoding_flashlight`: compiled; with an LM,
+        words from the LM's vocabulary only), ``"speechbrain"`` (pure Python; any
+        vocabulary; with an LM, open vocabulary) or ``"auto"`` (flashlight for character
+        vocabularies where it is installed). ``lm_weight`` / ``word_bonus`` of ``None``
+        take the engine's defaults.
     """
 
     def __init__(self, tokenizer, beam_size=DEFAULT_BEAM_SIZE, lm=None,
-                 lm_weight=DEFAULT_LM_WEIGHT, word_bonus=DEFAULT_WORD_BONUS,
+                 lm_weight=None, word_bonus=None,
                  beam_prune_logp=-10.0, token_prune_min_logp=-5.0,
-                 blank_skip=DEFAULT_BLANK_SKIP):
-        from speechbrain.decoders.ctc import CTCPrefixBeamSearcher
-
-        self.beam_size = check_beam_options(beam_size, lm, lm_weight, word_bonus)
+                 blank_skip=DEFAULT_BLANK_SKIP, engine="auto"):
+        self.beam_size = check_beam_options(beam_size, lm, lm_weight, word_bonus, engine)
         self.tokenizer = tokenizer
         self.kind = _tokenizer_kind(tokenizer)
+        self.engine = resolve_engine(engine, tokenizer)
+        flash = self.engine == "flashlight"
+        if lm_weight is None:
+            lm_weight = fl.LM_WEIGHT if flash else DEFAULT_LM_WEIGHT
+        if word_bonus is None:
+            word_bonus = fl.WORD_BONUS if flash else DEFAULT_WORD_BONUS
         if blank_skip is not None and not math.exp(token_prune_min_logp) > 1 - blank_skip:
             raise ConfigError(f"blank_skip={blank_skip} would drop frames whose units the "
                               f"search keeps (token_prune_min_logp={token_prune_min_logp}); "
@@ -314,7 +357,14 @@ class BeamDecoder:
         self.lm = None if lm is None else str(lm)
         self.lm_weight, self.word_bonus = float(lm_weight), float(word_bonus)
         if self.lm is not None:
-            check_lm_file(self.lm, tokenizer)
+            check_lm_file(self.lm, tokenizer, self.engine)
+        self.searcher = self.search = None
+        if flash:
+            self.search = fl.FlashlightSearch(tokenizer, self.beam_size, self.lm,
+                                              self.lm_weight, self.word_bonus)
+            return
+        from speechbrain.decoders.ctc import CTCPrefixBeamSearcher
+
         unigrams = None
         if self.lm is not None and is_binary_lm(self.lm):
             words = Path(self.lm).with_suffix(".words.txt")  # written by cald-lm build
@@ -344,6 +394,9 @@ class BeamDecoder:
         (a grid of weights reads the LM file once)."""
         other = copy.copy(self)
         other.lm_weight, other.word_bonus = float(lm_weight), float(word_bonus)
+        if self.search is not None:
+            other.search = self.search.with_weights(lm_weight, word_bonus)
+            return other
         other.searcher = copy.copy(self.searcher)
         other.searcher.alpha, other.searcher.beta = other.lm_weight, other.word_bonus
         if self.searcher.lm is not None:
@@ -355,11 +408,12 @@ class BeamDecoder:
     def __repr__(self):
         lm = f", lm={os.path.basename(self.lm)}, weight {self.lm_weight:g}, bonus " \
              f"{self.word_bonus:g}" if self.lm else ""
-        return f"BeamDecoder(beam {self.beam_size}{lm})"
+        return f"BeamDecoder({self.engine}, beam {self.beam_size}{lm})"
 
     def settings(self):
         """The options as a JSON-able dict (for reports)."""
-        return {"decoder": "beam", "beam_size": self.beam_size, "lm": self.lm,
+        return {"decoder": "beam", "engine": self.engine, "beam_size": self.beam_size,
+                "lm": self.lm,
                 "lm_weight": self.lm_weight if self.lm else None,
                 "word_bonus": self.word_bonus if self.lm else None}
 
@@ -395,23 +449,35 @@ class BeamDecoder:
         """
         if log_probs.shape[0] == 0:
             return "", []
-        hyp, index = self.best(log_probs)
-        text = " ".join(hyp.text.split())
+        spans = self.spans(log_probs)
+        text = " ".join(w for w, _, _ in spans)
         if not timestamps:
             return text, []
         words = []
         limit = float("inf") if duration is None else float(duration)
-        last_kept = len(index) - 1
-        for word, (start, end) in hyp.text_frames or []:
-            word = word.strip()
-            if not word:
-                continue
-            start = int(index[min(int(start), last_kept)])
-            end = int(index[min(int(end), last_kept)])
-            first, last, conf = self._align(log_probs, word, start, end)
+        best_ids = log_probs.argmax(-1)  # once: each word looks at its own frames only
+        for word, start, end in spans:
+            first, last, conf = self._align(log_probs, word, start, end, best_ids)
             words.append(Word(word, round(min(first * frame_shift, limit), 6),
                               round(min((last + 1) * frame_shift, limit), 6), conf))
         return text, words
+
+    def spans(self, log_probs):
+        """``[(word, first frame, frame where its last unit starts)]`` of the best
+        hypothesis (either engine)."""
+        if self.search is not None:
+            return self.search(log_probs)
+        hyp, index = self.best(log_probs)
+        last_kept = len(index) - 1
+        out = []
+        for word, (start, end) in hyp.text_frames or []:
+            word = word.strip()
+            if word:
+                out.append((word, int(index[min(int(start), last_kept)]),
+                            int(index[min(int(end), last_kept)])))
+        if not hyp.text_frames and hyp.text.strip():   # no frames: the text alone
+            out = [(w, 0, int(index[-1])) for w in hyp.text.split()]
+        return out
 
     def _word_ids(self, word):
         if self.kind == "sentencepiece":
@@ -424,16 +490,16 @@ class BeamDecoder:
             ids.append(i)
         return ids
 
-    def _align(self, log_probs, word, start, end):
-        """(first frame, last frame, confidence) of ``word`` in frames [start, end]."""
+    def _align(self, log_probs, word, start, end, best_ids):
+        """(first frame, last frame, confidence) of ``word`` in frames [start, end]
+        (``best_ids``: the argmax unit of every frame)."""
         import torch
         from torchaudio.functional import forced_align
 
         ids = self._word_ids(word)
-        if ids:  # the searcher ends a sequence's last word where its last unit starts
-            best_ids = log_probs[end + 1:].argmax(-1)
-            while end + 1 < log_probs.shape[0] and int(best_ids[0]) == ids[-1]:
-                end, best_ids = end + 1, best_ids[1:]
+        if ids:  # the searcher ends a word where its last unit starts: extend it
+            while end + 1 < log_probs.shape[0] and int(best_ids[end + 1]) == ids[-1]:
+                end += 1
         lp = log_probs[start:end + 1].float()
         if ids:
             try:

@@ -2,7 +2,7 @@
 # Greedy vs beam vs beam + 4-gram LM for the offline starting model, on LJ sentences that
 # no model or LM has seen (the evaluation-only sentences, spoken by the held-out test
 # voices of the demo's voice split); LM weight and word bonus chosen on a dev split whose
-# sentences are left out of the LM. Resumable: each step is skipped when its output exists.
+# sentences are left out of the LM; both beam-search engines. Resumable: each step is skipped when its output exists.
 #   bash tools/lm_results.sh            # writes results/lm/ and docs/results/lm_*.json
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,10 +24,23 @@ fi
 [ -f "$OUT/lj4.arpa" ] || \
   $PY -m cald_speech.lm.cli build "$DATA/text/ljspeech_sentences.tsv" --order 4 \
       --model "$MODEL" --exclude "$OUT/manifests/dev-clean.csv" --output "$OUT/lj4.arpa"
-$PY -m cald_speech.bench.cli decoding --model "$MODEL" --csv "$OUT/manifests/test-clean.csv" \
-    --dev-csv "$OUT/manifests/dev-clean.csv" --lm "$OUT/lj4.arpa" --beam-size 16 \
-    --long-minutes "${LONG_MINUTES:-10}" --output-dir "$OUT/bench"
+# SpeechBrain's prefix beam search (pure Python) and the compiled flashlight search
+# (torchaudio's ctc_decoder; with the LM, a lexicon of the LM's words) at beam 16, and the
+# compiled search at beam 128
+run() {  # run NAME BEAM ENGINE
+  [ -f "$OUT/bench_$1/decoding.json" ] || \
+    $PY -m cald_speech.bench.cli decoding --model "$MODEL" --csv "$OUT/manifests/test-clean.csv" \
+        --dev-csv "$OUT/manifests/dev-clean.csv" --lm "$OUT/lj4.arpa" --beam-size "$2" \
+        --beam-engine "$3" --long-minutes "${LONG_MINUTES:-10}" --output-dir "$OUT/bench_$1"
+}
+run speechbrain_b16 16 speechbrain
+run flashlight_b16 16 flashlight
+run flashlight_b128 128 flashlight
 mkdir -p docs/results
-cp "$OUT/bench/decoding.json" docs/results/lm_starting_model.json
-cp "$OUT/bench/decoding.png" docs/results/lm_starting_model.png
+cp "$OUT/bench_speechbrain_b16/decoding.json" docs/results/lm_starting_model.json
+cp "$OUT/bench_speechbrain_b16/decoding.png" docs/results/lm_starting_model.png
+for b in 16 128; do
+  cp "$OUT/bench_flashlight_b$b/decoding.json" "docs/results/lm_starting_model_flashlight_b$b.json"
+done
+cp "$OUT/bench_flashlight_b16/decoding.png" docs/results/lm_starting_model_flashlight.png
 cp "$OUT/lj4.arpa.json" docs/results/lm_lj4_arpa.json

@@ -43,8 +43,14 @@ def model_label(path):
     return path.parent.name if path.name == "model" and path.parent.name else path.name
 
 
-def lm_grid(weights=LM_WEIGHTS, bonuses=WORD_BONUSES):
-    """Every (LM weight, word bonus) pair of the grid (default: the grid searched on dev)."""
+def lm_grid(weights=None, bonuses=None, engine="speechbrain"):
+    """Every (LM weight, word bonus) pair of the grid (default: the grid searched on dev
+    for ``engine``: its weights are on another scale for each engine)."""
+    from cald_speech import decoding_flashlight as fl
+
+    flash = engine == "flashlight"
+    weights = weights or (fl.LM_WEIGHTS if flash else LM_WEIGHTS)
+    bonuses = bonuses or (fl.WORD_BONUSES if flash else WORD_BONUSES)
     return [(float(w), float(b)) for w in weights for b in bonuses]
 
 
@@ -88,14 +94,14 @@ def score(items, hyps):
     return error_rates([it["ref"] for it in kept], [hyps[it["ID"]] for it in kept])
 
 
-def tune_lm(asr, dev_items, dev_lps, lm, beam_size, grid=None):
+def tune_lm(asr, dev_items, dev_lps, lm, beam_size, grid=None, engine="auto"):
     """The (LM weight, word bonus) of the grid with the lowest dev WER (ties: CER, then
     the smaller weight); returns ``(best dict, every grid point)``."""
     from cald_speech.decoding import BeamDecoder
 
     points = []
-    base = BeamDecoder(asr.tokenizer, beam_size, lm)  # the LM is read once
-    for weight, bonus in grid or lm_grid():
+    base = BeamDecoder(asr.tokenizer, beam_size, lm, engine=engine)
+    for weight, bonus in grid or lm_grid(engine=base.engine):
         decoder = base.with_weights(weight, bonus)
         hyps, seconds = decode(asr, dev_lps, decoder)
         s = score(dev_items, hyps)
@@ -121,9 +127,12 @@ def _long_audio(items, minutes, rate):
     return torch.cat(pieces)[:target]
 
 
-def run_model(folder, test, dev, lm, beam_size, grid, mode, long_minutes, device):
-    """Every measurement of one model (see the module doc)."""
-    from cald_speech.decoding import BeamDecoder
+def run_model(folder, test, dev, lm, beam_size, grid, mode, long_minutes, device,
+              engines=("auto",)):
+    """Every measurement of one model (see the module doc): greedy, then beam and
+    beam + LM for each of ``engines``; ``grid`` ``(weights, bonuses)``, ``None`` for
+    each engine's default."""
+    from cald_speech.decoding import BeamDecoder, resolve_engine
     from cald_speech.hub import resolve_model_source
     from cald_speech.inference import Transcriber, align_words
 
@@ -132,14 +141,22 @@ def run_model(folder, test, dev, lm, beam_size, grid, mode, long_minutes, device
     audio_min = sum(lp.shape[0] for lp in lps.values()) * asr.frame_shift / 60
     result = {"model": str(folder), "items": len(lps), "failed": failed,
               "audio_minutes": audio_min, "posterior_seconds": post_s, "rows": []}
-    beam = BeamDecoder(asr.tokenizer, beam_size)
-    rows = [("greedy", None), (f"beam {beam_size}", beam)]
-    if lm is not None:
-        dev_lps, _, _ = posteriors(asr, dev, mode)
-        best, points = tune_lm(asr, dev, dev_lps, lm, beam_size, grid)
-        result["lm_tuning"] = {"dev_items": len(dev_lps), "best": best, "grid": points}
-        rows.append((f"beam {beam_size} + LM", BeamDecoder(
-            asr.tokenizer, beam_size, lm, best["lm_weight"], best["word_bonus"])))
+    rows = [("greedy", None)]
+    dev_lps = posteriors(asr, dev, mode)[0] if lm is not None else None
+    engines = list(dict.fromkeys(resolve_engine(e, asr.tokenizer) for e in engines))
+    for engine in engines:
+        tag = f" ({engine})" if len(engines) > 1 else ""
+        rows.append((f"beam {beam_size}{tag}", BeamDecoder(asr.tokenizer, beam_size,
+                                                          engine=engine)))
+        if lm is None:
+            continue
+        best, points = tune_lm(asr, dev, dev_lps, lm, beam_size,
+                               grid and lm_grid(*grid, engine=engine), engine)
+        result.setdefault("lm_tuning", {})[engine] = {"dev_items": len(dev_lps),
+                                                      "best": best, "grid": points}
+        rows.append((f"beam {beam_size} + LM{tag}", BeamDecoder(
+            asr.tokenizer, beam_size, lm, best["lm_weight"], best["word_bonus"],
+            engine=engine)))
     for name, decoder in rows:
         hyps, seconds = decode(asr, lps, decoder)
         result["rows"].append({"decoding": name, **score(test, hyps),
@@ -224,26 +241,30 @@ def command(args):
 
     prog = "cald-bench decoding"
     try:
-        check_beam_options(args.beam_size, args.lm)
+        for engine in args.beam_engine:
+            check_beam_options(args.beam_size, args.lm, engine=engine)
         if args.lm is not None and args.dev_csv is None:
             raise ConfigError("--lm needs --dev-csv: the LM weight and word bonus are "
                               "chosen on a dev split, never on the test split")
         test = read_items(args.csv, args.text_column, None, args.limit, args.normalize)
         dev = (read_items(args.dev_csv, args.text_column, None, args.limit, args.normalize)
                if args.dev_csv else [])
-        grid = lm_grid(args.lm_weights, args.word_bonuses)
+        grid = ((args.lm_weights, args.word_bonuses)
+                if args.lm_weights or args.word_bonuses else None)
         results = [run_model(m, test, dev, args.lm, args.beam_size, grid, args.mode,
-                             args.long_minutes, args.device) for m in args.model]
+                             args.long_minutes, args.device, args.beam_engine)
+                   for m in args.model]
     except CaldError as exc:
         return fail(prog, exc)
     if not any(r["items"] for r in results):
         return fail(prog, DataError(args.csv, "no readable item"))
     print(table(results))
     for res in results:
-        if "lm_tuning" in res:
-            b = res["lm_tuning"]["best"]
-            print(f"{model_label(res['model'])}: LM weight {b['lm_weight']:g}, word bonus "
-                  f"{b['word_bonus']:g} chosen on dev (WER {100 * b['wer']:.2f} %)")
+        for engine, tuning in res.get("lm_tuning", {}).items():
+            b = tuning["best"]
+            print(f"{model_label(res['model'])} ({engine}): LM weight {b['lm_weight']:g}, "
+                  f"word bonus {b['word_bonus']:g} chosen on dev (WER "
+                  f"{100 * b['wer']:.2f} %)")
         if "long" in res:
             lg = res["long"]
             shares = ", ".join(f"{k} {100 * v['share_of_transcription']:.1f} %"

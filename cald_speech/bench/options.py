@@ -116,10 +116,15 @@ def decoding_parser():
                         "with --lm)")
     p.add_argument("--lm", default=None, help="KenLM ARPA or binary file")
     p.add_argument("--beam-size", type=int, default=DEFAULT_BEAM_SIZE, help="beam width")
-    p.add_argument("--lm-weights", action=ListAction, item_type=float,
-                   default=list(LM_WEIGHTS), metavar="A", help="grid of LM weights")
-    p.add_argument("--word-bonuses", action=ListAction, item_type=float,
-                   default=list(WORD_BONUSES), metavar="B", help="grid of word bonuses")
+    p.add_argument("--lm-weights", action=ListAction, item_type=float, default=None,
+                   metavar="A", help="grid of LM weights (default: the engine's, "
+                   f"speechbrain {' '.join(map(str, LM_WEIGHTS))})")
+    p.add_argument("--word-bonuses", action=ListAction, item_type=float, default=None,
+                   metavar="B", help="grid of word bonuses (default: the engine's, "
+                   f"speechbrain {' '.join(map(str, WORD_BONUSES))})")
+    p.add_argument("--beam-engine", action=ListAction, default=["auto"],
+                   metavar="ENGINE", help="beam-search engines compared (auto, flashlight, "
+                   "speechbrain; several: --beam-engine flashlight speechbrain)")
     p.add_argument("--text-column", default="wrd", help="transcript column")
     p.add_argument("--normalize", action="store_true",
                    help="normalise the references (numbers, abbreviations, punctuation)")

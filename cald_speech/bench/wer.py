@@ -288,9 +288,9 @@ def tune_decoder(asr, dev_items, mode="auto"):
 
     lps, _, _ = posteriors(asr, dev_items, mode)
     d = asr.decoder
-    best, grid = tune_lm(asr, dev_items, lps, d.lm, d.beam_size)
+    best, grid = tune_lm(asr, dev_items, lps, d.lm, d.beam_size, engine=d.engine)
     asr.decoder = BeamDecoder(asr.tokenizer, d.beam_size, d.lm, best["lm_weight"],
-                              best["word_bonus"])
+                              best["word_bonus"], engine=d.engine)
     return {"dev_items": len(lps), "best": best, "grid": grid}
 
 

@@ -137,9 +137,10 @@ def decoding_rows(pipe):
                          "WER relative to greedy %": (100 * (r["wer"] - greedy) / greedy
                                                       if greedy else None),
                          "decoding s per audio minute": r["decode_s_per_audio_min"]})
-        best = res.get("lm_tuning", {}).get("best")
-        if best:
-            chosen.append(f"{name} {best['lm_weight']:g} / {best['word_bonus']:g}")
+        for engine, tuning in res.get("lm_tuning", {}).items():
+            best = tuning["best"]
+            chosen.append(f"{name} {best['lm_weight']:g} / {best['word_bonus']:g} "
+                          f"({engine})")
     note = ("The same posteriors decoded three ways; the LM is a 4-gram of the built-in "
             "LJ Speech and SLURP training sentences without this corpus's dev and test "
             "sentences (`cald-lm build`). LM weight / word bonus chosen on the dev split: "

@@ -80,12 +80,7 @@ import numpy as np
 import torch
 
 from cald_speech.data.audio import SAMPLE_RATE, check_finite, load_audio, resample
-from cald_speech.decoding import (
-    DEFAULT_LM_WEIGHT,
-    DEFAULT_WORD_BONUS,
-    BeamDecoder,
-    check_beam_options,
-)
+from cald_speech.decoding import BeamDecoder, check_beam_options
 from cald_speech.errors import AudioError, ConfigError, DataError
 from cald_speech.features import (
     base_model,
@@ -214,8 +209,11 @@ class Transcriber:
         Decode with a CTC prefix beam search of this width (default: greedy).
     lm : str or os.PathLike, optional
         A KenLM n-gram model (ARPA or binary) fused into the beam search.
-    lm_weight, word_bonus : float
-        The LM's weight and the score added per word
+    lm_weight, word_bonus : float, optional
+        The LM's weight and the score added per word (default: the engine's)
+        (:class:`~cald_speech.decoding.BeamDecoder`).
+    beam_engine : str
+        ``"auto"``, ``"flashlight"`` or ``"speechbrain"``
         (:class:`~cald_speech.decoding.BeamDecoder`).
 
     Notes
@@ -243,8 +241,8 @@ class Transcriber:
                  encoder_block=DEFAULT_ENCODER_BLOCK,
                  projection_cache_mb=DEFAULT_PROJECTION_CACHE_MB,
                  norm_window_s=DEFAULT_NORM_WINDOW_S, precision="fp32",
-                 info=None, beam_size=None, lm=None, lm_weight=DEFAULT_LM_WEIGHT,
-                 word_bonus=DEFAULT_WORD_BONUS):
+                 info=None, beam_size=None, lm=None, lm_weight=None, word_bonus=None,
+                 beam_engine="auto"):
         self.device = torch.device(device)
         self.precision = check_precision(precision, self.device)
         self.model = model.to(self.device).eval()
@@ -295,8 +293,9 @@ class Transcriber:
         self.dtype = next(model.parameters()).dtype
         enable_feature_input(self.model)
         self.decoder = None
-        if check_beam_options(beam_size, lm, lm_weight, word_bonus) is not None:
-            self.decoder = BeamDecoder(tokenizer, beam_size, lm, lm_weight, word_bonus)
+        if check_beam_options(beam_size, lm, lm_weight, word_bonus, beam_engine) is not None:
+            self.decoder = BeamDecoder(tokenizer, beam_size, lm, lm_weight, word_bonus,
+                                       engine=beam_engine)
 
     @classmethod
     def from_pretrained(cls, folder, device="cpu", **kwargs):

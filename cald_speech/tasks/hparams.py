@@ -37,8 +37,11 @@ KINDS = {
     "nonneg_num": (lambda v: _is_num(v) and v >= 0, "a number >= 0"),
     "pos_num_or_null": (lambda v: v is None or (_is_num(v) and v > 0),
                         "a positive number or null"),
+    "nonneg_num_or_null": (lambda v: v is None or (_is_num(v) and v >= 0),
+                           "a number >= 0 or null"),
     "int": (_is_int, "an integer"),
     "num": (_is_num, "a number"),
+    "num_or_null": (lambda v: v is None or _is_num(v), "a number or null"),
     "fraction": (lambda v: _is_num(v) and 0 <= v <= 1, "a number from 0 to 1"),
     "bool": (lambda v: isinstance(v, bool), "true or false"),
     "str_list": (lambda v: isinstance(v, (list, tuple)) and all(isinstance(s, str) for s in v),
@@ -70,8 +73,8 @@ OPTION_KINDS = {
     "model_source": "str_or_null", "teacher_source": "str_or_null",
     "student_source": "str_or_null", "pretrained_source": "str_or_null",
     "precision": "str", "best_metric": "str",
-    "beam_size": "pos_int_or_null", "lm": "str_or_null", "lm_weight": "nonneg_num",
-    "word_bonus": "num",
+    "beam_size": "pos_int_or_null", "lm": "str_or_null", "lm_weight": "nonneg_num_or_null",
+    "word_bonus": "num_or_null", "beam_engine": "str",
 }
 
 

@@ -200,8 +200,8 @@ def run_recipe(task, argv):
 
 
 #: hparams that change a test's result, beside the checkpoint (see :class:`TestedSplits`).
-TEST_SETTINGS = ("beam_size", "lm", "lm_weight", "word_bonus", "precision", "text_column",
-                 "normalize_text", "max_duration", "min_duration", "batch_size")
+TEST_SETTINGS = ("beam_size", "beam_engine", "lm", "lm_weight", "word_bonus", "precision",
+                 "text_column", "normalize_text", "max_duration", "min_duration", "batch_size")
 
 
 class TestedSplits:

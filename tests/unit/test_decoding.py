@@ -52,20 +52,30 @@ def tokenizer(request, tmp_path):
     return hub_tokenizer(tmp_path)
 
 
+#: both beam-search engines (the compiled one decodes character vocabularies only)
+ENGINES = ("flashlight", "speechbrain")
+
+
+def engines_for(tokenizer):
+    return ("speechbrain",) if isinstance(tokenizer, SentencePieceTokenizer) else ENGINES
+
+
 def test_beam_equals_greedy_with_timings_on_confident_posteriors(tokenizer):
     ids = tokenizer.encode("THE CAT SAT ON THE MAT")
     lp = peaked(frames_of(ids), len(tokenizer))
-    text, words = BeamDecoder(tokenizer, beam_size=8).decode(lp, frame_shift=0.02,
-                                                              duration=10.0)
     g_text, g_words = align_words(lp, tokenizer, 0.02, 10.0)
-    assert text == g_text == "THE CAT SAT ON THE MAT"
-    assert [(w.word, w.start, w.end) for w in words] == \
-        [(w.word, w.start, w.end) for w in g_words]
-    for b, g in zip(words, g_words):
-        assert b.confidence == pytest.approx(g.confidence, abs=1e-4)
+    for engine in engines_for(tokenizer):
+        text, words = BeamDecoder(tokenizer, beam_size=8, engine=engine).decode(
+            lp, frame_shift=0.02, duration=10.0)
+        assert text == g_text == "THE CAT SAT ON THE MAT"
+        assert [(w.word, w.start, w.end) for w in words] == \
+            [(w.word, w.start, w.end) for w in g_words]
+        for b, g in zip(words, g_words):
+            assert b.confidence == pytest.approx(g.confidence, abs=1e-4)
 
 
-def test_beam_sums_paths_where_greedy_takes_the_best_frame():
+@pytest.mark.parametrize("engine", ENGINES)
+def test_beam_sums_paths_where_greedy_takes_the_best_frame(engine):
     """The textbook case: per frame, blank wins; summed over paths, 'A' wins."""
     tok = CharTokenizer()
     a = tok.encode("A")[0]
@@ -73,17 +83,18 @@ def test_beam_sums_paths_where_greedy_takes_the_best_frame():
     probs[:, 0], probs[:, a] = 0.52, 0.48
     lp = (probs / probs.sum(-1, keepdim=True)).log()
     assert align_words(lp, tok, 0.02)[0] == ""
-    assert BeamDecoder(tok, beam_size=4).decode(lp, 0.02)[0] == "A"
+    assert BeamDecoder(tok, beam_size=4, engine=engine).decode(lp, 0.02)[0] == "A"
 
 
-def test_special_units_are_never_emitted_by_the_beam(tmp_path):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_special_units_are_never_emitted_by_the_beam(tmp_path, engine):
     tok = hub_tokenizer(tmp_path)
     ids = tok.encode("CAT")
     path = frames_of(ids)
     path[len(path) // 2] = tok.unk_id  # greedy would print <unk>
     lp = peaked(path, len(tok))
     assert "<unk>" in tok.decode_ctc(lp.argmax(-1))
-    assert "<unk>" not in BeamDecoder(tok, beam_size=8).decode(lp, 0.02)[0]
+    assert "<unk>" not in BeamDecoder(tok, beam_size=8, engine=engine).decode(lp, 0.02)[0]
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +106,8 @@ def corpus_lm(tmp_path_factory):
     return build_lm([text], d / "lm.arpa", order=3), d / "lm.arpa"
 
 
-def test_lm_fusion_fixes_a_word_the_acoustics_get_wrong(corpus_lm):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_lm_fusion_fixes_a_word_the_acoustics_get_wrong(corpus_lm, engine):
     tok = CharTokenizer()
     ids = tok.encode("THE CAT SAD")
     lp = peaked(frames_of(ids), len(tok), sure=0.6)
@@ -107,11 +119,23 @@ def test_lm_fusion_fixes_a_word_the_acoustics_get_wrong(corpus_lm):
         lp[k, d], lp[k, t] = torch.tensor(0.5).log(), torch.tensor(0.45).log()
     lp = torch.log_softmax(lp, -1)
     _, path = corpus_lm
-    assert BeamDecoder(tok, beam_size=16).decode(lp, 0.02)[0] == "THE CAT SAD"
-    fused = BeamDecoder(tok, beam_size=16, lm=path, lm_weight=1.0, word_bonus=1.0)
+    assert BeamDecoder(tok, beam_size=16, engine=engine).decode(lp, 0.02)[0] == "THE CAT SAD"
+    fused = BeamDecoder(tok, beam_size=16, lm=path, lm_weight=1.0, word_bonus=1.0,
+                        engine=engine)
     text, words = fused.decode(lp, 0.02)
     assert text == "THE CAT SAT"
     assert [w.word for w in words] == ["THE", "CAT", "SAT"]
+
+
+def test_compiled_search_with_an_lm_outputs_words_of_the_lm_only(corpus_lm):
+    tok = CharTokenizer()
+    # clear acoustics for a word the LM never saw: without the LM, it is decoded
+    lp = peaked(frames_of(tok.encode("THE BAT SAT")), len(tok), sure=0.7)
+    closed = BeamDecoder(tok, 16, lm=corpus_lm[1], engine="flashlight").decode(lp, 0.02)
+    vocabulary = set(" ".join(["THE CAT SAT ON THE MAT", "A DOG SAT ON A LOG",
+                               "THE TWO CATS SAT"]).split())
+    assert BeamDecoder(tok, 16, engine="flashlight").decode(lp, 0.02)[0] == "THE BAT SAT"
+    assert set(closed[0].split()) <= vocabulary and closed[0].startswith("THE ")
 
 
 def test_lm_builder_normalises_spells_numbers_and_excludes(corpus_lm, tmp_path):
@@ -155,7 +179,15 @@ def test_cald_lm_command_writes_arpa_and_binary(tmp_path, capsys):
     tok = CharTokenizer()
     ids = tok.encode("THE CAT SAT")
     lp = peaked(frames_of(ids), len(tok))
-    assert BeamDecoder(tok, 8, lm=tmp_path / "lm.bin").decode(lp, 0.02)[0] == "THE CAT SAT"
+    for engine in ENGINES:
+        decoder = BeamDecoder(tok, 8, lm=tmp_path / "lm.bin", engine=engine)
+        assert decoder.decode(lp, 0.02)[0] == "THE CAT SAT"
+    # the compiled search's lexicon is the binary's word list, written beside it
+    (tmp_path / "lm.words.txt").unlink()
+    with pytest.raises(DataError, match="lm.words.txt.*cald-lm build writes it"):
+        BeamDecoder(tok, 8, lm=tmp_path / "lm.bin", engine="flashlight")
+    assert BeamDecoder(tok, 8, lm=tmp_path / "lm.bin", engine="speechbrain").decode(
+        lp, 0.02)[0] == "THE CAT SAT"
 
 
 # ---------------------------------------------------------------- bad input
@@ -164,6 +196,17 @@ def test_beam_options_that_cannot_work():
         check_beam_options(0)
     with pytest.raises(ConfigError, match="beam search only.*--beam-size"):
         check_beam_options(None, lm="lm.arpa")
+    with pytest.raises(ConfigError, match="beam engine 'kaldi'"):
+        check_beam_options(8, engine="kaldi")
+    sp = SentencePieceTokenizer.train(TEXTS * 4, vocab_size=30, model_type="bpe")
+    assert BeamDecoder(sp, 4).engine == "speechbrain"       # auto: pieces -> speechbrain
+    with pytest.raises(ConfigError, match="--beam-engine speechbrain"):
+        BeamDecoder(sp, 4, engine="flashlight")
+    # each engine's own default weights (their scales differ)
+    tok = CharTokenizer()
+    assert BeamDecoder(tok, 4, engine="flashlight").settings()["engine"] == "flashlight"
+    for engine, weight in (("flashlight", 1.5), ("speechbrain", 0.5)):
+        assert BeamDecoder(tok, 4, engine=engine).lm_weight == weight
 
 
 def test_lm_files_that_cannot_be_used(corpus_lm, tmp_path):
@@ -236,12 +279,25 @@ def test_decoding_benchmark_tunes_on_dev_and_scores_test(corpus_lm, tmp_path, ca
         refs.append(text)
         hyps.append(norm_text(asr.transcribe_file(wav, timestamps=False).text))
     assert res["rows"][0]["wer"] == pytest.approx(error_rates(refs, hyps)["wer"])
-    tuning = res["lm_tuning"]
+    (engine, tuning), = res["lm_tuning"].items()
+    assert engine == "flashlight" == res["rows"][2]["settings"]["engine"]
     assert len(tuning["grid"]) == 4
     assert tuning["best"]["wer"] == min(p["wer"] for p in tuning["grid"])
     assert res["rows"][2]["settings"]["lm_weight"] == tuning["best"]["lm_weight"]
     assert res["long"]["minutes"] == 0.05 and res["long"]["beam 4 + LM"]["decode_seconds"] > 0
     assert (out / "decoding.png").is_file()
+    # both engines on the same posteriors: each with its own tuning
+    assert bench_main(["--model", str(model), "--csv", str(tmp_path / "test.csv"),
+                       "--dev-csv", str(tmp_path / "dev.csv"), "--lm", str(lm),
+                       "--beam-size", "4", "--lm-weights", "0.5", "--word-bonuses", "0",
+                       "--beam-engine", "flashlight", "speechbrain",
+                       "--out-dir", str(tmp_path / "both")]) == 0
+    both = json.loads((tmp_path / "both" / "decoding.json").read_text())["results"][0]
+    assert [r["decoding"] for r in both["rows"]] == [
+        "greedy", "beam 4 (flashlight)", "beam 4 + LM (flashlight)", "beam 4 (speechbrain)",
+        "beam 4 + LM (speechbrain)"]
+    assert sorted(both["lm_tuning"]) == ["flashlight", "speechbrain"]
+    assert both["rows"][0]["wer"] == res["rows"][0]["wer"]
     assert bench_main(["--model", str(model), "--csv", str(tmp_path / "test.csv"),
                        "--lm", str(lm), "--beam-size", "4"]) == 2
     assert "--lm needs --dev-csv" in capsys.readouterr().err
@@ -263,8 +319,8 @@ def test_searching_runs_of_sure_blanks_as_one_frame_changes_nothing(corpus_lm, w
     lp[blank_frames & sure] = peaked([0] * int((blank_frames & sure).sum()), len(tok),
                                      sure=0.9995, seed=5)
     lm = corpus_lm[1] if with_lm else None
-    every = BeamDecoder(tok, 8, lm=lm, blank_skip=None)
-    skip = BeamDecoder(tok, 8, lm=lm)
+    every = BeamDecoder(tok, 8, lm=lm, blank_skip=None, engine="speechbrain")
+    skip = BeamDecoder(tok, 8, lm=lm, engine="speechbrain")
     a, b = every.decode(lp, 0.02), skip.decode(lp, 0.02)
     assert a[0] == b[0] == "THE CAT SAT ON THE MAT"
     assert [(w.word, w.start, w.end) for w in a[1]] == [(w.word, w.start, w.end) for w in b[1]]
@@ -275,10 +331,11 @@ def test_other_weights_on_a_shared_lm_decode_as_a_new_decoder(corpus_lm):
     tok = CharTokenizer()
     ids = tok.encode("THE CAT SAD")
     lp = peaked(frames_of(ids), len(tok), sure=0.55)
-    base = BeamDecoder(tok, 8, lm=corpus_lm[1])
+    base = BeamDecoder(tok, 8, lm=corpus_lm[1], engine="speechbrain")
     for weight, bonus in ((0.25, 0.0), (2.0, 3.0)):
         shared = base.with_weights(weight, bonus)
-        fresh = BeamDecoder(tok, 8, lm=corpus_lm[1], lm_weight=weight, word_bonus=bonus)
+        fresh = BeamDecoder(tok, 8, lm=corpus_lm[1], lm_weight=weight, word_bonus=bonus,
+                                engine="speechbrain")
         assert shared.best(lp)[0].score == pytest.approx(fresh.best(lp)[0].score)
         assert shared.decode(lp, 0.02)[0] == fresh.decode(lp, 0.02)[0]
     assert base.searcher.lm.alpha == 0.5  # the original keeps its weights

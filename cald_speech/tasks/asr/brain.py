@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from cald_speech.data.metrics import totals, utterance_scores
 from cald_speech.data.tokenizer import apply_case
-from cald_speech.decoding import DEFAULT_LM_WEIGHT, DEFAULT_WORD_BONUS, BeamDecoder
+from cald_speech.decoding import BeamDecoder
 from cald_speech.distill.brain import DistillBrain
 from cald_speech.distill.stages import stage_file, write_stats_json
 
@@ -33,7 +33,7 @@ class CTCBrain(DistillBrain):
     """
 
     TASK_DEFAULTS = {"best_metric": "WER", "wer_file": None, "beam_size": None, "lm": None,
-                     "lm_weight": DEFAULT_LM_WEIGHT, "word_bonus": DEFAULT_WORD_BONUS}
+                     "lm_weight": None, "word_bonus": None, "beam_engine": "auto"}
     scored = None   # the stage's transcripts: {"ID", "ref", "hyp": list of str}
     _counts = None  # their per-utterance counts (cald_speech.data.metrics), once computed
 
@@ -72,7 +72,7 @@ class CTCBrain(DistillBrain):
         hp = self.hparams
         if getattr(self, "_decoder", None) is None and hp.beam_size is not None:
             self._decoder = BeamDecoder(hp.tokenizer, hp.beam_size, hp.lm, hp.lm_weight,
-                                        hp.word_bonus)
+                                        hp.word_bonus, engine=hp.beam_engine)
         return getattr(self, "_decoder", None)
 
     def _score(self, log_probs, in_len, batch, stage=None):

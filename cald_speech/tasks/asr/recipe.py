@@ -7,7 +7,7 @@ or SentencePiece tokenizer; the packaged model carries its tokenizer.
 import logging
 from functools import partial
 
-from cald_speech.decoding import check_beam_options, check_lm_file
+from cald_speech.decoding import check_beam_options, check_lm_file, resolve_engine
 from cald_speech.errors import ConfigError
 from cald_speech.tasks.asr.brain import CTCBrain
 from cald_speech.tasks.asr.data import ASR_DATA_DEFAULTS, _normalizer, asr_datasets
@@ -29,7 +29,8 @@ logger = logging.getLogger(__name__)
 
 #: Keys the ASR recipe reads (typos of these fail early).
 ASR_KEYS = COMMON_KEYS | {"tokenizer", "text_column", "normalize_text", "wer_file",
-                          "best_metric", "beam_size", "lm", "lm_weight", "word_bonus"}
+                          "best_metric", "beam_size", "lm", "lm_weight", "word_bonus",
+                          "beam_engine"}
 
 
 class AsrTask(Task):
@@ -45,11 +46,13 @@ class AsrTask(Task):
     def check(self, hp):
         if hp["best_metric"] not in ("WER", "CER"):
             raise ConfigError(f"best_metric '{hp['best_metric']}' is not one of ['WER', 'CER']")
-        check_beam_options(hp["beam_size"], hp["lm"], hp["lm_weight"], hp["word_bonus"])
+        check_beam_options(hp["beam_size"], hp["lm"], hp["lm_weight"], hp["word_bonus"],
+                           hp["beam_engine"])
         # The model's own vocabulary when its folder has one (before anything is built).
         hp["tokenizer"], self.origin, self.new_head = resolve_tokenizer(hp)
         if hp["lm"] is not None:  # a bad LM file fails now, not after training
-            check_lm_file(hp["lm"], hp["tokenizer"])
+            check_lm_file(hp["lm"], hp["tokenizer"],
+                          resolve_engine(hp["beam_engine"], hp["tokenizer"]))
         logger.info("tokenizer: %r, from %s", hp["tokenizer"], self.origin)
 
     def models(self, hp, csvs):
