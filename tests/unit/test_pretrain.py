@@ -292,3 +292,34 @@ def test_a_folder_without_a_front_end_is_refused(tmp_path):
                                                           "model.safetensors"))
     with pytest.raises(DataError, match="no CNN"):
         pretrain.build_model(tmp_path / "init")
+
+
+def test_the_report_scores_each_model_as_the_wer_engine_does(corpus, capsys):
+    from cald_speech.bench.wer import error_rates, norm_text
+    from cald_speech.inference import Transcriber
+    from cald_speech.pretrain import report
+
+    tmp_path, _ = corpus
+    pretrain.train(_args(tmp_path, tmp_path / "run", "--updates", "3"))
+    pretrain.train(_args(tmp_path, tmp_path / "run2", "--updates", "3", "--seed", "8"))
+    old = tmp_path / "old.json"       # a recipe's results file, its curve as a string
+    old.write_text(json.dumps({"runs": [{"valid_curve": str(
+        [{"epoch": 1, "updates": 10, "CER": 80.0}, {"epoch": 2, "updates": 20, "CER": 70.5}])}]}))
+    out = tmp_path / "report"
+    assert report.main(["--model", f"new={tmp_path / 'run' / 'model'}",
+                        f"other={tmp_path / 'run2' / 'model'}", "--test", f"dev={tmp_path / 'dev.csv'}",
+                        "--curve", f"new={tmp_path / 'run' / 'curve.json'}", f"old={old}",
+                        "--output-dir", str(out)]) == 0
+    saved = json.loads((out / "starting_models.json").read_text())
+    assert saved["curves"]["old"] == [[10, 80.0], [20, 70.5]]
+    assert [u for u, _ in saved["curves"]["new"]] == [3]
+    rows = list(csv.DictReader(open(tmp_path / "dev.csv")))
+    for name, folder in (("new", tmp_path / "run" / "model"),
+                         ("other", tmp_path / "run2" / "model")):
+        asr = Transcriber.from_pretrained(folder)
+        hyps = [norm_text(asr.transcribe_file(r["wav"], timestamps=False).text) for r in rows]
+        ref = error_rates([norm_text(r["wrd"]) for r in rows], hyps)
+        assert saved["table"][name]["dev"]["CER"] == round(100 * ref["cer"], 2)
+        assert saved["table"][name]["dev"]["WER"] == round(100 * ref["wer"], 2)
+    assert "| new |" in (out / "starting_models.md").read_text()
+    assert (out / "starting_models.png").read_bytes()[:4] == b"\x89PNG"
