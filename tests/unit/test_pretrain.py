@@ -307,7 +307,8 @@ def test_the_report_scores_each_model_as_the_wer_engine_does(corpus, capsys):
         [{"epoch": 1, "updates": 10, "CER": 80.0}, {"epoch": 2, "updates": 20, "CER": 70.5}])}]}))
     out = tmp_path / "report"
     assert report.main(["--model", f"new={tmp_path / 'run' / 'model'}",
-                        f"other={tmp_path / 'run2' / 'model'}", "--test", f"dev={tmp_path / 'dev.csv'}",
+                        f"other={tmp_path / 'run2' / 'model'}",
+                        "--test", f"dev={tmp_path / 'dev.csv'}",
                         "--curve", f"new={tmp_path / 'run' / 'curve.json'}", f"old={old}",
                         "--output-dir", str(out)]) == 0
     saved = json.loads((out / "starting_models.json").read_text())
