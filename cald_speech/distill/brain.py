@@ -495,19 +495,31 @@ class DistillBrain(StageRecords, sb.Brain):
             self.scaler.update()
             self._teacher_has_grads = False
             return False
+        self._set_learning_rates(step_teacher)
         for opt in opts:
             self.scaler.step(opt)
         self.scaler.update()
         for opt in opts:
             opt.zero_grad(set_to_none=True)
         self.optimizer_step += 1
-        if step_teacher:
-            self._teacher_has_grads = False
+        self._teacher_has_grads = False
+        return True
+
+    def _set_learning_rates(self, teacher):
+        """Sets each optimiser's learning rate for the update about to be made (its
+        schedule's next value): update k runs at the schedule's rate k, the first one
+        included (a schedule applied after each update would leave the first update at
+        the optimiser's initial rate, the peak)."""
+        hp = self.hparams
+        for name, opt in self.optimizers_dict.items():
+            schedule = getattr(hp, f"{name}_lr_schedule", None)
+            if schedule is not None:
+                schedule(opt)
+        if teacher:
             for name, opt in self.teacher_optimizers.items():
-                schedule = getattr(self.hparams, f"teacher_{name}_lr_schedule")
+                schedule = getattr(hp, f"teacher_{name}_lr_schedule")
                 if schedule is not None:
                     schedule(opt)
-        return True
 
     def _task_optimizers(self, model, prefix, encoder_opt_class, head_opt_class):
         """{"encoder", "head"} optimisers of ``model`` with weight-decay groups."""
@@ -551,14 +563,10 @@ class DistillBrain(StageRecords, sb.Brain):
                                                           schedule)
 
     def on_fit_batch_end(self, batch, outputs, loss, should_step):
-        """LR schedules, per-step log lines and teacher waypoints."""
+        """Per-step log lines and teacher waypoints."""
         if not should_step:
             return
         hp = self.hparams
-        if hp.encoder_lr_schedule is not None and "encoder" in self.optimizers_dict:
-            hp.encoder_lr_schedule(self.encoder_optimizer)
-        if hp.head_lr_schedule is not None and "head" in self.optimizers_dict:
-            hp.head_lr_schedule(self.head_optimizer)
         step = self.optimizer_step
         if hp.log_every and step % hp.log_every == 0:
             self._write_step_log(step)

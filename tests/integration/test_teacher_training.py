@@ -257,3 +257,33 @@ def test_recording_time_masks_leaves_the_masks_unchanged():
     tm = time_mask(wrapped)
     frames = wrapped.wav2vec2._get_feature_vector_attention_mask(tm.shape[1], amask)
     assert bool(tm.any()) and not bool((tm & ~frames).any())  # never on padding
+
+
+def test_each_update_runs_at_its_schedules_rate_from_the_first(tmp_path, corpus):
+    """Update k runs at schedule value k for the student's and the co-trained teacher's
+    optimisers, the first update included (not at the optimiser's initial rate)."""
+    new = partial(sb.nnet.schedulers.WarmAndExpDecayLRSchedule, lr=1e-3, n_warmup_steps=2,
+                  total_steps=10, decay_factor=0.1)
+    sch = {**schedules(), "encoder_lr_schedule": new(), "head_lr_schedule": new()}
+    adamw = partial(torch.optim.AdamW, lr=1e-3)
+    brain, ds, counter = trajectory_brain(tmp_path, corpus, encoder_opt_class=adamw,
+                                          head_opt_class=adamw, **sch)
+    seen = []
+    real_step = brain.scaler.step
+
+    def recording(opt, *a, **k):
+        seen.append(opt.param_groups[0]["lr"])
+        return real_step(opt, *a, **k)
+
+    brain.scaler.step = recording
+    fit(brain, ds, counter, batch_size=1)
+    reference = new()          # the schedule's values, one per update, from update 0
+    expected = []
+    for _ in range(brain.optimizer_step):
+        probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+        reference(probe)
+        expected.append(probe.param_groups[0]["lr"])
+    assert expected[0] == 0.0 and max(expected) == pytest.approx(1e-3)
+    per_update = [seen[i:i + 4] for i in range(0, len(seen), 4)]  # 2 student + 2 teacher
+    assert [u[0] for u in per_update] == pytest.approx(expected)
+    assert all(len(set(u)) == 1 for u in per_update)
