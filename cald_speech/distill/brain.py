@@ -100,6 +100,21 @@ def unwrap(module):
 
 
 
+def _schedule_position(schedule):
+    """Updates a SpeechBrain LR schedule has counted (``None``: it does not say).
+
+    Example
+    -------
+    >>> from speechbrain.nnet.schedulers import WarmAndExpDecayLRSchedule
+    >>> _schedule_position(WarmAndExpDecayLRSchedule(1e-3, 2, 10))
+    0
+    """
+    for attr in ("current_step", "n_steps"):
+        if hasattr(schedule, attr):
+            return int(getattr(schedule, attr))
+    return None
+
+
 class DistillBrain(StageRecords, sb.Brain):
     """Task fine-tuning with optional layerwise distillation from a teacher.
 
@@ -506,20 +521,23 @@ class DistillBrain(StageRecords, sb.Brain):
         return True
 
     def _set_learning_rates(self, teacher):
-        """Sets each optimiser's learning rate for the update about to be made (its
-        schedule's next value): update k runs at the schedule's rate k, the first one
-        included (a schedule applied after each update would leave the first update at
-        the optimiser's initial rate, the peak)."""
+        """Sets each optimiser's learning rate for the update about to be made: update k
+        runs at its schedule's value k + 1 (a fresh schedule is advanced once first, so
+        the first update runs at the warm-up's first non-zero rate — neither at zero nor,
+        as a schedule applied only after each update leaves it, at the optimiser's
+        initial rate, the peak)."""
         hp = self.hparams
-        for name, opt in self.optimizers_dict.items():
-            schedule = getattr(hp, f"{name}_lr_schedule", None)
-            if schedule is not None:
-                schedule(opt)
+        pairs = [(getattr(hp, f"{name}_lr_schedule", None), opt)
+                 for name, opt in self.optimizers_dict.items()]
         if teacher:
-            for name, opt in self.teacher_optimizers.items():
-                schedule = getattr(hp, f"teacher_{name}_lr_schedule")
-                if schedule is not None:
-                    schedule(opt)
+            pairs += [(getattr(hp, f"teacher_{name}_lr_schedule"), opt)
+                      for name, opt in self.teacher_optimizers.items()]
+        for schedule, opt in pairs:
+            if schedule is None:
+                continue
+            if _schedule_position(schedule) == 0:
+                schedule(opt)
+            schedule(opt)
 
     def _task_optimizers(self, model, prefix, encoder_opt_class, head_opt_class):
         """{"encoder", "head"} optimisers of ``model`` with weight-decay groups."""

@@ -94,7 +94,8 @@ def test_teacher_steps_once_per_student_step(tmp_path, corpus, accumulate):
     assert brain.optimizer_step == steps
     for name, opt in brain.teacher_optimizers.items():
         assert {int(s["step"]) for s in opt.state.values()} == {steps}, name
-        assert sch[f"teacher_{name}_lr_schedule"].current_step == steps
+        # one value per update, and the warm-up's zero skipped once at the start
+        assert sch[f"teacher_{name}_lr_schedule"].current_step == steps + 1
     # deterministic teacher: its targets and its training loss come from one pass
     assert calls == [True] * 6
 
@@ -181,7 +182,7 @@ def test_trajectory_resume_restores_teacher_optimisers_and_schedules(tmp_path, c
                                              epochs=2, **sch)
     fit(brain2, ds2, counter2, batch_size=1)
     assert brain2.optimizer_step == 12
-    assert sch["teacher_encoder_lr_schedule"].current_step == 12
+    assert sch["teacher_encoder_lr_schedule"].current_step == 12 + 1   # not skipped again
     for k, v in params(brain2.teacher).items():
         torch.testing.assert_close(v, final[k], rtol=1e-5, atol=1e-6)
 
@@ -260,8 +261,9 @@ def test_recording_time_masks_leaves_the_masks_unchanged():
 
 
 def test_each_update_runs_at_its_schedules_rate_from_the_first(tmp_path, corpus):
-    """Update k runs at schedule value k for the student's and the co-trained teacher's
-    optimisers, the first update included (not at the optimiser's initial rate)."""
+    """Update k runs at schedule value k + 1 for the student's and the co-trained
+    teacher's optimisers: the first update at the warm-up's first step (not at the
+    optimiser's initial rate, nor at zero)."""
     new = partial(sb.nnet.schedulers.WarmAndExpDecayLRSchedule, lr=1e-3, n_warmup_steps=2,
                   total_steps=10, decay_factor=0.1)
     sch = {**schedules(), "encoder_lr_schedule": new(), "head_lr_schedule": new()}
@@ -277,13 +279,13 @@ def test_each_update_runs_at_its_schedules_rate_from_the_first(tmp_path, corpus)
 
     brain.scaler.step = recording
     fit(brain, ds, counter, batch_size=1)
-    reference = new()          # the schedule's values, one per update, from update 0
+    reference = new()          # the schedule's values, one per update, from value 1
     expected = []
-    for _ in range(brain.optimizer_step):
+    for _ in range(brain.optimizer_step + 1):
         probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
         reference(probe)
         expected.append(probe.param_groups[0]["lr"])
-    assert expected[0] == 0.0 and max(expected) == pytest.approx(1e-3)
+    assert expected.pop(0) == 0.0 and expected[:2] == pytest.approx([5e-4, 1e-3])
     per_update = [seen[i:i + 4] for i in range(0, len(seen), 4)]  # 2 student + 2 teacher
     assert [u[0] for u in per_update] == pytest.approx(expected)
     assert all(len(set(u)) == 1 for u in per_update)
