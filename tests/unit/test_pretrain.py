@@ -295,9 +295,9 @@ def test_a_folder_without_a_front_end_is_refused(tmp_path):
 
 
 def test_the_report_scores_each_model_as_the_wer_engine_does(corpus, capsys):
+    from cald_speech.bench import starting_models as report
     from cald_speech.bench.wer import error_rates, norm_text
     from cald_speech.inference import Transcriber
-    from cald_speech.pretrain import report
 
     tmp_path, _ = corpus
     pretrain.train(_args(tmp_path, tmp_path / "run", "--updates", "3"))

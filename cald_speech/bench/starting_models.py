@@ -1,6 +1,6 @@
 """Compares starting models on the same test manifests, with their learning curves.
 
-``python -m cald_speech.pretrain.report --model NAME=DIR ... --test NAME=CSV ...
+``python -m cald_speech.bench.starting_models --model NAME=DIR ... --test NAME=CSV ...
 --curve NAME=JSON ... --output-dir DIR`` decodes every test manifest with every model
 (greedy CTC, the project's one WER engine), and writes ``starting_models.json`` (the
 table, the curves and the machine), ``starting_models.md`` (the table) and
@@ -109,8 +109,8 @@ def plot(curves, path):
 
 
 def build_parser():
-    """The ``python -m cald_speech.pretrain.report`` argument parser."""
-    p = argparse.ArgumentParser(prog="python -m cald_speech.pretrain.report",
+    """The ``python -m cald_speech.bench.starting_models`` argument parser."""
+    p = argparse.ArgumentParser(prog="python -m cald_speech.bench.starting_models",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--model", nargs="+", required=True, metavar="[NAME=]DIR")
     p.add_argument("--test", nargs="+", required=True, metavar="[NAME=]CSV")
