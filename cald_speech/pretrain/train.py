@@ -250,6 +250,13 @@ def train(args):
         epoch_batches = st["epoch_batches"]
         info = json.loads((out / "curve.json").read_text())
         info.pop("curve", None)
+        if args.updates is not None and args.updates != total:
+            if args.updates <= step:
+                raise ConfigError(f"--updates {args.updates}: the run in {out} has already "
+                                  f"made {step} updates; give a larger budget")
+            logger.warning("update budget changed on resume: %d (was %d); the schedule "
+                           "follows the new budget from update %d", args.updates, total, step)
+            total = args.updates
         logger.info("resumed at update %d of %d", step, total)
     t_train, losses = time.time(), []
     probe_at = None if total else args.probe_updates

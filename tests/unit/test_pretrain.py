@@ -283,6 +283,26 @@ def test_the_feature_bank_is_kept_for_a_rerun_and_renewed_when_its_inputs_change
     assert len(list(out.glob("feature_bank-*.pt"))) == 1
 
 
+def test_a_resumed_run_can_change_its_update_budget(corpus, monkeypatch):
+    tmp_path, _ = corpus
+    seen = []
+    lr_factor = loop.lr_factor
+
+    def recording(step, warmup, total, *a):
+        seen.append((step, total))
+        return lr_factor(step, warmup, total, *a)
+
+    monkeypatch.setattr(loop, "lr_factor", recording)
+    out = tmp_path / "run"
+    pretrain.train(_args(tmp_path, out, "--updates", "4", "--eval-every", "2"))
+    seen.clear()
+    info = pretrain.train(_args(tmp_path, out, "--updates", "7", "--eval-every", "2"))
+    assert sorted(set(seen)) == [(s, 7) for s in range(4, 7)]   # only the new updates
+    assert info["updates_planned"] == 7
+    with pytest.raises(ConfigError, match="already made 7 updates"):
+        pretrain.train(_args(tmp_path, out, "--updates", "5"))
+
+
 def test_a_folder_without_a_front_end_is_refused(tmp_path):
     (tmp_path / "init").mkdir()
     (tmp_path / "init" / "config.json").write_text('{"model_type": "wav2vec2"}')
