@@ -294,6 +294,13 @@ def resolve_engine(engine, tokenizer):
     return "flashlight" if chars and fl.available() else "speechbrain"
 
 
+def binary_lm_words(path):
+    """The word list ``cald-lm build`` writes beside a KenLM binary (``LM.words.txt``),
+    or ``None`` where there is none."""
+    words = Path(path).with_suffix(".words.txt")
+    return words.read_text(encoding="utf-8").split() if words.is_file() else None
+
+
 def is_binary_lm(path):
     """True for a KenLM binary file (``build_binary`` output), by its magic bytes."""
     with open(path, "rb") as f:
@@ -367,9 +374,7 @@ class BeamDecoder:
 
         unigrams = None
         if self.lm is not None and is_binary_lm(self.lm):
-            words = Path(self.lm).with_suffix(".words.txt")  # written by cald-lm build
-            if words.is_file():
-                unigrams = words.read_text(encoding="utf-8").split()
+            unigrams = binary_lm_words(self.lm)
         sb_logger = logging.getLogger("speechbrain.decoders.ctc")
         level = sb_logger.level
         sb_logger.setLevel(logging.ERROR)  # its "Found space_token" / arpa notes

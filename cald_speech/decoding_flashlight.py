@@ -55,18 +55,19 @@ def available():
 def lm_words(path):
     """The words of an LM: an ARPA file's unigrams, or the ``.words.txt`` list that
     ``cald-lm build`` writes beside a KenLM binary."""
-    from cald_speech.decoding import _arpa_unigrams, is_binary_lm
+    from cald_speech.decoding import _arpa_unigrams, binary_lm_words, is_binary_lm
 
     path = Path(path)
     if not is_binary_lm(path):
         return _arpa_unigrams(path, limit=None)
-    words = path.with_suffix(".words.txt")
-    if not words.is_file():
-        raise DataError(path, f"is a KenLM binary without its word list ({words.name}), "
+    words = binary_lm_words(path)
+    if words is None:
+        name = path.with_suffix(".words.txt").name
+        raise DataError(path, f"is a KenLM binary without its word list ({name}), "
                         "which the lexicon of the compiled beam search is made of",
-                        f"keep {words.name} beside it (cald-lm build writes it), give the "
+                        f"keep {name} beside it (cald-lm build writes it), give the "
                         "ARPA file, or use --beam-engine speechbrain")
-    return words.read_text(encoding="utf-8").split()
+    return words
 
 
 class FlashlightSearch:
