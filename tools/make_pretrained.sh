@@ -24,12 +24,15 @@
 #            0.9/1.0/1.1 (clean and noisy) computed once and kept in $OUT/fast, an
 #            update-budget learning-rate schedule (warm-up, plateau, decay), SpecAugment
 #            time and channel masks, bf16 on CUDA; resumable (run it again). On a GPU
-#            (DEVICE=cuda): UPDATES=20000 or MINUTES=20; on the CPU, how the third
-#            starting model is built (FRONTEND=models/pretrained-offline: the CNN of the
-#            previous build, frozen there too):
+#            (DEVICE=cuda): UPDATES=20000 or MINUTES=20; on the CPU, how the current
+#            models/pretrained-offline was built (FRONTEND=models/pretrained-offline: the
+#            CNN of the previous build, frozen there too; a 3,600-update run, then resumed
+#            with the budget raised to 7,500 — the schedule follows the new budget):
 #              STAGES=corpora,manifests bash tools/make_pretrained.sh data/pretrain3
-#              FRONTEND=models/pretrained-offline STAGES=fast UPDATES=6000 BATCH_S=120 \
-#                  bash tools/make_pretrained.sh data/pretrain3
+#              for n in 3600 7500; do
+#                FRONTEND=models/pretrained-offline STAGES=fast UPDATES=$n BATCH_S=60 \
+#                  PRETRAIN_OPTS="--noisy-copies 0 --lr 1.5e-3 --eval-every 250 --warmup 500" \
+#                  bash tools/make_pretrained.sh data/pretrain3; done
 #  pack      (for training on another machine) the training and dev manifests' audio in
 #            Opus shards at KBPS kbit/s (python -m cald_speech.data.pack): $OUT/pack holds
 #            train.csv/dev.csv pointing into them; give those to `fast` there.
