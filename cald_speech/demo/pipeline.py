@@ -383,11 +383,11 @@ class Pipeline:
             raise CaldError(
                 f"{rel(self.pretrained)}: the offline pretrained model is missing "
                 f"(config.json + model.safetensors). Build it with "
-                f"`bash tools/make_pretrained.sh` (about 2.5 h on 2 cores), or point "
+                f"`bash tools/make_pretrained.sh` (about 3 h on 2 cores), or point "
                 f"'pretrained' in {rel(DEFAULT_CONFIG)} to a local HF wav2vec2 folder."
             )
         print(f"  pretrained: {rel(self.pretrained)} "
-              "(CNN fitted to log-mel features, then CTC-trained on 13.5 h of synthetic "
+              "(CNN fitted to log-mel features, then CTC-trained on 21.4 h of synthetic "
               "LJ Speech and SLURP sentences; not self-supervised)")
 
     def run_folder(self, name):
