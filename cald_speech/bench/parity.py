@@ -157,7 +157,9 @@ def markdown(rows, parity, threshold=5.0):
     out += ["", f"Updates to come within {threshold:g} % of the teacher's CER:", ""]
     for student, p in parity.items():
         if p["updates"] is None:
-            out.append(f"- {student}: not within the budgets run")
+            last = [r for r in rows if r["student"] == student][-1]
+            out.append(f"- {student}: not within {threshold:g} % by {last['budget']} "
+                       f"({last['updates']} updates: {last['gap']:+.1f} %)")
         else:
             ratio = p["updates"] / p["teacher_updates"]
             out.append(f"- {student}: ~{p['updates']} updates ({ratio:.1f}x the "

@@ -93,7 +93,12 @@ def test_unfinished_runs_are_left_out_and_the_report_is_written(tmp_path, capsys
     data = json.loads((out / "parity.json").read_text())
     assert [r["budget"] for r in data["rows"]] == ["1x", "2x"]
     assert data["parity"]["hybrid"]["updates"] is not None
-    assert "| hybrid | 2x | 20 | 1 |" in (out / "parity.md").read_text()
+    md = (out / "parity.md").read_text()
+    assert "| hybrid | 2x | 20 | 1 |" in md
+    assert parity.main([str(tmp_path / "s1"), "--output-dir", str(out), "--resamples", "200"]) == 0
+    gap = json.loads((out / "parity.json").read_text())["rows"][-1]["gap"]
+    assert f"- hybrid: not within 5 % by 2x (20 updates: {gap:+.1f} %)" in (
+        out / "parity.md").read_text()
     assert (out / "parity.png").stat().st_size > 1000
     assert "hybrid" in capsys.readouterr().out
 
