@@ -9,8 +9,8 @@ mode           teacher and loss schedule
                pretrained model, one teacher update every ``teacher_update_every``
                student steps
 ``waypoint``   checkpoints of an earlier fine-tuning run: at student step s the
-               teacher is the earliest waypoint whose step is > s (the last one
-               once s has passed them all)
+               teacher is the earliest waypoint whose step is > s x
+               ``waypoint_pace`` (the last one once s has passed them all)
 ``hybrid``     ``target`` until ``switch_step``; then the layer loss is off and
                the logit KD stays on or off (``logit_kd_after_switch``)
 =============  ==============================================================
@@ -105,6 +105,10 @@ class Guidance:
         Trajectory: one teacher optimiser step every this many student steps.
     waypoints : list of (int, str), optional
         Waypoint: (step, model folder) pairs, strictly increasing steps.
+    waypoint_pace : float
+        Waypoint: teacher updates per student update (default 1, step for step). A
+        student with fewer updates than the teacher's run follows its whole trajectory
+        with ``teacher updates / student updates`` (see :func:`waypoint_pace_for`).
     """
 
     mode: str
@@ -112,6 +116,7 @@ class Guidance:
     logit_kd_after_switch: bool = True
     teacher_update_every: int = 1
     waypoints: list = field(default_factory=list)
+    waypoint_pace: float = 1.0
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -122,6 +127,12 @@ class Guidance:
             raise ConfigError("teacher_update_every must be >= 1")
         if self.mode == "waypoint":
             self.waypoints = check_waypoints(self.waypoints)
+            pace = self.waypoint_pace
+            if isinstance(pace, bool) or not isinstance(pace, (int, float)) or not pace > 0:
+                raise ConfigError(
+                    f"waypoint_pace must be a number > 0 (teacher updates per student "
+                    f"update), got {pace!r}"
+                )
 
     def uses_teacher(self, step):
         """Whether a teacher forward pass is needed at ``step``."""
@@ -152,15 +163,45 @@ class Guidance:
         return self.mode == "trajectory" and (step + 1) % int(self.teacher_update_every) == 0
 
     def waypoint_index(self, step):
-        """Waypoint: index of the teacher for ``step`` (earliest whose step > ``step``).
+        """Waypoint: index of the teacher for ``step`` (earliest whose step is greater
+        than ``step`` x ``waypoint_pace``).
 
         Example
         -------
         >>> g = Guidance("waypoint", waypoints=[(10, "a"), (20, "b")])
         >>> [g.waypoint_index(s) for s in (0, 9, 10, 19, 20, 500)]
         [0, 0, 1, 1, 1, 1]
+        >>> g = Guidance("waypoint", waypoints=[(10, "a"), (20, "b")], waypoint_pace=2)
+        >>> [g.waypoint_index(s) for s in (0, 4, 5, 9, 10)]
+        [0, 0, 1, 1, 1]
         """
+        teacher_step = step * self.waypoint_pace
         for i, (s, _) in enumerate(self.waypoints):
-            if s > step:
+            if s > teacher_step:
                 return i
         return len(self.waypoints) - 1
+
+
+def waypoint_pace_for(waypoints, student_updates):
+    """The pace at which a run of ``student_updates`` ends on the last waypoint.
+
+    Arguments
+    ---------
+    waypoints : list of (int, str)
+        The teacher's (step, model folder) pairs.
+    student_updates : int
+        The student's planned updates.
+
+    Returns
+    -------
+    float
+        Last waypoint step / ``student_updates`` (1.0 when that is below 1: a student
+        longer than the teacher's run follows it step for step, then keeps its end).
+
+    Example
+    -------
+    >>> waypoint_pace_for([(0, "a"), (2500, "b"), (4850, "c")], 970)
+    5.0
+    """
+    last = max(int(s) for s, _ in waypoints)
+    return max(1.0, last / int(student_updates))

@@ -22,7 +22,7 @@ Face cache (:func:`cald_speech.hub.resolve_model_source`; never downloaded).
 import logging
 import os
 
-from cald_speech.distill.guidance import MODES, Guidance, discover_waypoints
+from cald_speech.distill.guidance import MODES, Guidance, discover_waypoints, waypoint_pace_for
 from cald_speech.errors import ConfigError, DataError
 from cald_speech.hub import resolve_model_source
 from cald_speech.student import Student, convert
@@ -150,5 +150,28 @@ def build_models(hp, load_task_model):
         src = hp.get("student_source") or _require(hp, "pretrained_source", mode)
         model = make_student(src)
         kwargs["waypoints"] = discover_waypoints(_require(hp, "waypoint_dir", mode))
+        kwargs["waypoint_pace"] = _waypoint_pace(hp, kwargs["waypoints"])
         loader = load_task_model
     return model, teacher, Guidance(**kwargs), loader
+
+
+def _waypoint_pace(hp, waypoints):
+    """``waypoint_pace`` of the hparams (``auto``: end on the last waypoint), with a
+    warning when the student's updates stop short of the teacher's trajectory."""
+    pace, total = hp.get("waypoint_pace", 1.0), hp.get("total_updates")
+    if pace == "auto":
+        if not total:
+            raise ConfigError("waypoint_pace: auto needs total_updates (the student's updates)")
+        pace = waypoint_pace_for(waypoints, total)
+        logger.info("waypoint guidance: %.3g teacher updates per student update", pace)
+    elif isinstance(pace, (int, float)) and not isinstance(pace, bool) and pace > 0 and total:
+        last, reached = waypoints[-1][0], total * pace
+        if reached < last:
+            logger.warning(
+                "waypoint guidance: %d student updates at pace %g reach the teacher's "
+                "update %d of %d: the student follows only the first %.0f %% of its "
+                "trajectory; set waypoint_pace: auto (or %.3g) to follow all of it",
+                total, pace, reached, last, 100 * reached / last,
+                waypoint_pace_for(waypoints, total),
+            )
+    return pace

@@ -44,7 +44,7 @@ COMMON_KEYS = {
     "seed", "mode", "data_folder", "data_format", "output_folder", "save_folder",
     "manifest_folder", "train_splits", "valid_splits", "test_splits", "text_column",
     "slurp_recording", "model_source", "model_config", "model_family",
-    "teacher_source", "student_source", "pretrained_source", "waypoint_dir",
+    "teacher_source", "student_source", "pretrained_source", "waypoint_dir", "waypoint_pace",
     "waypoint_every", "cache_features", "train_feature_encoder",
     "feature_cache_folder",
     "number_of_epochs", "batch_size", "dynamic_batching", "max_batch_seconds",

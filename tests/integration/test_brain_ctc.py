@@ -160,6 +160,23 @@ def test_waypoint_switches_teachers_at_the_right_steps(tmp_path, corpus):
     assert loads == [(0, "w2"), (2, "w4")]
 
 
+def test_waypoint_pace_follows_a_longer_teacher_run(tmp_path, corpus):
+    # teacher waypoints at its updates 4 and 8; a 6-update student at pace 2 moves to
+    # the second at its update 2 (teacher update 4), as the pace-1 run above does at 2
+    loads = []
+    teachers = {"w4": tiny_ctc(2), "w8": tiny_ctc(4)}
+
+    def loader(path):
+        loads.append((brain.optimizer_step, path))
+        return teachers[path]
+
+    g = Guidance("waypoint", waypoints=[(4, "w4"), (8, "w8")], waypoint_pace=2)
+    brain, ds, counter = make_brain(tmp_path, tiny_ctc(1), corpus, None, g, teacher_loader=loader)
+    fit(brain, ds, counter, batch_size=1)
+    assert brain.optimizer_step == 6
+    assert loads == [(0, "w4"), (2, "w8")]
+
+
 def test_unguided_and_hybrid_schedules(tmp_path, corpus):
     teacher = tiny_ctc(0)
     g = Guidance("hybrid", switch_step=2, logit_kd_after_switch=False)

@@ -233,6 +233,13 @@ def test_students_start_with_a_copy_of_the_right_head(teacher):
          "waypoint_dir": str(t_out / "waypoints")}, labels)
     assert t is None and [s for s, _ in g.waypoints] == [0, 1, 2]
     assert isinstance(loader(g.waypoints[0][1]), IntentModel)
+    assert g.waypoint_pace == 1.0
+    # a 1-update student paced to end on the teacher's last waypoint (update 2)
+    _, _, g, _ = build_intent_models(
+        {**base, "mode": "waypoint", "pretrained_source": str(t_out / "initial"),
+         "waypoint_dir": str(t_out / "waypoints"), "waypoint_pace": "auto",
+         "total_updates": 1}, labels)
+    assert g.waypoint_pace == 2.0 and g.waypoint_index(1) == 2
 
 
 def test_unreadable_audio_is_masked_counted_and_scored_wrong(teacher, tmp_path):

@@ -1,9 +1,12 @@
+import logging
+
 import pytest
 import torch
 
-from cald_speech.distill.guidance import Guidance, discover_waypoints
+from cald_speech.distill.guidance import Guidance, discover_waypoints, waypoint_pace_for
 from cald_speech.distill.losses import distilhubert_loss, logit_kd_loss, masked_layer_loss
 from cald_speech.errors import ConfigError, DataError
+from cald_speech.tasks.modes import _waypoint_pace
 
 
 def _batch(lengths, layers=3, dim=6, vocab=5, seed=0):
@@ -113,3 +116,34 @@ def test_waypoint_discovery_errors(tmp_path):
     (tmp_path / "step_005").mkdir()
     with pytest.raises(DataError, match="several waypoints"):
         discover_waypoints(tmp_path)
+
+
+@pytest.mark.parametrize("pace", [0, -1.0, "fast", True])
+def test_waypoint_pace_must_be_positive(pace):
+    with pytest.raises(ConfigError, match="waypoint_pace"):
+        Guidance("waypoint", waypoints=[(10, "a")], waypoint_pace=pace)
+
+
+def test_waypoint_pace_maps_student_steps_onto_the_teacher_run():
+    wps = [(0, "a"), (50, "b"), (100, "c"), (200, "d")]
+    step_for_step = Guidance("waypoint", waypoints=wps)
+    paced = Guidance("waypoint", waypoints=wps, waypoint_pace=waypoint_pace_for(wps, 40))
+    assert paced.waypoint_pace == 5.0
+    for s in range(60):  # student step s at pace 5 meets the teacher step 5 s
+        assert paced.waypoint_index(s) == step_for_step.waypoint_index(5 * s)
+    assert paced.waypoint_index(39) == 3  # it reaches the last waypoint by its end
+    assert waypoint_pace_for(wps, 400) == 1.0  # never slower than step for step
+
+
+def test_waypoint_pace_auto_and_the_short_student_warning(caplog):
+    wps = [(0, "a"), (4850, "b")]
+    assert _waypoint_pace({"waypoint_pace": "auto", "total_updates": 970}, wps) == 5.0
+    with pytest.raises(ConfigError, match="total_updates"):
+        _waypoint_pace({"waypoint_pace": "auto"}, wps)
+    with caplog.at_level(logging.WARNING, logger="cald_speech.tasks.modes"):
+        assert _waypoint_pace({"waypoint_pace": 1.0, "total_updates": 970}, wps) == 1.0
+    assert "first 20 %" in caplog.text and "waypoint_pace: auto" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="cald_speech.tasks.modes"):
+        _waypoint_pace({"waypoint_pace": 5, "total_updates": 970}, wps)
+    assert caplog.text == ""
