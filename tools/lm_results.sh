@@ -4,6 +4,9 @@
 # voices of the demo's voice split); LM weight and word bonus chosen on a dev split whose
 # sentences are left out of the LM; both beam-search engines. Resumable: each step is skipped when its output exists.
 #   bash tools/lm_results.sh            # writes results/lm/ and docs/results/lm_*.json
+# ROWS picks the rows (default: speechbrain_b16 flashlight_b16 flashlight_b128; the
+# SpeechBrain engine is pure Python, by far the slowest); each row's files are copied
+# to docs/results/ when it has run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -33,14 +36,24 @@ run() {  # run NAME BEAM ENGINE
         --dev-csv "$OUT/manifests/dev-clean.csv" --lm "$OUT/lj4.arpa" --beam-size "$2" \
         --beam-engine "$3" --long-minutes "${LONG_MINUTES:-10}" --output-dir "$OUT/bench_$1"
 }
-run speechbrain_b16 16 speechbrain
-run flashlight_b16 16 flashlight
-run flashlight_b128 128 flashlight
-mkdir -p docs/results
-cp "$OUT/bench_speechbrain_b16/decoding.json" docs/results/lm_starting_model.json
-cp "$OUT/bench_speechbrain_b16/decoding.png" docs/results/lm_starting_model.png
-for b in 16 128; do
-  cp "$OUT/bench_flashlight_b$b/decoding.json" "docs/results/lm_starting_model_flashlight_b$b.json"
+ROWS=${ROWS:-speechbrain_b16 flashlight_b16 flashlight_b128}
+for row in $ROWS; do
+  case $row in
+    speechbrain_b16) run speechbrain_b16 16 speechbrain ;;
+    flashlight_b16) run flashlight_b16 16 flashlight ;;
+    flashlight_b128) run flashlight_b128 128 flashlight ;;
+    *) echo "unknown row '$row' in ROWS: pick from speechbrain_b16 flashlight_b16 flashlight_b128" >&2
+       exit 2 ;;
+  esac
 done
-cp "$OUT/bench_flashlight_b16/decoding.png" docs/results/lm_starting_model_flashlight.png
+mkdir -p docs/results
+copy() {  # copy ROW_FILE DOCS_FILE, when the row has run
+  [ -f "$OUT/$1" ] && cp "$OUT/$1" "docs/results/$2" || true
+}
+copy bench_speechbrain_b16/decoding.json lm_starting_model.json
+copy bench_speechbrain_b16/decoding.png lm_starting_model.png
+for b in 16 128; do
+  copy "bench_flashlight_b$b/decoding.json" "lm_starting_model_flashlight_b$b.json"
+done
+copy bench_flashlight_b16/decoding.png lm_starting_model_flashlight.png
 cp "$OUT/lj4.arpa.json" docs/results/lm_lj4_arpa.json
