@@ -169,7 +169,8 @@ def markdown(rows, parity, threshold=5.0):
 
 
 def plot(rows, teachers, path, split="test-clean", threshold=5.0):
-    """Test CER against updates per student (mean over seeds, seeds as dots)."""
+    """Test CER against updates per student (mean over seeds, seeds as dots; a point
+    with fewer seeds than the teachers is labelled with its count)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -184,6 +185,9 @@ def plot(rows, teachers, path, split="test-clean", threshold=5.0):
                 color=color, label=student)
         for r in mine:
             ax.scatter([r["updates"]] * len(r["cer"]), r["cer"], s=10, color=color, alpha=0.5)
+            if r["seeds"] < len(teachers):  # a budget not run on every seed says so
+                ax.annotate(f"{r['seeds']} of {len(teachers)} seeds", (r["updates"], r["cer_mean"]),
+                            textcoords="offset points", xytext=(4, 4), fontsize=7, color=color)
     ax.axhline(t_cer, color="k", lw=1, label=f"teacher ({teachers[0]['updates']} updates)")
     ax.axhline(t_cer * (1 + threshold / 100), color="k", lw=1, ls="--",
                label=f"teacher + {threshold:g} %")

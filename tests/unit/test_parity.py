@@ -108,3 +108,22 @@ def test_missing_teacher_is_a_clear_error(tmp_path, capsys):
     assert parity.main([str(tmp_path), "--output-dir", str(tmp_path / "o")]) != 0
     err = capsys.readouterr().err
     assert "teacher" in err and "--scale parity" in err and "Traceback" not in err
+
+
+def test_plot_labels_the_points_with_fewer_seeds(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    labels = []
+    real = matplotlib.axes.Axes.annotate
+
+    def annotate(self, text, *args, **kwargs):
+        labels.append(text)
+        return real(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "annotate", annotate)
+    _seed(tmp_path / "s1", T1, {"hybrid_1x": FAR, "hybrid_2x": NEAR, "unguided_1x": FAR})
+    _seed(tmp_path / "s2", T2, {"hybrid_1x": FAR, "hybrid_2x": T2})
+    teachers, students = parity.collect([tmp_path / "s1", tmp_path / "s2"])
+    rows, _ = parity.parity_table(teachers, students, resamples=50)
+    parity.plot(rows, teachers, tmp_path / "p.png")
+    assert labels == ["1 of 2 seeds"]  # unguided 1x only: hybrid has both seeds
