@@ -25,7 +25,7 @@ bash tools/make_slurp_corpus.sh "$CORPUS"
 common=(--data_folder "$CORPUS" --seed "$SEED"
         --feature_cache_folder data/pretrain/feature_cache --warmup_updates 100)
 RECIPE=recipes/SLURP/intent
-if [ ! -f "$OUT/runs/teacher/model/config.json" ]; then   # STAGES: see above
+if [ ! -f "$OUT/runs/teacher/model/cald_info.json" ]; then   # STAGES: see above
     $PY $RECIPE/train.py $RECIPE/hparams/finetune.yaml "${common[@]}" \
         --number_of_epochs "$EPOCHS" --total_updates "$UPDATES" \
         --model_source models/pretrained-offline --waypoint_every 50 \
@@ -35,7 +35,7 @@ TEACHER="$OUT/runs/teacher"
 [[ ",${STAGES:-teacher,students}," == *,students,* ]] || exit 0
 student() {  # mode, extra args...
     local mode=$1; shift
-    [ -f "$OUT/runs/$mode/model/config.json" ] && return 0
+    [ -f "$OUT/runs/$mode/model/cald_info.json" ] && return 0
     OMP_NUM_THREADS=$((CORES / JOBS > 0 ? CORES / JOBS : 1)) \
     $PY $RECIPE/train.py $RECIPE/hparams/cald.yaml "${common[@]}" --mode "$mode" \
         --number_of_epochs "$S_EPOCHS" --total_updates "$S_UPDATES" --output_folder "$OUT/runs/$mode" "$@" > "$OUT/runs/$mode.log" 2>&1 \
