@@ -6,7 +6,8 @@
 #   bash tools/intent_results.sh [SEED] [OUT]     (default 1, results/intent/seed<SEED>)
 # EPOCHS: the teacher's epochs (default 2); STUDENT_EPOCHS: the students' (default
 # EPOCHS). A waypoint student with fewer updates than the teacher follows its whole
-# trajectory at the matching pace (waypoint_pace: auto).
+# trajectory at the matching pace (waypoint_pace: auto). A finished model is kept
+# whatever its settings: other EPOCHS or STUDENT_EPOCHS need an OUT of their own.
 # Students run JOBS at a time (default 2), sharing the cores (JOBS=1: one by one).
 # STAGES=teacher runs the teacher only (default teacher,students).
 set -euo pipefail

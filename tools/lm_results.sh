@@ -14,7 +14,27 @@ OUT=${OUT:-results/lm}
 JOBS=${JOBS:-2}
 MODEL=${MODEL:-models/pretrained-offline}
 DATA=${CALD_SPEECH_DATA:-../shared/data}
+ROWS=${ROWS:-speechbrain_b16 flashlight_b16 flashlight_b128}
+for row in $ROWS; do
+  case $row in
+    speechbrain_b16|flashlight_b16|flashlight_b128) ;;
+    *) echo "unknown row '$row' in ROWS: pick from speechbrain_b16 flashlight_b16 flashlight_b128" >&2
+       exit 2 ;;
+  esac
+done
 mkdir -p "$OUT"
+# finished steps are skipped, so OUT must hold results of this MODEL only
+digest=$(sha256sum "$MODEL/model.safetensors" | cut -c1-16)
+if [ -f "$OUT/model.sha256" ]; then
+  if [ "$(cat "$OUT/model.sha256")" != "$digest" ]; then
+    echo "$OUT holds results of another model than $MODEL: pick a new OUT (OUT=results/lm_new)" >&2
+    exit 2
+  fi
+elif compgen -G "$OUT/bench_*/decoding.json" > /dev/null; then
+  echo "$OUT holds results of an unknown model: pick a new OUT (OUT=results/lm_new) or delete it" >&2
+  exit 2
+fi
+echo "$digest" > "$OUT/model.sha256"
 if [ ! -f "$OUT/corpus/.done" ]; then
   # seed 1, default voice options: the starting model's (and the demo's) voice split
   $PY -m cald_speech.data.synth librispeech --output-dir "$OUT/corpus" --train 0 --dev 100 --test 100 \
@@ -36,19 +56,16 @@ run() {  # run NAME BEAM ENGINE
         --dev-csv "$OUT/manifests/dev-clean.csv" --lm "$OUT/lj4.arpa" --beam-size "$2" \
         --beam-engine "$3" --long-minutes "${LONG_MINUTES:-10}" --output-dir "$OUT/bench_$1"
 }
-ROWS=${ROWS:-speechbrain_b16 flashlight_b16 flashlight_b128}
 for row in $ROWS; do
   case $row in
     speechbrain_b16) run speechbrain_b16 16 speechbrain ;;
     flashlight_b16) run flashlight_b16 16 flashlight ;;
     flashlight_b128) run flashlight_b128 128 flashlight ;;
-    *) echo "unknown row '$row' in ROWS: pick from speechbrain_b16 flashlight_b16 flashlight_b128" >&2
-       exit 2 ;;
   esac
 done
 mkdir -p docs/results
 copy() {  # copy ROW_FILE DOCS_FILE, when the row has run
-  [ -f "$OUT/$1" ] && cp "$OUT/$1" "docs/results/$2" || true
+  if [ -f "$OUT/$1" ]; then cp "$OUT/$1" "docs/results/$2"; fi
 }
 copy bench_speechbrain_b16/decoding.json lm_starting_model.json
 copy bench_speechbrain_b16/decoding.png lm_starting_model.png

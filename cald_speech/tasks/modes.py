@@ -157,11 +157,15 @@ def build_models(hp, load_task_model):
 
 def _waypoint_pace(hp, waypoints):
     """``waypoint_pace`` of the hparams (``auto``: end on the last waypoint), with a
-    warning when the student's updates stop short of the teacher's trajectory."""
-    pace, total = hp.get("waypoint_pace", 1.0), hp.get("total_updates")
+    warning when the student's updates stop short of the teacher's trajectory. The
+    student's updates: ``total_updates``, or ``optimizer_step_limit`` when smaller."""
+    pace = hp.get("waypoint_pace", 1.0)
+    total = min((n for n in (hp.get("total_updates"), hp.get("optimizer_step_limit")) if n),
+                default=None)
     if pace == "auto":
         if not total:
-            raise ConfigError("waypoint_pace: auto needs total_updates (the student's updates)")
+            raise ConfigError(
+                "waypoint_pace: auto needs total_updates (the student's number of updates)")
         pace = waypoint_pace_for(waypoints, total)
         logger.info("waypoint guidance: %.3g teacher updates per student update", pace)
     elif isinstance(pace, (int, float)) and not isinstance(pace, bool) and pace > 0 and total:

@@ -239,7 +239,7 @@ def test_students_start_with_a_copy_of_the_right_head(teacher):
         {**base, "mode": "waypoint", "pretrained_source": str(t_out / "initial"),
          "waypoint_dir": str(t_out / "waypoints"), "waypoint_pace": "auto",
          "total_updates": 1}, labels)
-    assert g.waypoint_pace == 2.0 and g.waypoint_index(1) == 2
+    assert g.waypoint_pace == 2.0
 
 
 def test_unreadable_audio_is_masked_counted_and_scored_wrong(teacher, tmp_path):

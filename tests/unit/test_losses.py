@@ -147,3 +147,18 @@ def test_waypoint_pace_auto_and_the_short_student_warning(caplog):
     with caplog.at_level(logging.WARNING, logger="cald_speech.tasks.modes"):
         _waypoint_pace({"waypoint_pace": 5, "total_updates": 970}, wps)
     assert caplog.text == ""
+    # a run stopped early by optimizer_step_limit has fewer updates than its schedule
+    assert _waypoint_pace({"waypoint_pace": "auto", "total_updates": 2000,
+                           "optimizer_step_limit": 485}, wps) == 10.0
+
+
+@pytest.mark.parametrize("value,ok", [("auto", True), (2.5, True), (3, True), ("2", False),
+                                      ("Auto", False), (0, False), (True, False), (None, False)])
+def test_waypoint_pace_option_kind(value, ok):
+    from cald_speech.tasks.hparams import check_types
+
+    if ok:
+        check_types({"waypoint_pace": value}, "cald.yaml")
+    else:
+        with pytest.raises(ConfigError, match="waypoint_pace must be a positive number or auto"):
+            check_types({"waypoint_pace": value}, "cald.yaml")
