@@ -230,12 +230,14 @@ def longform_parser():
 def compare_parser():
     """The ``cald-bench compare`` argument parser."""
     p = make_parser("cald-bench compare",
-                    "Paired bootstrap of two models' WER/CER on the same test utterances.")
+                    "Paired bootstrap of two models on the same test items: WER/CER of "
+                    "CTC runs, intent/scenario/action accuracy of intent runs.")
     p.add_argument("--a", action=ListAction, required=True, metavar="RUN",
                    help="run folder(s) of side A")
     p.add_argument("--b", action=ListAction, required=True, metavar="RUN",
                    help="run folder(s) of side B, paired with --a in order (e.g. per seed)")
-    p.add_argument("--split", default="test-clean", help="the split to compare on")
+    p.add_argument("--split", default="test-clean",
+                   help="the split to compare on (the intent recipe's: test)")
     p.add_argument("--resamples", type=int, default=10000, help="bootstrap draws")
     p.add_argument("--seed", type=int, default=0, help="seed of the draws")
     _output_dir(p, None, "also write compare.json here (default: only print the table)")

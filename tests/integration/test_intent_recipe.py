@@ -114,6 +114,7 @@ def test_finetune_writes_model_metrics_and_counts(teacher):
     stats = json.loads((out / "intent_test.json").read_text())
     assert stats["n"] == 4 and "confusions" in stats
     assert (out / "intent_test_confusions.txt").read_text().startswith("Most confused")
+    assert len((out / "intent_test_items.jsonl").read_text().splitlines()) == 4
     assert (out / "intent_valid.json").exists()
     model = IntentModel.from_pretrained(out / "model")
     assert model.head.tasks == ("scenario", "action")
@@ -270,6 +271,8 @@ def test_unreadable_audio_is_masked_counted_and_scored_wrong(teacher, tmp_path):
     stats = brain.last_stats
     assert stats["n"] == 3 and stats["unreadable"] == 1 and stats["intent_acc"] <= 200 / 3
     assert "u1 " in (tmp_path / "intent_test.txt").read_text()
+    items = [json.loads(x) for x in (tmp_path / "intent_test_items.jsonl").read_text().splitlines()]
+    assert [i["ID"] for i in items if i["hyp"] is None] == ["u1"] and len(items) == 3
 
 
 # Tones that a classifier tells apart from mean-pooled frames of a random encoder.

@@ -74,7 +74,7 @@ def test_bad_input_is_named(tmp_path):
     b = _run(tmp_path / "b", BAD, refs=other)[0]
     with pytest.raises(CaldError, match="u2 has different references"):
         compare.compare([a], [b])
-    with pytest.raises(CaldError, match="wer_dev-clean.txt.*--split"):
+    with pytest.raises(CaldError, match="split 'dev-clean'.*--split: test-clean"):
         compare.compare([a], [a], split="dev-clean")
     with pytest.raises(CaldError, match="same number of runs"):
         compare.compare([a, a], [a])
@@ -90,3 +90,56 @@ def test_cli_prints_and_writes_json(tmp_path, capsys):
     doc = json.loads((tmp_path / "out" / "compare.json").read_text())
     assert doc["CER"]["resamples"] == 200 and "machine" in doc
     assert cli.main(["compare", "--a", str(a), "--b", str(tmp_path / "none")]) == 1
+
+
+def _intent_run(folder, hyps):
+    """An intent recipe run's test files, written by the recipe's own IntentMetrics."""
+    from cald_speech.tasks.intent.labels import LabelMaps
+    from cald_speech.tasks.intent.metrics import IntentMetrics
+
+    labels = LabelMaps({i: tuple(i.split("_", 1)) for i in INTENTS})
+    m = IntentMetrics(labels)
+    lab = [None if i is None else dict(zip(("intent", "scenario", "action"),
+                                           (i, *i.split("_", 1)))) for i in hyps]
+    m.append([f"r{k}" for k in range(len(hyps))], [_lab(i) for i in REF_INTENTS], lab)
+    return folder, m.write(folder / "intent_test.txt", "test")
+
+
+INTENTS = ["alarm_set", "alarm_query", "play_music", "play_radio", "email_query"]
+REF_INTENTS = ["alarm_set", "alarm_query", "play_music", "play_radio", "email_query"] * 4
+
+
+def _lab(i):
+    return dict(zip(("intent", "scenario", "action"), (i, *i.split("_", 1))))
+
+
+def test_intent_runs_compare_accuracies_like_the_recipe(tmp_path):
+    good = list(REF_INTENTS)
+    good[1], good[7] = "alarm_set", "play_music"      # 2 intent errors, 1 scenario error
+    bad = list(REF_INTENTS)
+    for k in (0, 2, 3, 5, 9, 12):                     # 6 errors of every kind, 1 unreadable
+        bad[k] = "email_query" if k != 9 else None
+    (a, sa), (b, sb) = _intent_run(tmp_path / "a", good), _intent_run(tmp_path / "b", bad)
+    out = compare.compare([a], [b], split="test", resamples=1000)
+    assert out["task"] == "intent"
+    assert out["metrics"] == ["intent_acc", "scenario_acc", "action_acc", "sa_acc"]
+    for name in out["metrics"]:
+        assert out[name]["a"] == pytest.approx(sa[name]) and out[name]["b"] == pytest.approx(
+            sb[name]), name
+        assert out[name]["a_minus_b"] == pytest.approx(sa[name] - sb[name])
+        lo, hi = out[name]["ci95"]
+        assert lo <= out[name]["a_minus_b"] <= hi
+    assert out["intent_acc"]["a_better"] > 0.9 and out["intent_acc"]["ci95"][0] >= 0
+    # an older run without the items file: intent accuracy from intent_test.txt alone
+    (a / "intent_test_items.jsonl").unlink()
+    old = compare.compare([a], [b], split="test", resamples=1000)
+    assert old["metrics"] == ["intent_acc"]
+    assert old["intent_acc"]["a"] == pytest.approx(sa["intent_acc"])
+    assert old["intent_acc"]["a_minus_b"] == pytest.approx(out["intent_acc"]["a_minus_b"])
+
+
+def test_intent_and_ctc_runs_are_not_mixed(tmp_path):
+    a = _intent_run(tmp_path / "a", list(REF_INTENTS))[0]
+    c = _run(tmp_path / "c", GOOD, split="test")[0]
+    with pytest.raises(CaldError, match="mix CTC and intent"):
+        compare.compare([a], [c], split="test")

@@ -72,7 +72,9 @@ class IntentMetrics:
         return [(r, h, c) for (r, h), c in ranked[:top]]
 
     def write(self, path, split, extra=None, top=10):
-        """Writes ``path`` (.txt: summary + per item), its .json and ``*_confusions.txt``."""
+        """Writes ``path`` (.txt: summary + per item), its .json, ``*_confusions.txt`` and
+        ``*_items.jsonl`` (per item: ``ID``, reference and predicted labels, ``hyp`` null
+        where the audio was unreadable)."""
         stats = {**self.summarize(), **(extra or {})}
         base = os.path.splitext(str(path))[0]
         os.makedirs(os.path.dirname(os.path.abspath(base)), exist_ok=True)
@@ -93,6 +95,9 @@ class IntentMetrics:
             hyp = h["intent"] if h is not None else "<unreadable>"
             lines.append(f"{uid} {r['intent']} {hyp}{'' if hyp == r['intent'] else '  *'}")
         Path(base + ".txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        with open(base + "_items.jsonl", "w", encoding="utf-8") as f:  # cald-bench compare
+            for uid, r, h in self.items:
+                f.write(json.dumps({"ID": uid, "ref": r, "hyp": h}) + "\n")
         confusions = self.confusions(top)
         per_ref = Counter(r["intent"] for _, r, _ in self.items)
         conf_lines = [f"Most confused intents ({split}): reference -> predicted, count"]
