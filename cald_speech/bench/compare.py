@@ -304,6 +304,9 @@ def compare(runs_a, runs_b, split="test-clean", resamples=10000, seed=0):
                             "references; were they tested on the same manifest?")
         unmatched += len(set(ua) ^ set(ub))
         pairs.append(([ua[u] for u in common], [ub[u] for u in common]))
+    if not any(x for x, _ in pairs):
+        raise CaldError(f"the runs have no {split} items in common: were they tested on the "
+                        "same manifest?")
     out = dict(task=kind, split=split, runs_a=[str(r) for r in runs_a],
                runs_b=[str(r) for r in runs_b], unmatched=unmatched)
     if kind == "ctc":

@@ -143,3 +143,8 @@ def test_intent_and_ctc_runs_are_not_mixed(tmp_path):
     c = _run(tmp_path / "c", GOOD, split="test")[0]
     with pytest.raises(CaldError, match="mix CTC and intent"):
         compare.compare([a], [c], split="test")
+    other = _intent_run(tmp_path / "o", list(REF_INTENTS))[0]
+    items = (other / "intent_test_items.jsonl").read_text().replace('"ID": "r', '"ID": "x')
+    (other / "intent_test_items.jsonl").write_text(items)
+    with pytest.raises(CaldError, match="no test items in common"):
+        compare.compare([a], [other], split="test")
