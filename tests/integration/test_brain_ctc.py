@@ -145,36 +145,23 @@ def test_train_feature_encoder_trains_the_cnn_and_refuses_a_cache(tmp_path, corp
         make_brain(tmp_path, tiny_ctc(0), corpus, cache=True, train_feature_encoder=True)
 
 
-def test_waypoint_switches_teachers_at_the_right_steps(tmp_path, corpus):
+@pytest.mark.parametrize("steps,pace", [((2, 4), 1), ((4, 8), 2)])
+def test_waypoint_switches_teachers_at_the_right_steps(tmp_path, corpus, steps, pace):
+    # a 6-update student moves to the second waypoint at its update 2: step for step
+    # at pace 1, and at pace 2 when the teacher's run is twice as long (teacher update 4)
+    names = [f"w{s}" for s in steps]
     loads = []
-    teachers = {"w2": tiny_ctc(2), "w4": tiny_ctc(4)}
+    teachers = dict(zip(names, (tiny_ctc(2), tiny_ctc(4))))
 
     def loader(path):
         loads.append((brain.optimizer_step, path))
         return teachers[path]
 
-    g = Guidance("waypoint", waypoints=[(2, "w2"), (4, "w4")])
+    g = Guidance("waypoint", waypoints=list(zip(steps, names)), waypoint_pace=pace)
     brain, ds, counter = make_brain(tmp_path, tiny_ctc(1), corpus, None, g, teacher_loader=loader)
     fit(brain, ds, counter, batch_size=1)
     assert brain.optimizer_step == 6
-    assert loads == [(0, "w2"), (2, "w4")]
-
-
-def test_waypoint_pace_follows_a_longer_teacher_run(tmp_path, corpus):
-    # teacher waypoints at its updates 4 and 8; a 6-update student at pace 2 moves to
-    # the second at its update 2 (teacher update 4), as the pace-1 run above does at 2
-    loads = []
-    teachers = {"w4": tiny_ctc(2), "w8": tiny_ctc(4)}
-
-    def loader(path):
-        loads.append((brain.optimizer_step, path))
-        return teachers[path]
-
-    g = Guidance("waypoint", waypoints=[(4, "w4"), (8, "w8")], waypoint_pace=2)
-    brain, ds, counter = make_brain(tmp_path, tiny_ctc(1), corpus, None, g, teacher_loader=loader)
-    fit(brain, ds, counter, batch_size=1)
-    assert brain.optimizer_step == 6
-    assert loads == [(0, "w4"), (2, "w8")]
+    assert loads == [(0, names[0]), (2, names[1])]
 
 
 def test_unguided_and_hybrid_schedules(tmp_path, corpus):
