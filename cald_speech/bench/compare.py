@@ -42,13 +42,13 @@ from cald_speech.bench.report import format_table, machine_info, write_json
 from cald_speech.cli import fail, parse
 from cald_speech.data.metrics import utterance_scores
 from cald_speech.errors import CaldError
-from cald_speech.tasks.intent.labels import LABEL_COLUMNS as INTENT_TASKS
-from cald_speech.tasks.intent.metrics import ITEMS_HEADER
 
 _HEADER = re.compile(r"^(\S+), %WER ")
 EPS = "<eps>"
 #: per-utterance counts compared, in the order of :func:`utterance_counts`' columns
 COLUMNS = ("word_errors", "ref_words", "char_errors", "ref_chars")
+#: intent recipe labels compared, as accuracies
+INTENT_TASKS = ("intent", "scenario", "action")
 _INTENT_ROW = re.compile(r"^(\S+) (\S+) (\S+)(  \*)?$")
 
 
@@ -232,7 +232,8 @@ def read_intent_items(run, split):
     if not text.is_file():
         return None
     lines = text.read_text(encoding="utf-8").splitlines()
-    start = lines.index(ITEMS_HEADER) + 1 if ITEMS_HEADER in lines else len(lines)
+    start = lines.index("ID reference_intent predicted_intent") + 1 if (
+        "ID reference_intent predicted_intent" in lines) else len(lines)
     for line in lines[start:]:
         m = _INTENT_ROW.match(line)
         if m:

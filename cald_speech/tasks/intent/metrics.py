@@ -10,9 +10,6 @@ from cald_speech.tasks.intent.labels import LABEL_COLUMNS
 
 logger = logging.getLogger(__name__)
 
-#: The line of ``intent_<split>.txt`` above its per-item lines ``ID reference predicted``.
-ITEMS_HEADER = "ID reference_intent predicted_intent"
-
 
 class IntentMetrics:
     """Accuracies and confusions of an evaluation split.
@@ -92,7 +89,7 @@ class IntentMetrics:
             f"errors): intent {stats['unknown_intent']}, scenario {stats['unknown_scenario']}, "
             f"action {stats['unknown_action']}",
             "",
-            ITEMS_HEADER,
+            "ID reference_intent predicted_intent",
         ]
         for uid, r, h in self.items:
             hyp = h["intent"] if h is not None else "<unreadable>"
