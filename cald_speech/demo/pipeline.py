@@ -144,8 +144,10 @@ class Step:
     pipeline's include :func:`code_digest`, so results of other code are never taken
     as up to date). When the stamp matches and ``done`` holds, the step is skipped;
     when it matches but the output is missing (an interrupted run), the same command
-    runs again and resumes from its checkpoints; when it differs, the folder is
-    cleared first.
+    runs again and resumes from its checkpoints; when it differs, the step starts in an
+    empty folder and the old one is kept beside it as ``<folder>.previous`` (one
+    generation: an older ``.previous`` is removed), so a code or settings change never
+    deletes the last finished results.
     """
 
     def __init__(self, name, cmd, folder, done, inputs=None, progress=None):
@@ -176,7 +178,12 @@ class Step:
                     return "skipped"
                 state = "resumed"
             else:
-                shutil.rmtree(self.folder)
+                previous = self.folder.with_name(self.folder.name + ".previous")
+                if previous.exists():
+                    shutil.rmtree(previous)
+                self.folder.rename(previous)
+                print(f"  {self.name}: its command, inputs or code changed; the previous "
+                      f"results are kept in {rel(previous)}")
         self.folder.mkdir(parents=True, exist_ok=True)
         stamp.write_text(self.key())
         log = self.folder / log_name

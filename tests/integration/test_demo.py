@@ -121,8 +121,14 @@ def test_step_reruns_when_its_command_changes(tmp_path):
     assert step("a").run() == "skipped"
     (out / "out.txt").unlink()                 # interrupted: same command resumes
     assert step("a").run() == "resumed"
-    assert step("b").run() == "ran"            # new command: folder cleared first
+    assert step("b").run() == "ran"            # new command: a fresh folder
     assert (out / "out.txt").read_text() == "b"
+    previous = tmp_path / "step.previous"      # the old results kept beside it
+    assert (previous / "out.txt").read_text() == "a"
+    assert step("c").run() == "ran"            # one generation kept
+    assert (previous / "out.txt").read_text() == "b"
+    assert (out / "out.txt").read_text() == "c"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step", "step.previous"]
 
 
 def test_code_digest_follows_package_recipes_and_hparams(tmp_path):
@@ -159,7 +165,8 @@ def test_step_of_other_code_is_not_up_to_date(tmp_path):
     assert step("old").run() == "ran"
     assert step("old").run() == "skipped"
     assert step("new").run() == "ran"
-    assert (out / "out.txt").read_text() == "x"  # cleared first, not appended to
+    assert (out / "out.txt").read_text() == "x"  # a fresh folder, not appended to
+    assert (tmp_path / "step.previous" / "out.txt").read_text() == "x"
 
 
 def test_stopping_the_demo_stops_its_step(tmp_path):
